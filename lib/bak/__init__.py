@@ -1,0 +1,3 @@
+"""bak: backup and disaster recovery for a homelab."""
+
+__version__ = "0.1.0"

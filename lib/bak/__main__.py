@@ -1,0 +1,3 @@
+from bak.cli import main
+
+main()

@@ -1,0 +1,281 @@
+"""Config: YAML -> JSON Schema validation (every error, with its key path) -> typed objects."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bak.errors import BadInput, ConfigError
+from bak.naming import SAFE_NAME
+
+LOCAL = "local"
+
+_PATTERN_MEANING = {
+    SAFE_NAME: "a plain name: letters, digits, '_', '.', '-', starting with a letter or digit, at most 64 characters",
+    r"^[1-9][0-9]*[mhdw]$": "a duration like 30m, 6h, 1d or 1w",
+    r"^(~|/|[A-Za-z]:[\\/])[^\u0000\n]*$": "an absolute path (or one starting with ~)",
+}
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return json.loads(resources.files("bak.config").joinpath("schema.json").read_text(encoding="utf-8"))
+
+
+def example_text() -> str:
+    return resources.files("bak.config").joinpath("example.yaml").read_text(encoding="utf-8")
+
+
+def parse_duration(text: str) -> timedelta:
+    number, unit = int(text[:-1]), text[-1]
+    return {"m": timedelta(minutes=number), "h": timedelta(hours=number),
+            "d": timedelta(days=number), "w": timedelta(weeks=number)}[unit]
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    port: int = 22
+    user: str = "root"
+    key_file: str | None = None
+    known_hosts: str | None = None
+    connect_timeout: float = 10
+    keepalive: int = 30
+
+    @property
+    def is_local(self) -> bool:
+        return self.name == LOCAL
+
+
+LOCAL_HOST = Host(name=LOCAL, address="localhost")
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    kind: str
+    host: str = LOCAL
+    path: str | None = None
+    storage: str | None = None
+    node: str | None = None
+    repository: str | None = None
+    password: dict | None = None
+    medium: str | None = None
+    offsite: bool = False
+    warn_percent: int = 80
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    method: str
+    host: str
+    destinations: tuple[str, ...]
+    policy: str | None
+    interval: timedelta
+    timeout: timedelta
+    enabled: bool
+    options: dict = field(default_factory=dict, hash=False, compare=False)
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    targets: tuple[str, ...]
+    cron: str | None
+    on_commit: bool
+    backend: str
+    ping_url: str | None
+
+
+@dataclass
+class Config:
+    source: str
+    hosts: dict[str, Host]
+    destinations: dict[str, Destination]
+    policies: dict[str, dict]
+    targets: list[Target]
+    schedules: list[Schedule]
+    notify: dict
+    raw: dict
+
+    def host(self, name: str) -> Host:
+        return LOCAL_HOST if name == LOCAL else self.hosts[name]
+
+    def target(self, name: str) -> Target:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        raise BadInput(f"no target named {name!r}", where="--target",
+                       hint="Known targets: " + (", ".join(t.name for t in self.targets) or "none"))
+
+    def select(self, names: tuple[str, ...] | list[str] | None) -> list[Target]:
+        """Named targets, or every enabled one when no name is given."""
+        if names:
+            return [self.target(n) for n in names]
+        return [t for t in self.targets if t.enabled]
+
+
+def load(path: Path) -> Config:
+    """Read, validate and type a config file; raises ConfigError listing every problem."""
+    import yaml
+
+    if not path.is_file():
+        raise BadInput(f"config file not found: {path}", where=str(path), code="config_missing",
+                       hint="Pass --config, set BAK_CONFIG, run `bak wizard setup`, or start from `bak config example`.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([{"where": where, "message": f"malformed YAML: {problem}"}], source=str(path)) from None
+    return from_data(data, source=str(path))
+
+
+def from_data(data: Any, source: str = "<config>") -> Config:
+    problems = validate(data)
+    if problems:
+        raise ConfigError(problems, source=source)
+    data = fill_defaults(copy.deepcopy(data), schema())
+    return _build(data, source)
+
+
+def validate(data: Any) -> list[dict]:
+    """Every problem at once: schema errors first, then names that point nowhere."""
+    from jsonschema import Draft202012Validator
+
+    if not isinstance(data, dict):
+        return [{"where": "(top)", "message": "the config must be a mapping with at least `version: 1`"}]
+    validator = Draft202012Validator(schema())
+    problems: list[dict] = []
+    for error in validator.iter_errors(data):
+        problems.extend(_describe(error, data))
+    if not problems:
+        problems.extend(_cross_references(data))
+    unique = {(p["where"], p["message"]): p for p in problems}
+    return sorted(unique.values(), key=lambda p: (p["where"], p["message"]))
+
+
+def key_path(parts) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top)"
+
+
+def _describe(error, data: dict) -> list[dict]:
+    where = key_path(error.absolute_path)
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        known = ", ".join(sorted(error.schema.get("properties", {})))
+        return [{"where": key_path([*error.absolute_path, key]), "message": f"unknown key {key!r}",
+                 "hint": f"Allowed here: {known}"} for key in extra]
+    if error.schema is False:
+        # jsonschema leaves the key out of the path of a `false` sub-schema: find it in the parent.
+        parent = _node(data, error.absolute_path)
+        keys = [k for k, v in parent.items() if v is error.instance] if isinstance(parent, dict) else []
+        method = parent.get("method") if isinstance(parent, dict) else None
+        return [{"where": key_path([*error.absolute_path, k]),
+                 "message": f"options block {k!r} does not belong to method {method!r}"} for k in keys]
+    if error.validator == "not" and error.validator_value == {"const": LOCAL}:
+        return [{"where": key_path([*error.absolute_path, LOCAL]), "message": "the host name 'local' is reserved for this machine"}]
+    if error.validator == "pattern":
+        meaning = _PATTERN_MEANING.get(error.validator_value, f"text matching {error.validator_value}")
+        return [{"where": where, "message": f"{error.instance!r} is not {meaning}"}]
+    if error.validator == "required":
+        missing = re.findall(r"'([^']+)' is a required property", error.message)
+        name = missing[0] if missing else error.message
+        return [{"where": key_path([*error.absolute_path, name]), "message": f"required key {name!r} is missing"}]
+    if error.validator == "anyOf" and error.context and all(sub.validator == "required" for sub in error.context):
+        names = [sub.validator_value[0] for sub in error.context]
+        return [{"where": where, "message": "needs one of the keys: " + ", ".join(names)}]
+    if error.validator in ("allOf", "anyOf", "oneOf") and error.context:
+        return [d for sub in error.context for d in _describe(sub, data)] or [{"where": where, "message": error.message}]
+    return [{"where": where, "message": error.message}]
+
+
+def _node(data: Any, path) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _cross_references(data: dict) -> list[dict]:
+    problems = []
+    hosts = set(data.get("hosts") or {}) | {LOCAL}
+    dests = data.get("destinations") or {}
+    policies = set(data.get("policies") or {})
+
+    def missing(where, kind, name, known):
+        problems.append({"where": where, "message": f"unknown {kind} {name!r}",
+                         "hint": f"Defined: {', '.join(sorted(known)) or 'none'}"})
+
+    for name, dest in dests.items():
+        if "host" in dest and dest["host"] not in hosts:
+            missing(f"destinations.{name}.host", "host", dest["host"], hosts)
+    seen: dict[str, int] = {}
+    for i, target in enumerate(data.get("targets") or []):
+        tname = target["name"]
+        if tname in seen:
+            problems.append({"where": f"targets[{i}].name", "message": f"duplicate target name {tname!r} (also targets[{seen[tname]}])"})
+        seen.setdefault(tname, i)
+        if target.get("host", LOCAL) not in hosts:
+            missing(f"targets[{i}].host", "host", target["host"], hosts)
+        for j, dname in enumerate(target["destinations"]):
+            if dname not in dests:
+                missing(f"targets[{i}].destinations[{j}]", "destination", dname, dests)
+        if "policy" in target and target["policy"] not in policies:
+            missing(f"targets[{i}].policy", "policy", target["policy"], policies)
+    for i, sched in enumerate(data.get("schedules") or []):
+        for j, tname in enumerate(sched["targets"]):
+            if tname not in seen:
+                missing(f"schedules[{i}].targets[{j}]", "target", tname, seen)
+    return problems
+
+
+def fill_defaults(instance: Any, node: dict) -> Any:
+    """Apply the schema's `default`s, so code never repeats them."""
+    if not isinstance(node, dict):
+        return instance
+    if isinstance(instance, dict):
+        for key, sub in node.get("properties", {}).items():
+            if isinstance(sub, dict) and "default" in sub and key not in instance:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                instance[key] = fill_defaults(instance[key], sub)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in instance:
+                if key not in node.get("properties", {}):
+                    instance[key] = fill_defaults(instance[key], extra)
+    elif isinstance(instance, list) and isinstance(node.get("items"), dict):
+        return [fill_defaults(item, node["items"]) for item in instance]
+    return instance
+
+
+def _build(data: dict, source: str) -> Config:
+    hosts = {name: Host(name=name, **{k: v for k, v in h.items() if k != "description"})
+             for name, h in (data.get("hosts") or {}).items()}
+    destinations = {name: Destination(name=name, **{k: v for k, v in d.items() if k != "description"})
+                    for name, d in (data.get("destinations") or {}).items()}
+    policies = {name: {k: v for k, v in p.items() if k != "description"} for name, p in (data.get("policies") or {}).items()}
+    targets = [Target(name=t["name"], method=t["method"], host=t["host"], destinations=tuple(t["destinations"]),
+                      policy=t.get("policy"), interval=parse_duration(t["interval"]), timeout=parse_duration(t["timeout"]),
+                      enabled=t["enabled"], options=t[t["method"]], description=t.get("description"))
+               for t in data.get("targets") or []]
+    schedules = [Schedule(name=s["name"], targets=tuple(s["targets"]), cron=s.get("cron"), on_commit=s["on_commit"],
+                          backend=s["backend"], ping_url=s.get("ping_url"))
+                 for s in data.get("schedules") or []]
+    return Config(source=source, hosts=hosts, destinations=destinations, policies=policies, targets=targets,
+                  schedules=schedules, notify=data.get("notify") or {}, raw=data)
