@@ -8,7 +8,6 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from bak.errors import BadInput, ConfigError
 from bak.naming import SAFE_NAME
 
 LOCAL = "local"
+_HERE = Path(__file__).parent
 
 _PATTERN_MEANING = {
     SAFE_NAME: "a plain name: letters, digits, '_', '.', '-', starting with a letter or digit, at most 64 characters",
@@ -26,11 +26,11 @@ _PATTERN_MEANING = {
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
-    return json.loads(resources.files("bak.config").joinpath("schema.json").read_text(encoding="utf-8"))
+    return json.loads((_HERE / "schema.json").read_text(encoding="utf-8"))
 
 
 def example_text() -> str:
-    return resources.files("bak.config").joinpath("example.yaml").read_text(encoding="utf-8")
+    return (_HERE / "example.yaml").read_text(encoding="utf-8")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -134,7 +134,7 @@ def load(path: Path) -> Config:
                        hint="Pass --config, set BAK_CONFIG, run `bak wizard setup`, or start from `bak config example`.")
     text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

@@ -1,0 +1,223 @@
+"""The `bak` command line: parse, load config, call one action, emit one envelope.
+
+Heavy modules (paramiko, jsonschema, rich, the methods) are imported inside commands,
+so `bak --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from bak.errors import EXIT_BAD_INPUT, BakError, ConfigError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def output_options(fn):
+    fn = click.option("--json", "as_json", is_flag=True, help="Print one JSON envelope (for scripts and the agent).")(fn)
+    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                      help="Config file (default: $BAK_CONFIG, then the user config folder).")(fn)
+    return fn
+
+
+def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None] | None = None):
+    """Wraps a command body that returns an Outcome: config, envelope, exit code, all in one place."""
+
+    def decorate(fn):
+        @output_options
+        @functools.wraps(fn)
+        def wrapper(*args, as_json: bool, config_path: Path | None, **kwargs):
+            from bak.report import emit, envelope
+
+            started, clock = datetime.now(timezone.utc), time.monotonic()
+            result, warnings, errors, code = None, [], [], 0
+            try:
+                if needs_config:
+                    kwargs["config"] = load_config(config_path)
+                outcome = fn(*args, **kwargs)
+                result, warnings, errors, code = outcome.result, outcome.warnings, outcome.errors, outcome.exit_code
+            except ConfigError as exc:
+                errors, code = exc.to_errors(), exc.exit_code
+            except BakError as exc:
+                errors, code = [exc.to_error()], exc.exit_code
+            except KeyboardInterrupt:
+                errors, code = [{"code": "interrupted", "message": "interrupted", "where": None, "hint": None}], 130
+            emit(envelope(name, started, time.monotonic() - clock, result, warnings, errors), as_json, human)
+            sys.exit(code)
+
+        return wrapper
+
+    return decorate
+
+
+def load_config(path: Path | None):
+    from bak import config, paths
+
+    return config.load(path or paths.config_file())
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="bak")
+def cli():
+    """bak: back up, verify, restore, prune and schedule a homelab's backups.
+
+    Exit codes: 0 all good; 1 ran and found problems; 2 bad input, nothing done;
+    3 refused for safety or a precondition, nothing done.
+    """
+
+
+# --- config ------------------------------------------------------------------------------
+@cli.group("config", context_settings=CONTEXT)
+def config_group():
+    """Check the config, or print a documented example."""
+
+
+def _human_config_check(result: dict) -> None:
+    from bak.report import say
+
+    say(f"config OK: {result['path']} ({result['targets']} targets, {result['hosts']} hosts, "
+        f"{result['destinations']} destinations)")
+
+
+@config_group.command("check")
+@action("config check", needs_config=True, human=_human_config_check)
+def config_check(config):
+    """Validate the config against its schema; list every problem with its key path."""
+    from bak.report import Outcome
+
+    return Outcome({"path": config.source, "targets": len(config.targets), "hosts": len(config.hosts),
+                    "destinations": len(config.destinations), "policies": len(config.policies),
+                    "schedules": len(config.schedules)})
+
+
+@config_group.command("example")
+def config_example():
+    """Print the spec's r2d2 homelab as a valid config (documentation; nothing connects to it)."""
+    from bak import config
+
+    click.echo(config.example_text(), nl=False)
+
+
+# --- ssh ---------------------------------------------------------------------------------
+@cli.group("ssh", context_settings=CONTEXT)
+def ssh_group():
+    """Trust and check SSH hosts."""
+
+
+def _human_trust(result: dict) -> None:
+    from bak.report import say
+
+    state = "already trusted" if result["already_trusted"] else "now trusted"
+    say(f"{result['host']} ({result['entry']}) {state}: {result['key_type']} {result['fingerprint']}\n"
+        f"recorded in {result['known_hosts']}")
+
+
+@ssh_group.command("trust")
+@click.argument("host")
+@click.option("--fingerprint", help="Expected SHA256:... fingerprint; refuse if the host presents another.")
+@click.option("--replace", is_flag=True, help="Replace a different key already recorded (after a reinstall).")
+@action("ssh trust", human=_human_trust)
+def ssh_trust(host, fingerprint, replace, config):
+    """Record HOST's SSH host key in known_hosts (shows its fingerprint)."""
+    from bak.report import Outcome
+    from bak.run.hosts import known_hosts_path
+    from bak.run.ssh import trust_host
+
+    target = _configured_host(config, host)
+    return Outcome(trust_host(target, known_hosts_path(target), fingerprint, replace))
+
+
+def _human_ssh_check(result: dict) -> None:
+    from bak.report import table
+
+    table("SSH hosts", ["host", "address", "ok", "remote", "error"],
+          [[h["host"], h["address"], "yes" if h["ok"] else "NO", h.get("uname"), h.get("error")] for h in result["hosts"]])
+
+
+@ssh_group.command("check")
+@click.argument("hosts", nargs=-1)
+@action("ssh check", human=_human_ssh_check)
+def ssh_check(hosts, config):
+    """Connect to each HOST (default: all) over one connection and run `uname -srn`."""
+    from bak.report import Outcome
+    from bak.run import Hosts
+
+    names = list(hosts) or sorted(config.hosts)
+    outcome = Outcome({"hosts": []})
+    with Hosts(config) as pool:
+        for name in names:
+            host = _configured_host(config, name)
+            row = {"host": name, "address": f"{host.address}:{host.port}", "ok": False}
+            try:
+                row["uname"] = pool.runner(name).run(["uname", "-srn"]).stdout_text.strip()
+                row["ok"] = True
+            except BakError as exc:
+                row["error"] = exc.message
+                outcome.errors.append(exc.to_error())
+            outcome.result["hosts"].append(row)
+    return outcome
+
+
+def _configured_host(config, name: str):
+    from bak.errors import BadInput
+
+    if name not in config.hosts:
+        raise BadInput(f"no host named {name!r} in the config", where="hosts",
+                       hint="Known hosts: " + (", ".join(sorted(config.hosts)) or "none"))
+    return config.hosts[name]
+
+
+# --- journal -----------------------------------------------------------------------------
+def _human_log(result: dict) -> None:
+    from bak.report import human_size, table
+
+    table("Journal", ["id", "started (UTC)", "kind", "target", "status", "bytes", "error"],
+          [[o["id"], o["started_at"], o["kind"], o["target"], o["status"], human_size(o["bytes"]),
+            (o["error_tail"] or "").splitlines()[0] if o["error_tail"] else ""] for o in result["operations"]])
+
+
+@cli.command("log", context_settings=CONTEXT)
+@click.option("--target", help="Only this target.")
+@click.option("--kind", type=click.Choice(["create", "verify", "restore", "drill", "prune"]), help="Only this kind.")
+@click.option("--since", help="Only operations started on or after this date (YYYY-MM-DD or ISO time, UTC).")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@action("log", needs_config=False, human=_human_log)
+def log_command(target, kind, since, limit):
+    """Show the journal of operations, newest first."""
+    from bak.journal import Journal
+    from bak.report import Outcome
+
+    journal = Journal.default()
+    try:
+        return Outcome({"operations": journal.query(target=target, kind=kind, since=_since(since), limit=limit)})
+    finally:
+        journal.close()
+
+
+def _since(text: str | None) -> str | None:
+    from bak.errors import BadInput
+
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text).isoformat()
+    except ValueError:
+        raise BadInput(f"--since {text!r} is not a date (YYYY-MM-DD) or ISO time", where="--since") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="bak", standalone_mode=True)
+    except SystemExit as exc:
+        # click exits 2 on usage errors, matching our "bad input" code.
+        raise SystemExit(exc.code if exc.code is not None else 0)
+
+
+__all__ = ["cli", "main", "EXIT_BAD_INPUT"]

@@ -1,0 +1,103 @@
+"""The runner interface shared by the local and SSH runners."""
+
+from __future__ import annotations
+
+import collections
+import shlex
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterator
+
+from bak.errors import CommandFailed
+
+CHUNK = 1 << 20
+STDERR_TAIL_BYTES = 64 * 1024
+
+Sink = Callable[[bytes], None]
+
+
+@dataclass
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def stderr_text(self) -> str:
+        return self.stderr.decode("utf-8", "replace")
+
+    @property
+    def stdout_text(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+
+class StderrTail:
+    """Keeps the last STDERR_TAIL_BYTES of stderr and passes each line to an optional callback."""
+
+    def __init__(self, on_line: Callable[[str], None] | None = None):
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._on_line = on_line
+        self._pending = b""
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        while self._size > STDERR_TAIL_BYTES and len(self._chunks) > 1:
+            self._size -= len(self._chunks.popleft())
+        if self._on_line:
+            self._pending += data
+            *lines, self._pending = self._pending.replace(b"\r", b"\n").split(b"\n")
+            for line in lines:
+                if line:
+                    self._on_line(line.decode("utf-8", "replace"))
+
+    def value(self) -> bytes:
+        if self._on_line and self._pending:
+            self._on_line(self._pending.decode("utf-8", "replace"))
+            self._pending = b""
+        return b"".join(self._chunks)[-STDERR_TAIL_BYTES:]
+
+
+def tail_text(data: bytes, lines: int = 20) -> str:
+    return "\n".join(data.decode("utf-8", "replace").strip().splitlines()[-lines:])
+
+
+class Runner:
+    """Runs argv lists on one host. Subclasses: LocalRunner, SSHRunner."""
+
+    host_name: str
+
+    def run(self, argv: list[str], *, stdin: bytes | BinaryIO | None = None, stdout: Sink | None = None,
+            env: dict[str, str] | None = None, timeout: float | None = None, check: bool = True,
+            on_stderr_line: Callable[[str], None] | None = None) -> Completed:
+        """Run argv; stdout goes to `stdout` chunk by chunk when given, else is returned.
+
+        `env` is for non-secret values: over SSH it becomes an `env K=V` prefix on the remote
+        command line. Secrets go through `secret_file`, never env or argv.
+        """
+        raise NotImplementedError
+
+    def describe(self, argv: list[str]) -> str:
+        """The exact command line as it runs on the host, for logs and dry runs."""
+        return shlex.join(argv)
+
+    def has_tool(self, tool: str) -> bool:
+        raise NotImplementedError
+
+    @contextmanager
+    def secret_file(self, content: bytes) -> Iterator[str]:
+        """A 0600 file in a 0700 folder on the host, removed afterwards; yields its path."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def close(self) -> None:
+        pass
+
+    def _check(self, completed: Completed, check: bool) -> Completed:
+        if check and completed.returncode != 0:
+            tail = tail_text(completed.stderr)
+            raise CommandFailed(f"{completed.argv[0]} exited {completed.returncode}" + (f": {tail.splitlines()[-1]}" if tail else ""),
+                                returncode=completed.returncode, stderr_tail=tail, where=self.host_name)
+        return completed

@@ -1,0 +1,96 @@
+"""Runs processes on this machine with subprocess, argv lists only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+from bak.errors import CommandFailed, ToolMissing
+from bak.run.base import CHUNK, Completed, Runner, Sink, StderrTail
+
+
+class LocalRunner(Runner):
+    host_name = "local"
+
+    def run(self, argv: list[str], *, stdin: bytes | BinaryIO | None = None, stdout: Sink | None = None,
+            env: dict[str, str] | None = None, timeout: float | None = None, check: bool = True,
+            on_stderr_line: Callable[[str], None] | None = None) -> Completed:
+        full_env = {**os.environ, **env} if env else None
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)
+        except FileNotFoundError:
+            raise ToolMissing(f"{argv[0]} is not installed on this machine", where="local",
+                              hint=f"Install {Path(argv[0]).name} (e.g. apt-get install ...) or set its folder in the config.") from None
+        tail = StderrTail(on_stderr_line)
+        threads = [threading.Thread(target=_drain, args=(proc.stderr, tail.feed), daemon=True)]
+        if stdin is not None:
+            threads.append(threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True))
+        timed_out = threading.Event()
+        timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill())) if timeout else None
+        for thread in threads:
+            thread.start()
+        if timer:
+            timer.start()
+        collected: list[bytes] = []
+        try:
+            _drain(proc.stdout, stdout or collected.append)
+            returncode = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if timer:
+                timer.cancel()
+            for thread in threads:
+                thread.join()
+        completed = Completed(list(argv), returncode, b"".join(collected), tail.value())
+        if timed_out.is_set():
+            raise CommandFailed(f"{argv[0]} timed out after {timeout:.0f}s and was killed", returncode=returncode,
+                                stderr_tail=completed.stderr_text[-2000:], where="local", code="timeout")
+        return self._check(completed, check)
+
+    def has_tool(self, tool: str) -> bool:
+        return shutil.which(tool) is not None
+
+    @contextmanager
+    def secret_file(self, content: bytes) -> Iterator[str]:
+        with tempfile.TemporaryDirectory(prefix="bak-secret-") as folder:
+            path = Path(folder) / "secret"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+            yield str(path)
+
+
+def _drain(stream, sink: Sink) -> None:
+    fd = stream.fileno()
+    while True:
+        chunk = os.read(fd, CHUNK)
+        if not chunk:
+            break
+        sink(chunk)
+    stream.close()
+
+
+def _feed(pipe, source: bytes | BinaryIO) -> None:
+    try:
+        if isinstance(source, bytes):
+            pipe.write(source)
+        else:
+            while chunk := source.read(CHUNK):
+                pipe.write(chunk)
+    except BrokenPipeError:
+        pass
+    finally:
+        try:
+            pipe.close()
+        except BrokenPipeError:
+            pass

@@ -1,0 +1,270 @@
+"""Runs processes on an SSH host through one paramiko connection, host keys checked.
+
+paramiko is imported here only, and this module only when a command needs a remote
+host, so `bak --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+import paramiko
+
+from bak.config import Host
+from bak.errors import CommandFailed, HostKeyMismatch, HostKeyUnknown, Refused, ToolMissing, TransportError
+from bak.run.base import CHUNK, Completed, Runner, Sink, StderrTail
+
+# What a remote shell reports for a command it cannot find.
+_NOT_FOUND = 127
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's SHA256 fingerprint, so it can be compared with `ssh-keygen -lf`."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_hosts_entry(host: Host) -> str:
+    return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+
+
+class _RefuseUnknownKey(paramiko.MissingHostKeyPolicy):
+    def __init__(self, host: Host, known_hosts: Path):
+        self.host = host
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client, hostname, key):
+        raise HostKeyUnknown(
+            f"host key of {self.host.name} ({known_hosts_entry(self.host)}) is not in {self.known_hosts}: "
+            f"{key.get_name()} {fingerprint(key)}",
+            where=f"hosts.{self.host.name}",
+            hint=f"Check the fingerprint on the host (ssh-keygen -lf /etc/ssh/ssh_host_{key.get_name().split('-')[-1]}_key.pub), "
+                 f"then run: bak ssh trust {self.host.name} --fingerprint {fingerprint(key)}",
+            details={"fingerprint": fingerprint(key), "key_type": key.get_name()})
+
+
+class SSHRunner(Runner):
+    """One connection per host; every run opens a channel on it."""
+
+    connections_opened = 0  # counted across the process, so tests can check one connection per host
+
+    def __init__(self, host: Host, known_hosts: Path):
+        self.host = host
+        self.host_name = host.name
+        self.known_hosts = known_hosts
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------------------
+    def client(self) -> paramiko.SSHClient:
+        with self._lock:
+            if self._client is None or not self._client.get_transport() or not self._client.get_transport().is_active():
+                self._client = self._connect()
+            return self._client
+
+    def _connect(self) -> paramiko.SSHClient:
+        host = self.host
+        client = paramiko.SSHClient()
+        if self.known_hosts.exists():
+            client.load_host_keys(str(self.known_hosts))
+        client.set_missing_host_key_policy(_RefuseUnknownKey(host, self.known_hosts))
+        key_file = str(Path(host.key_file).expanduser()) if host.key_file else None
+        try:
+            client.connect(host.address, port=host.port, username=host.user, key_filename=key_file,
+                           timeout=host.connect_timeout, banner_timeout=host.connect_timeout,
+                           auth_timeout=host.connect_timeout, allow_agent=key_file is None,
+                           look_for_keys=key_file is None)
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyMismatch(
+                f"HOST KEY CHANGED for {host.name} ({known_hosts_entry(host)}): expected {fingerprint(exc.expected_key)}, "
+                f"got {fingerprint(exc.key)}. Someone may be intercepting the connection, or the host was reinstalled.",
+                where=f"hosts.{host.name}",
+                hint=f"If the host was reinstalled, verify the new key there, then: bak ssh trust {host.name} --replace "
+                     f"--fingerprint {fingerprint(exc.key)}") from None
+        except paramiko.AuthenticationException as exc:
+            raise Refused(f"SSH authentication to {host.user}@{host.name} failed: {exc}", where=f"hosts.{host.name}",
+                          code="ssh_auth", hint="Check key_file and that its public key is in the host's authorized_keys.") from None
+        except (socket.timeout, TimeoutError) as exc:
+            raise TransportError(f"connecting to {host.name} ({host.address}:{host.port}) timed out", where=f"hosts.{host.name}",
+                                 hint="Is the host up and the port right? Raise connect_timeout for slow links.") from exc
+        except (OSError, paramiko.SSHException) as exc:
+            if isinstance(exc, HostKeyUnknown):
+                raise
+            raise TransportError(f"cannot connect to {host.name} ({host.address}:{host.port}): {exc}",
+                                 where=f"hosts.{host.name}", hint="Check the address, port and that sshd runs.") from None
+        transport = client.get_transport()
+        if host.keepalive:
+            transport.set_keepalive(host.keepalive)
+        SSHRunner.connections_opened += 1
+        return client
+
+    def sftp(self) -> paramiko.SFTPClient:
+        client = self.client()
+        with self._lock:
+            if self._sftp is None or self._sftp.sock.closed:
+                self._sftp = client.open_sftp()
+            return self._sftp
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sftp is not None:
+                self._sftp.close()
+            if self._client is not None:
+                self._client.close()
+            self._client = self._sftp = None
+
+    # -- processes ----------------------------------------------------------------------
+    def command_line(self, argv: list[str], env: dict[str, str] | None = None) -> str:
+        prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+        return shlex.join([*prefix, *argv])
+
+    def describe(self, argv: list[str]) -> str:
+        return f"ssh {self.host.name}: {shlex.join(argv)}"
+
+    def run(self, argv: list[str], *, stdin: bytes | BinaryIO | None = None, stdout: Sink | None = None,
+            env: dict[str, str] | None = None, timeout: float | None = None, check: bool = True,
+            on_stderr_line: Callable[[str], None] | None = None) -> Completed:
+        transport = self.client().get_transport()
+        try:
+            channel = transport.open_session(timeout=self.host.connect_timeout)
+            channel.exec_command(self.command_line(argv, env))
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"lost the connection to {self.host.name}: {exc}", where=self.host.name) from None
+        tail = StderrTail(on_stderr_line)
+        stderr_thread = threading.Thread(target=self._drain_stderr, args=(channel, tail), daemon=True)
+        stderr_thread.start()
+        feeder = None
+        if stdin is not None:
+            feeder = threading.Thread(target=_feed_channel, args=(channel, stdin), daemon=True)
+            feeder.start()
+        else:
+            channel.shutdown_write()
+        collected: list[bytes] = []
+        sink = stdout or collected.append
+        deadline = time.monotonic() + timeout if timeout else None
+        channel.settimeout(1.0)
+        try:
+            while True:
+                try:
+                    chunk = channel.recv(CHUNK)
+                except socket.timeout:
+                    if deadline and time.monotonic() > deadline:
+                        channel.close()
+                        raise CommandFailed(f"{argv[0]} on {self.host.name} timed out after {timeout:.0f}s",
+                                            where=self.host.name, code="timeout") from None
+                    if not transport.is_active():
+                        break
+                    continue
+                if not chunk:
+                    break
+                sink(chunk)
+            stderr_thread.join()
+            if feeder:
+                feeder.join()
+            returncode = channel.recv_exit_status() if transport.is_active() or channel.exit_status_ready() else -1
+        finally:
+            channel.close()
+        if returncode == -1 or not channel.exit_status_ready():
+            raise TransportError(f"the connection to {self.host.name} dropped while {argv[0]} was running",
+                                 where=self.host.name, hint="Check the host and the network, then run again.")
+        completed = Completed(list(argv), returncode, b"".join(collected), tail.value())
+        if returncode == _NOT_FOUND and b"not found" in completed.stderr:
+            raise ToolMissing(f"{argv[0]} is not installed on {self.host.name}", where=self.host.name,
+                              hint=f"Install {argv[0]} on {self.host.name}.")
+        return self._check(completed, check)
+
+    @staticmethod
+    def _drain_stderr(channel, tail: StderrTail) -> None:
+        while True:
+            try:
+                data = channel.recv_stderr(CHUNK)
+            except socket.timeout:
+                if channel.closed or channel.exit_status_ready() and not channel.recv_stderr_ready():
+                    break
+                continue
+            except (OSError, EOFError):
+                break
+            if not data:
+                break
+            tail.feed(data)
+
+    def has_tool(self, tool: str) -> bool:
+        return self.run(["sh", "-c", 'command -v "$1"', "sh", tool], check=False).returncode == 0
+
+    @contextmanager
+    def secret_file(self, content: bytes) -> Iterator[str]:
+        folder = self.run(["mktemp", "-d", "-t", "bak-secret.XXXXXXXX"]).stdout_text.strip()
+        path = f"{folder}/secret"
+        sftp = self.sftp()
+        try:
+            with sftp.open(path, "wx") as handle:
+                handle.chmod(0o600)
+                handle.write(content)
+            yield path
+        finally:
+            self.run(["rm", "-rf", "--", folder], check=False)
+
+
+def _feed_channel(channel, source: bytes | BinaryIO) -> None:
+    try:
+        if isinstance(source, bytes):
+            channel.sendall(source)
+        else:
+            while chunk := source.read(CHUNK):
+                channel.sendall(chunk)
+        channel.shutdown_write()
+    except (OSError, EOFError):
+        pass
+
+
+def scan_host_key(host: Host) -> paramiko.PKey:
+    """The key the host presents, read without authenticating (for `bak ssh trust`)."""
+    try:
+        sock = socket.create_connection((host.address, host.port), timeout=host.connect_timeout)
+    except OSError as exc:
+        raise TransportError(f"cannot reach {host.name} ({host.address}:{host.port}): {exc}", where=f"hosts.{host.name}") from None
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=host.connect_timeout)
+        return transport.get_remote_server_key()
+    except paramiko.SSHException as exc:
+        raise TransportError(f"SSH handshake with {host.name} failed: {exc}", where=f"hosts.{host.name}") from None
+    finally:
+        transport.close()
+
+
+def trust_host(host: Host, known_hosts: Path, expected_fingerprint: str | None, replace: bool) -> dict:
+    """Record the host's key in known_hosts, refusing a mismatch unless asked to replace it."""
+    from bak.paths import ensure_private_dir
+
+    key = scan_host_key(host)
+    actual = fingerprint(key)
+    if expected_fingerprint and expected_fingerprint != actual:
+        raise HostKeyMismatch(f"{host.name} presents {key.get_name()} {actual}, not the expected {expected_fingerprint}; nothing recorded",
+                              where=f"hosts.{host.name}", hint="Check the fingerprint on the host itself before trusting it.")
+    entry = known_hosts_entry(host)
+    keys = paramiko.HostKeys()
+    if known_hosts.exists():
+        keys.load(str(known_hosts))
+    current = keys.lookup(entry) or {}
+    previous = current.get(key.get_name())
+    if previous is not None and previous != key and not replace:
+        raise HostKeyMismatch(f"{known_hosts} already holds a different {key.get_name()} key for {entry} ({fingerprint(previous)})",
+                              where=f"hosts.{host.name}", hint="Pass --replace once you have confirmed the host was reinstalled.")
+    if replace and entry in keys:
+        del keys[entry]
+    keys.add(entry, key.get_name(), key)
+    ensure_private_dir(known_hosts.parent)
+    keys.save(str(known_hosts))
+    known_hosts.chmod(0o600)
+    return {"host": host.name, "entry": entry, "key_type": key.get_name(), "fingerprint": actual,
+            "known_hosts": str(known_hosts), "already_trusted": previous == key}

@@ -1,0 +1,97 @@
+"""The store interface and the atomic artifact writer contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from bak.errors import NoSpace
+from bak.naming import PARTIAL_SUFFIX
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    size: int
+    mtime: float
+    is_dir: bool
+
+
+@dataclass(frozen=True)
+class Usage:
+    total: int
+    free: int
+
+    @property
+    def used_percent(self) -> float:
+        return 100.0 * (self.total - self.free) / self.total if self.total else 0.0
+
+
+def sha256_line(digest: str, name: str) -> bytes:
+    """One line in `sha256sum -c` format, so a human can check a copy with coreutils."""
+    return f"{digest}  {name}\n".encode()
+
+
+class ArtifactWriter:
+    """Bytes of one artifact on one store. write() streams into NAME.partial;
+    commit() fsyncs, renames to NAME and writes the NAME.sha256 sidecar; abort() removes the partial."""
+
+    name: str
+    location: str
+    size: int = 0
+
+    def write(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    def commit(self, sha256: str) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class Store:
+    name: str
+    kind: str
+
+    def location(self, folder: str, name: str = "") -> str:
+        raise NotImplementedError
+
+    def list(self, folder: str) -> list[Entry]:
+        """Entries of one folder under the root; an absent folder is empty."""
+        raise NotImplementedError
+
+    def writer(self, folder: str, name: str) -> ArtifactWriter:
+        raise NotImplementedError
+
+    def write_small(self, folder: str, name: str, data: bytes) -> None:
+        """A sidecar, written atomically (partial, fsync, rename)."""
+        raise NotImplementedError
+
+    def read_small(self, folder: str, name: str, limit: int = 1 << 20) -> bytes:
+        raise NotImplementedError
+
+    def open_read(self, folder: str, name: str) -> BinaryIO:
+        raise NotImplementedError
+
+    def remove(self, folder: str, name: str) -> None:
+        """A file, or a whole snapshot folder."""
+        raise NotImplementedError
+
+    def usage(self) -> Usage:
+        raise NotImplementedError
+
+    def remove_partials(self, folder: str, prefix: str) -> list[str]:
+        """Leftovers of killed runs of one target; call it only while holding that target's lock."""
+        removed = []
+        for entry in self.list(folder):
+            if entry.name.startswith(prefix) and entry.name.endswith(PARTIAL_SUFFIX):
+                self.remove(folder, entry.name)
+                removed.append(entry.name)
+        return removed
+
+    def require_space(self, needed: int) -> None:
+        free = self.usage().free
+        if free < needed:
+            raise NoSpace(f"destination {self.name} has {free} bytes free, this backup needs about {needed}",
+                          where=self.name, hint="Prune old backups (bak prune --dry-run) or free space first.")

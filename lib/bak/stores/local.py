@@ -1,0 +1,138 @@
+"""A folder on this machine."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from bak.errors import WriteFailed
+from bak.naming import PARTIAL_SUFFIX
+from bak.paths import ensure_private_dir
+from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line
+
+
+def write_failure(exc: OSError, store: str, location: str) -> WriteFailed:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WriteFailed(f"destination {store} is full while writing {location}", where=store, code="disk_full",
+                           hint="Free space (bak prune --dry-run shows what retention would remove) or add space, then run again.")
+    return WriteFailed(f"cannot write {location} on {store}: {exc.strerror or exc}", where=store)
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalWriter(ArtifactWriter):
+    def __init__(self, store: "LocalStore", folder: Path, name: str):
+        self.store = store
+        self.name = name
+        self.final = folder / name
+        self.partial = folder / (name + PARTIAL_SUFFIX)
+        self.location = str(self.final)
+        ensure_private_dir(folder)
+        try:
+            self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+        except OSError as exc:
+            raise write_failure(exc, store.name, self.location) from None
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            raise write_failure(exc, self.store.name, self.location) from None
+        self.size += len(chunk)
+
+    def commit(self, sha256: str) -> None:
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.partial, self.final)
+            self.store.write_small_at(self.final.parent, self.name + ".sha256", sha256_line(sha256, self.name))
+        except OSError as exc:
+            raise write_failure(exc, self.store.name, self.location) from None
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.partial.unlink(missing_ok=True)
+
+
+class LocalStore(Store):
+    kind = "local"
+
+    def __init__(self, name: str, root: str):
+        self.name = name
+        self.root = Path(root).expanduser()
+
+    def _dir(self, folder: str) -> Path:
+        return self.root / folder if folder else self.root
+
+    def location(self, folder: str, name: str = "") -> str:
+        return str(self._dir(folder) / name) if name else str(self._dir(folder))
+
+    def list(self, folder: str) -> list[Entry]:
+        path = self._dir(folder)
+        if not path.is_dir():
+            return []
+        entries = []
+        with os.scandir(path) as it:
+            for item in it:
+                st = item.stat(follow_symlinks=False)
+                entries.append(Entry(item.name, st.st_size, st.st_mtime, item.is_dir(follow_symlinks=False)))
+        return entries
+
+    def writer(self, folder: str, name: str) -> LocalWriter:
+        return LocalWriter(self, self._dir(folder), name)
+
+    def write_small(self, folder: str, name: str, data: bytes) -> None:
+        ensure_private_dir(self._dir(folder))
+        try:
+            self.write_small_at(self._dir(folder), name, data)
+        except OSError as exc:
+            raise write_failure(exc, self.name, str(self._dir(folder) / name)) from None
+
+    @staticmethod
+    def write_small_at(folder: Path, name: str, data: bytes) -> None:
+        partial = folder / (name + PARTIAL_SUFFIX)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, folder / name)
+        _fsync_dir(folder)
+
+    def read_small(self, folder: str, name: str, limit: int = 1 << 20) -> bytes:
+        with open(self._dir(folder) / name, "rb") as handle:
+            return handle.read(limit)
+
+    def open_read(self, folder: str, name: str) -> BinaryIO:
+        return open(self._dir(folder) / name, "rb")
+
+    def remove(self, folder: str, name: str) -> None:
+        path = self._dir(folder) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def usage(self) -> Usage:
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        usage = shutil.disk_usage(probe)
+        return Usage(usage.total, usage.free)

@@ -1,0 +1,149 @@
+"""A folder on an SSH host: bytes over SFTP on the host's one connection, atomic on the remote side."""
+
+from __future__ import annotations
+
+import posixpath
+import stat
+from typing import BinaryIO
+
+from bak.errors import CommandFailed, TransportError, WriteFailed
+from bak.naming import PARTIAL_SUFFIX
+from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line
+
+
+def _write_error(exc: Exception, store: str, location: str) -> WriteFailed:
+    text = str(exc)
+    if "No space" in text or "Failure" in text or getattr(exc, "errno", None) == 28:
+        return WriteFailed(f"writing {location} on {store} failed (destination full?): {text}", where=store, code="disk_full",
+                           hint="Check free space on the destination (df -h), prune or add space, then run again.")
+    return WriteFailed(f"writing {location} on {store} failed: {text}", where=store)
+
+
+class RemoteWriter(ArtifactWriter):
+    def __init__(self, store: "RemoteStore", folder: str, name: str):
+        self.store = store
+        self.name = name
+        self.folder = folder
+        self.final = posixpath.join(folder, name)
+        self.partial = self.final + PARTIAL_SUFFIX
+        self.location = f"{store.runner.host_name}:{self.final}"
+        store.makedirs(folder)
+        sftp = store.runner.sftp()
+        try:
+            self.handle = sftp.open(self.partial, "w")
+            self.handle.chmod(0o600)
+            self.handle.set_pipelined(True)
+        except OSError as exc:
+            raise _write_error(exc, store.name, self.location) from None
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.handle.write(chunk)
+        except (OSError, EOFError) as exc:
+            raise _write_error(exc, self.store.name, self.location) from None
+        self.size += len(chunk)
+
+    def commit(self, sha256: str) -> None:
+        try:
+            self.handle.close()
+            self.handle = None
+            self.store.runner.run(["sync", "--", self.partial])
+            self.store.runner.sftp().posix_rename(self.partial, self.final)
+        except (OSError, EOFError, CommandFailed) as exc:
+            raise _write_error(exc, self.store.name, self.location) from None
+        self.store.write_small(self.folder, self.name + ".sha256", sha256_line(sha256, self.name), absolute=True)
+
+    def abort(self) -> None:
+        try:
+            if self.handle is not None:
+                self.handle.close()
+            self.store.runner.sftp().remove(self.partial)
+        except (OSError, EOFError, TransportError):
+            pass  # the connection is gone: the next run removes the partial
+
+
+class RemoteStore(Store):
+    kind = "ssh"
+
+    def __init__(self, name: str, root: str, runner):
+        self.name = name
+        self.runner = runner
+        self._root = root
+        self._resolved: str | None = None
+
+    @property
+    def root(self) -> str:
+        if self._resolved is None:
+            root = self._root
+            if root.startswith("~"):
+                home = self.runner.sftp().normalize(".")
+                root = home + root[1:]
+            self._resolved = posixpath.normpath(root)
+        return self._resolved
+
+    def _dir(self, folder: str) -> str:
+        return posixpath.join(self.root, folder) if folder and not folder.startswith("/") else (folder or self.root)
+
+    def location(self, folder: str, name: str = "") -> str:
+        path = posixpath.join(self._dir(folder), name) if name else self._dir(folder)
+        return f"{self.runner.host_name}:{path}"
+
+    def makedirs(self, path: str) -> None:
+        sftp = self.runner.sftp()
+        parts = []
+        while path not in ("", "/"):
+            try:
+                sftp.stat(path)
+                break
+            except FileNotFoundError:
+                parts.append(path)
+                path = posixpath.dirname(path)
+        for part in reversed(parts):
+            sftp.mkdir(part, 0o700)
+
+    def list(self, folder: str) -> list[Entry]:
+        try:
+            attrs = self.runner.sftp().listdir_attr(self._dir(folder))
+        except FileNotFoundError:
+            return []
+        return [Entry(a.filename, a.st_size or 0, float(a.st_mtime or 0), stat.S_ISDIR(a.st_mode or 0)) for a in attrs]
+
+    def writer(self, folder: str, name: str) -> RemoteWriter:
+        return RemoteWriter(self, self._dir(folder), name)
+
+    def write_small(self, folder: str, name: str, data: bytes, absolute: bool = False) -> None:
+        directory = folder if absolute else self._dir(folder)
+        self.makedirs(directory)
+        final = posixpath.join(directory, name)
+        partial = final + PARTIAL_SUFFIX
+        sftp = self.runner.sftp()
+        try:
+            with sftp.open(partial, "w") as handle:
+                handle.chmod(0o600)
+                handle.write(data)
+            self.runner.run(["sync", "--", partial])
+            sftp.posix_rename(partial, final)
+            self.runner.run(["sync", "--", directory])
+        except (OSError, EOFError, CommandFailed) as exc:
+            raise _write_error(exc, self.name, f"{self.runner.host_name}:{final}") from None
+
+    def read_small(self, folder: str, name: str, limit: int = 1 << 20) -> bytes:
+        with self.runner.sftp().open(posixpath.join(self._dir(folder), name), "rb") as handle:
+            return handle.read(limit)
+
+    def open_read(self, folder: str, name: str) -> BinaryIO:
+        handle = self.runner.sftp().open(posixpath.join(self._dir(folder), name), "rb")
+        handle.prefetch()
+        return handle
+
+    def remove(self, folder: str, name: str) -> None:
+        self.runner.run(["rm", "-rf", "--", posixpath.join(self._dir(folder), name)])
+
+    def usage(self) -> Usage:
+        probe = self.root
+        out = self.runner.run(["df", "-Pk", "--", probe], check=False)
+        while out.returncode != 0 and probe not in ("", "/"):
+            probe = posixpath.dirname(probe)
+            out = self.runner.run(["df", "-Pk", "--", probe], check=False)
+        fields = out.stdout_text.strip().splitlines()[-1].split()
+        return Usage(total=int(fields[1]) * 1024, free=int(fields[3]) * 1024)
