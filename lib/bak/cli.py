@@ -160,7 +160,7 @@ def ssh_check(hosts, config):
                 row["ok"] = True
             except BakError as exc:
                 row["error"] = exc.message
-                outcome.errors.append(exc.to_error())
+                outcome.failed(exc)
             outcome.result["hosts"].append(row)
     return outcome
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from bak.errors import EXIT_OK, EXIT_PROBLEMS
+from bak.errors import EXIT_OK, EXIT_PROBLEMS, BakError
 from bak.secrets import scrub_obj
 
 _SCHEMAS = Path(__file__).parent / "schemas"
@@ -23,13 +23,20 @@ class Outcome:
     result: dict
     warnings: list[str] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
+    worst_exit: int = EXIT_OK
 
     def problem(self, code: str, message: str, where: str | None = None, hint: str | None = None) -> None:
         self.errors.append({"code": code, "message": message, "where": where, "hint": hint})
+        self.worst_exit = max(self.worst_exit, EXIT_PROBLEMS)
+
+    def failed(self, exc: BakError) -> None:
+        """Record a library error and keep its exit code (a refusal stays 3)."""
+        self.errors.append(exc.to_error())
+        self.worst_exit = max(self.worst_exit, exc.exit_code)
 
     @property
     def exit_code(self) -> int:
-        return EXIT_PROBLEMS if self.errors else EXIT_OK
+        return max(self.worst_exit, EXIT_PROBLEMS if self.errors else EXIT_OK)
 
 
 def envelope(command: str, started: datetime, duration_s: float, result: Any,

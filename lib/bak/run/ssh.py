@@ -114,6 +114,11 @@ class SSHRunner(Runner):
                 self._sftp = client.open_sftp()
             return self._sftp
 
+    def open_sftp_channel(self) -> paramiko.SFTPClient:
+        """A private SFTP session on the same connection, for a pipelined upload: paramiko mixes up
+        the acks of pipelined writes with other requests sharing one SFTP session."""
+        return self.client().open_sftp()
+
     def close(self) -> None:
         with self._lock:
             if self._sftp is not None:

@@ -28,9 +28,9 @@ class RemoteWriter(ArtifactWriter):
         self.partial = self.final + PARTIAL_SUFFIX
         self.location = f"{store.runner.host_name}:{self.final}"
         store.makedirs(folder)
-        sftp = store.runner.sftp()
+        self.sftp = store.runner.open_sftp_channel()
         try:
-            self.handle = sftp.open(self.partial, "w")
+            self.handle = self.sftp.open(self.partial, "w")
             self.handle.chmod(0o600)
             self.handle.set_pipelined(True)
         except OSError as exc:
@@ -47,6 +47,7 @@ class RemoteWriter(ArtifactWriter):
         try:
             self.handle.close()
             self.handle = None
+            self.sftp.close()
             self.store.runner.run(["sync", "--", self.partial])
             self.store.runner.sftp().posix_rename(self.partial, self.final)
         except (OSError, EOFError, CommandFailed) as exc:
@@ -57,6 +58,8 @@ class RemoteWriter(ArtifactWriter):
         try:
             if self.handle is not None:
                 self.handle.close()
+                self.handle = None
+            self.sftp.close()
             self.store.runner.sftp().remove(self.partial)
         except (OSError, EOFError, TransportError):
             pass  # the connection is gone: the next run removes the partial

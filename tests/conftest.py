@@ -1,0 +1,381 @@
+"""Fixtures: a loopback-only network guard, a real sshd and a real PostgreSQL 15 on 127.0.0.1.
+
+In CI (CI=true) a missing system tool fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "lib"))
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(*tools: str) -> None:
+    """Skip locally, fail in CI, when a system tool the test needs is missing."""
+    missing = [t for t in tools if not (shutil.which(t) or Path(t).exists())]
+    if missing:
+        message = f"missing system tools: {', '.join(missing)} (run: bash tests/run.sh)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+# --- network guard -------------------------------------------------------------------------
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _check_address(sock, address) -> None:
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    host = address[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise AssertionError(f"test tried to connect to non-loopback host {host!r}") from None
+        return
+    if not ip.is_loopback:
+        raise AssertionError(f"test tried to connect to non-loopback address {host}")
+
+
+def _guarded_connect(self, address):
+    _check_address(self, address)
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    _check_address(self, address)
+    return _real_connect_ex(self, address)
+
+
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _guarded_getaddrinfo(host, *args, **kwargs):
+    if host not in (None, "localhost") and not _is_loopback_literal(host):
+        raise AssertionError(f"test tried to resolve non-loopback host {host!r}")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+def _is_loopback_literal(host) -> bool:
+    try:
+        return ipaddress.ip_address(host if isinstance(host, str) else host.decode()).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", _guarded_getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", _guarded_connect_ex)
+
+
+# --- isolated bak state --------------------------------------------------------------------
+@pytest.fixture
+def bak_home(tmp_path, monkeypatch):
+    """Private state and config locations for one test."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("BAK_STATE_DIR", str(state))
+    monkeypatch.setenv("BAK_CONFIG", str(tmp_path / "config.yaml"))
+    from bak import secrets
+
+    monkeypatch.setattr(secrets, "_KNOWN", set())
+    return tmp_path
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@dataclass
+class CliResult:
+    code: int
+    envelope: dict | None
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, stdin: str | None = None) -> CliResult:
+    """Run `bak ARGS --json` in-process and parse its envelope."""
+    from click.testing import CliRunner
+
+    from bak.cli import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, [*args, "--json"], input=stdin, catch_exceptions=False)
+    stdout = result.stdout
+    try:
+        env = json.loads(stdout) if stdout.strip() else None
+    except json.JSONDecodeError:
+        env = None
+    return CliResult(result.exit_code, env, stdout, result.stderr if result.stderr_bytes is not None else "")
+
+
+def bak_subprocess(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    """`bak` as a real process (for SIGKILL and lock tests)."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO / "lib"), **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "bak", *args], env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+# --- sshd ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@dataclass
+class SSHServer:
+    port: int
+    root: Path
+    client_key: Path
+    host_pub: Path
+    user: str
+    proc: subprocess.Popen | None = None
+    config_path: Path | None = None
+    path_dirs: list[str] = field(default_factory=list)
+
+    @property
+    def host_entry(self) -> str:
+        return f"[127.0.0.1]:{self.port}"
+
+    def known_hosts_line(self) -> str:
+        return f"{self.host_entry} {' '.join(self.host_pub.read_text().split()[:2])}\n"
+
+    def host_config(self, known_hosts: Path | None = None) -> dict:
+        host = {"address": "127.0.0.1", "port": self.port, "user": self.user, "key_file": str(self.client_key),
+                "connect_timeout": 5}
+        if known_hosts:
+            host["known_hosts"] = str(known_hosts)
+        return host
+
+    def trust(self, path: Path) -> Path:
+        path.write_text(self.known_hosts_line())
+        return path
+
+    def fingerprint(self) -> str:
+        out = subprocess.run(["ssh-keygen", "-lf", str(self.host_pub)], capture_output=True, text=True, check=True)
+        return out.stdout.split()[1]
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config_path)],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.root / "sshd.log", "ab"))
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        """SIGKILL the listener and every per-connection child, as a crash of the host would."""
+        if self.proc and self.proc.poll() is None:
+            kill_tree(self.proc.pid)
+            self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (read from /proc, no psutil needed)."""
+    pending, seen = [pid], []
+    while pending:
+        current = pending.pop()
+        seen.append(current)
+        pending.extend(_children(current))
+    for victim in seen:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _make_sshd(root: Path, path_dirs: list[str] | None = None) -> SSHServer:
+    need("/usr/sbin/sshd", "ssh-keygen")
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "host_key")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "client_key")], check=True)
+    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+    os.chmod(root / "authorized_keys", 0o600)
+    Path("/run/sshd").mkdir(exist_ok=True)
+    port = free_port()
+    user = pwd.getpwuid(os.getuid()).pw_name
+    env_path = ":".join([*(path_dirs or []), "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"])
+    config = root / "sshd_config"
+    config.write_text(f"""\
+ListenAddress 127.0.0.1
+Port {port}
+HostKey {root / 'host_key'}
+PidFile {root / 'sshd.pid'}
+AuthorizedKeysFile {root / 'authorized_keys'}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+Subsystem sftp internal-sftp
+SetEnv PATH={env_path}
+MaxSessions 50
+MaxStartups 50:30:100
+LogLevel ERROR
+""")
+    server = SSHServer(port=port, root=root, client_key=root / "client_key", host_pub=root / "host_key.pub",
+                       user=user, config_path=config, path_dirs=list(path_dirs or []))
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH server on 127.0.0.1 for the whole session (don't kill it in a test)."""
+    server = _make_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_sshd(tmp_path):
+    """An sshd of the test's own, that the test may kill and restart."""
+    server = _make_sshd(tmp_path / "sshd-own")
+    yield server
+    server.stop()
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+def pg_bindir() -> Path | None:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    found = shutil.which("initdb")
+    return Path(found).resolve().parent if found else None
+
+
+@dataclass
+class PostgresServer:
+    bindir: Path
+    datadir: Path
+    port: int
+    os_user: str | None
+    superuser: str = "postgres"
+    password: str = "s3cret-Pass!word"
+    log: Path = None  # type: ignore[assignment]
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        return ["runuser", "-u", self.os_user, "--", *argv] if self.os_user else argv
+
+    def start(self) -> None:
+        subprocess.run(self._as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.log),
+                                       "-w", "-t", "30", "-o", f"-p {self.port} -k {self.datadir}", "start"]),
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run(self._as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"]),
+                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def psql(self, sql: str, db: str = "postgres") -> str:
+        out = subprocess.run([str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.superuser,
+                              "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                             env={**os.environ, "PGPASSWORD": self.password}, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(out.stderr)
+        return out.stdout
+
+
+def _make_postgres() -> PostgresServer:
+    bindir = pg_bindir()
+    if bindir is None:
+        need("initdb")
+    root = Path(tempfile.mkdtemp(prefix="bak-pg-"))
+    os_user = None
+    if os.getuid() == 0:
+        os_user = "postgres"
+        try:
+            owner = pwd.getpwnam(os_user)
+        except KeyError:
+            pytest.fail("running as root needs the `postgres` OS user (apt-get install postgresql creates it)")
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    os.chmod(root, 0o755)
+    datadir = root / "data"
+    server = PostgresServer(bindir=bindir, datadir=datadir, port=free_port(), os_user=os_user, log=root / "pg.log")
+    pwfile = root / "pw"
+    pwfile.write_text(server.password + "\n")
+    if os_user:
+        os.chown(pwfile, pwd.getpwnam(os_user).pw_uid, -1)
+    subprocess.run(server._as_owner([str(bindir / "initdb"), "-D", str(datadir), "-U", server.superuser, "-A", "scram-sha-256",
+                                     f"--pwfile={pwfile}", "--no-sync", "-E", "UTF8", "--locale=C"]),
+                   check=True, stdout=subprocess.DEVNULL)
+    pwfile.unlink()
+    with open(datadir / "postgresql.conf", "a") as conf:
+        conf.write("listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\nsynchronous_commit = off\n")
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL cluster on 127.0.0.1 for the whole session."""
+    server = _make_postgres()
+    yield server
+    server.stop("immediate")
+    shutil.rmtree(server.datadir.parent, ignore_errors=True)
+
+
+# --- a small full disk -----------------------------------------------------------------------
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs, to fill up for real."""
+    need("mount", "umount")
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        message = f"cannot mount a tmpfs here (needs root): {out.stderr.strip()}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
