@@ -39,7 +39,9 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
             started, clock = datetime.now(timezone.utc), time.monotonic()
             result, warnings, errors, code = None, [], [], 0
             try:
-                if needs_config:
+                if needs_config == "lazy":
+                    kwargs["load_config"] = lambda: load_config(config_path)
+                elif needs_config:
                     kwargs["config"] = load_config(config_path)
                 outcome = fn(*args, **kwargs)
                 result, warnings, errors, code = outcome.result, outcome.warnings, outcome.errors, outcome.exit_code
@@ -210,6 +212,120 @@ def _since(text: str | None) -> str | None:
         return datetime.fromisoformat(text).isoformat()
     except ValueError:
         raise BadInput(f"--since {text!r} is not a date (YYYY-MM-DD) or ISO time", where="--since") from None
+
+
+# --- prune -------------------------------------------------------------------------------
+def _human_prune(result: dict) -> None:
+    from bak.report import human_size, say, table
+
+    if "decisions" in result:
+        _human_simulation(result)
+        return
+    for entry in result["targets"]:
+        rows = [[s["store"], d["name"], "keep" if d["keep"] else "REMOVE", d["reason"], human_size(d["size"])]
+                for s in entry["stores"] for d in s["decisions"]]
+        rows += [[s["store"], p, "REMOVE", "stale partial (killed run)", ""] for s in entry["stores"] for p in s["stale_partials"]]
+        rows += [[s["store"], f, "keep", "foreign file (never pruned)", ""] for s in entry["stores"] for f in s["foreign"]]
+        table(f"{entry['target']} ({entry['status']}, policy {entry['policy'] or 'keep all'})",
+              ["store", "backup", "action", "reason", "size"], rows)
+    verb = "would remove" if result["dry_run"] else "removed"
+    total = sum(e["removed"] for e in result["targets"])
+    size = sum(e["removed_bytes"] for e in result["targets"])
+    say(f"{verb} {total} backup(s), {human_size(size)}")
+
+
+def _human_simulation(result: dict) -> None:
+    """A calendar: one line per ISO week, a letter per day for the rule that kept a backup there."""
+    from datetime import date
+
+    from bak.report import say
+
+    by_day: dict = {}
+    for d in result["decisions"]:
+        day = date.fromisoformat(d["when"][:10])
+        mark = d["reason"].split()[0][0] if d["keep"] else "."
+        if by_day.get(day, ".") == ".":
+            by_day[day] = mark
+    if not by_day:
+        say("no backups")
+        return
+    say("week      Mo Tu We Th Fr Sa Su   (l=last h=hourly d=daily w=weekly m=monthly y=yearly .=removed)")
+    weeks: dict = {}
+    for day, mark in by_day.items():
+        weeks.setdefault(day.isocalendar()[:2], {})[day.isoweekday()] = mark
+    for (year, week) in sorted(weeks, reverse=True):
+        days = weeks[(year, week)]
+        if all(m == "." for m in days.values()):
+            continue
+        say(f"{year}-W{week:02d}  " + " ".join(f" {days.get(i, ' ')}" for i in range(1, 8)))
+    say(f"kept {result['kept']} of {result['total']}")
+
+
+@cli.command("prune", context_settings=CONTEXT)
+@click.option("--target", "-t", "targets", multiple=True, help="Target to prune (repeatable); default: all enabled targets.")
+@click.option("--all", "all_targets", is_flag=True, help="All enabled targets (the default when no --target is given).")
+@click.option("--dry-run", is_flag=True, help="Show exactly what would be removed; remove nothing.")
+@click.option("--force", is_flag=True, help="Prune even a stale target (newest backup older than 2x its interval).")
+@click.option("--simulate", is_flag=True, help="Simulate a policy on timestamps or file names read from stdin, or on --every/--days.")
+@click.option("--policy", "policy_name", help="With --simulate: a policy from the config.")
+@click.option("--keep-last", type=click.IntRange(0), help="With --simulate: policy option.")
+@click.option("--keep-hourly", type=click.IntRange(0), help="With --simulate: policy option.")
+@click.option("--keep-daily", type=click.IntRange(0), help="With --simulate: policy option.")
+@click.option("--keep-weekly", type=click.IntRange(0), help="With --simulate: policy option.")
+@click.option("--keep-monthly", type=click.IntRange(0), help="With --simulate: policy option.")
+@click.option("--keep-yearly", type=click.IntRange(0), help="With --simulate: policy option.")
+@click.option("--every", help="With --simulate: generate a backup every DURATION (e.g. 6h) ...")
+@click.option("--days", type=click.IntRange(1, 36500), default=400, show_default=True, help="... over this many days.")
+@action("prune", needs_config="lazy", human=_human_prune)
+def prune_command(targets, all_targets, dry_run, force, simulate, policy_name, every, days, load_config, **keeps):
+    """Remove old backups by each target's retention policy (Proxmox prune semantics).
+
+    Never removes the newest good backup, a protected or foreign file, or anything of a
+    stale target without --force. Run with --dry-run first.
+    """
+    from bak import prune
+
+    if simulate:
+        return prune.simulate(_simulation_policy(policy_name, keeps, load_config), _simulation_times(every, days))
+    if policy_name or every or any(v is not None for v in keeps.values()):
+        raise _bad("--policy, --keep-* and --every only apply with --simulate", "--simulate")
+    config = load_config()
+    return prune.prune(config, config.select(targets), dry_run=dry_run, force=force)
+
+
+def _simulation_policy(policy_name, keeps, load_config) -> dict:
+    given = {k: v for k, v in keeps.items() if v is not None}
+    if policy_name:
+        config = load_config()
+        if policy_name not in config.policies:
+            raise _bad(f"no policy named {policy_name!r}", "--policy")
+        return {**config.policies[policy_name], **given}
+    if not given:
+        raise _bad("--simulate needs a policy: --policy NAME or --keep-* options", "--simulate")
+    return given
+
+
+def _simulation_times(every, days):
+    from bak import prune
+    from bak.config import parse_duration
+
+    if every:
+        import re
+
+        if not re.fullmatch(r"[1-9][0-9]*[mhdw]", every):
+            raise _bad(f"--every {every!r} is not a duration like 6h or 1d", "--every")
+        now = datetime.now().replace(second=0, microsecond=0)
+        return [(when.isoformat(), when) for when in prune.generated_times(parse_duration(every), days, now)]
+    stdin = click.get_text_stream("stdin")
+    if stdin.isatty():
+        raise _bad("--simulate reads timestamps or file names from stdin, or give --every", "--every")
+    return prune.parse_times(stdin.read().splitlines())
+
+
+def _bad(message: str, where: str):
+    from bak.errors import BadInput
+
+    return BadInput(message, where=where)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,160 @@
+"""Apply retention to every destination of a target: plan first, then execute exactly that plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from bak import catalog
+from bak.config import Config, Target
+from bak.errors import BakError, Refused
+from bak.journal import Journal
+from bak.locks import target_lock
+from bak.report import Outcome
+from bak.retention import Candidate, keep_newest_good, plan
+from bak.run import Hosts
+from bak.stores import open_store
+
+
+@dataclass
+class StorePlan:
+    store: object
+    listing: catalog.Listing
+    decisions: list
+    stale_partials: list
+
+    def as_dict(self) -> dict:
+        by_name = {b.name: b for b in self.listing.backups}
+        return {
+            "store": self.listing.store,
+            "folder": self.listing.folder,
+            "decisions": [{"name": d.name, "when": d.when.isoformat(), "keep": d.keep, "reason": d.reason,
+                           "size": by_name[d.name].size, "sidecars": sorted(by_name[d.name].sidecars)}
+                          for d in self.decisions],
+            "stale_partials": [p.name for p in self.stale_partials],
+            "foreign": self.listing.foreign,
+        }
+
+
+def newest_time(listings: list[catalog.Listing]) -> datetime | None:
+    times = [l.backups[0].when for l in listings if l.backups]
+    return max(times) if times else None
+
+
+def plan_target(config: Config, target: Target, hosts: Hosts, now: datetime) -> list[StorePlan]:
+    policy = config.policies.get(target.policy) if target.policy else None
+    plans = []
+    for name in target.destinations:
+        store = open_store(config.destinations[name], hosts)
+        listing = catalog.scan(store, target)
+        candidates = [Candidate(b.name, b.when, b.protected) for b in listing.backups]
+        good = {b.name for b in listing.backups if b.has_checksum}
+        decisions = keep_newest_good(plan(candidates, policy), lambda n: n in good)
+        cutoff = now.timestamp() - target.interval.total_seconds()
+        stale = [p for p in listing.partials if p.mtime < cutoff]
+        plans.append(StorePlan(store, listing, decisions, stale))
+    return plans
+
+
+def prune(config: Config, targets: list[Target], *, dry_run: bool, force: bool, now: datetime | None = None) -> Outcome:
+    now = now or datetime.now()
+    outcome = Outcome({"dry_run": dry_run, "targets": []})
+    journal = None if dry_run else Journal.default()
+    with Hosts(config) as hosts:
+        for target in targets:
+            entry = {"target": target.name, "policy": target.policy, "status": "planned" if dry_run else "pruned",
+                     "stores": [], "removed": 0, "removed_bytes": 0, "kept": 0}
+            outcome.result["targets"].append(entry)
+            try:
+                if dry_run:
+                    _prune_target(config, target, hosts, now, entry, dry_run, force, None)
+                else:
+                    with target_lock(target.name, "prune"):
+                        _prune_target(config, target, hosts, now, entry, dry_run, force, journal)
+            except BakError as exc:
+                entry["status"] = "refused" if isinstance(exc, Refused) else "failed"
+                entry["error"] = exc.message
+                outcome.failed(exc)
+    if journal:
+        journal.close()
+    return outcome
+
+
+def _prune_target(config, target, hosts, now, entry, dry_run, force, journal) -> None:
+    plans = plan_target(config, target, hosts, now)
+    entry["stores"] = [p.as_dict() for p in plans]
+    newest = newest_time([p.listing for p in plans])
+    if newest is not None and now - newest > 2 * target.interval and not force:
+        age = now - newest
+        raise Refused(f"target {target.name} is stale: its newest backup is {_age(age)} old (interval {_age(target.interval)}); "
+                      "pruning now could remove the last good copies", where=target.name, code="stale_target",
+                      hint="Fix the backup first (bak create --target " + target.name + "), or pass --force.")
+    for store_plan in plans:
+        for decision in store_plan.decisions:
+            size = next(b.size for b in store_plan.listing.backups if b.name == decision.name)
+            if decision.keep:
+                entry["kept"] += 1
+                continue
+            entry["removed"] += 1
+            entry["removed_bytes"] += size
+            if not dry_run:
+                _remove(store_plan, decision, size, journal, target)
+        if not dry_run:
+            # We hold the target's lock, so no running backup owns these leftovers.
+            for partial in store_plan.stale_partials:
+                store_plan.store.remove(store_plan.listing.folder, partial.name)
+
+
+def _remove(store_plan: StorePlan, decision, size: int, journal: Journal, target: Target) -> None:
+    backup = next(b for b in store_plan.listing.backups if b.name == decision.name)
+    store = store_plan.store
+    details = {"store": store.name, "name": backup.name, "reason": decision.reason, "sidecars": sorted(backup.sidecars)}
+    with journal.operation("prune", target.name, details) as op:
+        op.bytes = size
+        store.remove(backup.folder, backup.name)
+        for sidecar in backup.sidecars:
+            store.remove(backup.folder, sidecar)
+
+
+def _age(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours / 24:.1f}d" if hours >= 48 else f"{hours:.1f}h"
+
+
+def generated_times(every: timedelta, days: int, end: datetime) -> list[datetime]:
+    """A backup every `every` for `days` days up to `end`, as a scheduler would make them."""
+    start = end - timedelta(days=days)
+    times, current = [], end
+    while current > start:
+        times.append(current)
+        current -= every
+    return times
+
+
+def parse_times(lines: list[str]) -> list[tuple[str, datetime]]:
+    """Timestamps (ISO) or backup file names, one per line."""
+    from bak import naming
+    from bak.errors import BadInput
+
+    parsed = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            continue
+        by_name = naming.parse(text)
+        if by_name:
+            parsed.append((text, by_name.when))
+            continue
+        try:
+            parsed.append((text, datetime.fromisoformat(text).replace(tzinfo=None)))
+        except ValueError:
+            raise BadInput(f"line {number}: {text!r} is neither an ISO time nor a backup file name", where=f"stdin:{number}") from None
+    return parsed
+
+
+def simulate(policy: dict, entries: list[tuple[str, datetime]]) -> Outcome:
+    decisions = plan([Candidate(name, when) for name, when in entries], policy)
+    kept = [d for d in decisions if d.keep]
+    return Outcome({"policy": policy, "total": len(decisions), "kept": len(kept), "removed": len(decisions) - len(kept),
+                    "decisions": [{"name": d.name, "when": d.when.isoformat(), "keep": d.keep, "reason": d.reason}
+                                  for d in decisions]})
