@@ -328,6 +328,186 @@ def _bad(message: str, where: str):
     return BadInput(message, where=where)
 
 
+# --- create / verify / restore / list -------------------------------------------------------
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _human_create(result: dict) -> None:
+    from bak.report import human_size, table
+
+    table("Backups made" if not result["dry_run"] else "Backups planned",
+          ["target", "method", "status", "backup", "size", "copies", "error"],
+          [[t["target"], t["method"], t.get("status"), t.get("name"), human_size(t.get("size")),
+            ", ".join(f"{c['store']}:{'ok' if c['ok'] else 'FAILED'}" for c in t.get("copies", [])) or ", ".join(t["destinations"]),
+            t.get("error")] for t in result["targets"]])
+
+
+def target_options(fn):
+    fn = click.option("--all", "all_targets", is_flag=True, help="All enabled targets (the default without --target).")(fn)
+    return click.option("--target", "-t", "targets", multiple=True, help="Target name (repeatable).")(fn)
+
+
+@cli.command("create", context_settings=CONTEXT)
+@target_options
+@click.option("--dry-run", is_flag=True, help="Show what would be backed up; do nothing.")
+@action("create", human=_human_create)
+def create_command(targets, all_targets, dry_run, config):
+    """Back up targets now (each under its lock, journaled, written atomically to every destination)."""
+    from bak import actions
+
+    return actions.create(config, config.select(targets), dry_run=dry_run, progress=_progress)
+
+
+def _human_verify(result: dict) -> None:
+    from bak.report import human_size, table
+
+    table("Verify", ["target", "store", "backup", "size", "checksum", "format", "result"],
+          [[r["target"], r["store"], r["name"], human_size(r.get("size")), r.get("checksum"), r.get("format"),
+            "ok" if r["ok"] else f"FAILED: {r.get('error')}"] for r in result["checked"]])
+
+
+@cli.command("verify", context_settings=CONTEXT)
+@target_options
+@click.option("--latest", "mode", flag_value="latest", default=True, help="The newest backup on each destination (default).")
+@click.option("--all-backups", "mode", flag_value="all", help="Every backup.")
+@click.argument("names", nargs=-1)
+@action("verify", human=_human_verify)
+def verify_command(targets, all_targets, mode, names, config):
+    """Check backups: sha256 against the sidecar plus the format's own full read."""
+    from bak import actions
+
+    return actions.verify(config, config.select(targets), every=mode == "all", names=names)
+
+
+def _human_restore(result: dict) -> None:
+    from bak.report import say
+
+    if result["dry_run"]:
+        say(f"would restore {result['backup']} from {result['store']} into {result['into'] or 'a new database beside it'}")
+    else:
+        say(f"restored {result['backup']} from {result['store']} into {result['database']} in {result['duration_s']}s"
+            + (f" (replaced; safety dump {result['safety_dump']})" if result["replaced"] else ""))
+
+
+def restore_options(fn):
+    for decorator in reversed([
+        click.option("--target", "-t", "target_name", required=True, help="Target to restore."),
+        click.option("--backup", "backup_name", help="Backup file name (default: the newest)."),
+        click.option("--from", "store_name", help="Destination to read it from (default: the newest copy anywhere)."),
+        click.option("--into", help="Restore under this name (default: a new name beside the original)."),
+        click.option("--force", is_flag=True, help="Replace an existing database/folder, after a safety copy."),
+        click.option("--dry-run", is_flag=True, help="Show what would be restored where; change nothing."),
+        click.option("--jobs", "-j", type=click.IntRange(1, 64), help="Parallel restore jobs (pg custom dumps)."),
+        click.option("--no-owner", is_flag=True, help="Skip restoring object ownership (pg)."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+@cli.command("restore", context_settings=CONTEXT)
+@restore_options
+@action("restore", human=_human_restore)
+def restore_command(target_name, backup_name, store_name, into, force, dry_run, jobs, no_owner, config):
+    """Restore a backup beside the original (never over it without --force)."""
+    from bak import actions
+
+    return actions.restore(config, config.target(target_name), name=backup_name, store_name=store_name, into=into,
+                           force=force, dry_run=dry_run, options={"jobs": jobs, "no_owner": no_owner})
+
+
+def _human_list(result: dict) -> None:
+    from bak.report import human_size, table
+
+    table("Backups", ["target", "store", "backup", "when", "size", "sha256", "protected"],
+          [[b["target"], b["store"], b["name"], b["when"], human_size(b["size"]), "yes" if b["checksum"] else "MISSING",
+            "yes" if b["protected"] else ""] for b in result["backups"]])
+    if result["partials"]:
+        table("Leftovers of interrupted runs", ["target", "store", "name"],
+              [[p["target"], p["store"], p["name"]] for p in result["partials"]])
+    if result["foreign"]:
+        table("Foreign files (never pruned)", ["store", "folder", "name"],
+              [[f["store"], f["folder"], f["name"]] for f in result["foreign"]])
+
+
+@cli.command("list", context_settings=CONTEXT)
+@target_options
+@action("list", human=_human_list)
+def list_command(targets, all_targets, config):
+    """List backups per target and destination, with leftovers and foreign files."""
+    from bak import actions
+
+    return actions.listing(config, config.select(targets))
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+@cli.group("pg", context_settings=CONTEXT)
+def pg_group():
+    """PostgreSQL: dump, verify, restore beside, restore drill."""
+
+
+def _pg_targets(config, names):
+    from bak.errors import BadInput
+
+    chosen = config.select(names)
+    wrong = [t.name for t in chosen if t.method != "pg_dump"]
+    if names and wrong:
+        raise BadInput(f"not pg_dump targets: {', '.join(wrong)}", where="--target")
+    return [t for t in chosen if t.method == "pg_dump"]
+
+
+@pg_group.command("dump")
+@target_options
+@action("pg dump", human=_human_create)
+def pg_dump_command(targets, all_targets, config):
+    """Dump PostgreSQL targets now (same as `bak create` for them)."""
+    from bak import actions
+
+    return actions.create(config, _pg_targets(config, targets), progress=_progress)
+
+
+@pg_group.command("verify")
+@target_options
+@click.option("--all-backups", "every", is_flag=True, help="Every dump, not only the newest.")
+@action("pg verify", human=_human_verify)
+def pg_verify_command(targets, all_targets, every, config):
+    """sha256 plus a full read (pg_restore -f /dev/null; gzip -t for .sql.gz)."""
+    from bak import actions
+
+    return actions.verify(config, _pg_targets(config, targets), every=every)
+
+
+@pg_group.command("restore")
+@restore_options
+@action("pg restore", human=_human_restore)
+def pg_restore_command(target_name, backup_name, store_name, into, force, dry_run, jobs, no_owner, config):
+    """Restore a dump into a new database ({db}_restored_{time}) or --into NAME."""
+    from bak import actions
+
+    _pg_targets(config, (target_name,))
+    return actions.restore(config, config.target(target_name), name=backup_name, store_name=store_name, into=into,
+                           force=force, dry_run=dry_run, options={"jobs": jobs, "no_owner": no_owner})
+
+
+def _human_drill(result: dict) -> None:
+    from bak.report import table
+
+    table("Restore drills", ["target", "backup", "restore time", "checks", "result"],
+          [[d["target"], d.get("backup"), f"{d.get('restore_duration_s', '-')}s",
+            ", ".join(f"{c['check'][:30]}:{'ok' if c['ok'] else 'FAIL'}" for c in d.get("checks", [])),
+            "PASSED" if d.get("passed") else f"FAILED {d.get('error', '')}"] for d in result["drills"]])
+
+
+@pg_group.command("drill")
+@target_options
+@action("pg drill", human=_human_drill)
+def pg_drill_command(targets, all_targets, config):
+    """Restore the newest dump into a scratch database, compare row counts, run sanity queries, drop it."""
+    from bak import actions
+
+    return actions.drill(config, _pg_targets(config, targets))
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="bak", standalone_mode=True)

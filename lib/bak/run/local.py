@@ -87,6 +87,7 @@ def _feed(pipe, source: bytes | BinaryIO) -> None:
         else:
             while chunk := source.read(CHUNK):
                 pipe.write(chunk)
+                pipe.flush()  # a reader may be waiting for this chunk before we send the next
     except BrokenPipeError:
         pass
     finally:

@@ -1,0 +1,184 @@
+"""The per-target loops behind create, verify, restore, drill and list: lock, journal, report."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from bak import catalog
+from bak.catalog import Backup
+from bak.config import Config, Target
+from bak.errors import BadInput, BakError
+from bak.journal import Journal
+from bak.locks import target_lock
+from bak.methods import Context, method_for
+from bak.report import Outcome
+from bak.run import Hosts
+from bak.stores import open_store, stores_for
+
+
+class Session:
+    """Hosts, journal and context for one command; closes them all at the end."""
+
+    def __init__(self, config: Config, progress=None):
+        self.config = config
+        self.hosts = Hosts(config)
+        self.journal = Journal.default()
+        self.ctx = Context(config, self.hosts, self.journal, datetime.now().replace(microsecond=0),
+                           progress=progress or (lambda message: None))
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hosts.close()
+        self.journal.close()
+
+
+def create(config: Config, targets: list[Target], *, dry_run: bool = False, progress=None) -> Outcome:
+    outcome = Outcome({"dry_run": dry_run, "targets": []})
+    with Session(config, progress) as session:
+        for target in targets:
+            entry = {"target": target.name, "method": target.method, "destinations": list(target.destinations)}
+            outcome.result["targets"].append(entry)
+            try:
+                method = method_for(target.method)
+                if dry_run:
+                    entry["status"] = "planned"
+                    continue
+                with target_lock(target.name, "create"):
+                    stores = stores_for(config, target.destinations, session.hosts)
+                    with session.journal.operation("create", target.name, {"method": target.method}) as op:
+                        entry.update(method.create(session.ctx, target, stores, op))
+                        op.details.update({"name": entry.get("name"), "copies": entry.get("copies")})
+                failed = [c for c in entry.get("copies", []) if not c["ok"]]
+                entry["status"] = "partial" if failed else "ok"
+                for copy in failed:
+                    outcome.problem(copy["error"]["code"], f"{target.name}: copy to {copy['store']} failed: "
+                                    f"{copy['error']['message']}", copy["store"], copy["error"].get("hint"))
+            except BakError as exc:
+                entry.update(status="failed", error=exc.message)
+                outcome.failed(exc)
+        outcome.warnings.extend(session.ctx.warnings)
+    return outcome
+
+
+def backups_of(session: Session, target: Target, store_name: str | None = None) -> list[tuple[object, Backup]]:
+    """(store, backup) pairs, newest first; `store_name` limits it to one destination."""
+    names = [store_name] if store_name else list(target.destinations)
+    if store_name and store_name not in target.destinations:
+        raise BadInput(f"{store_name!r} is not a destination of {target.name}", where="--from",
+                       hint="Destinations: " + ", ".join(target.destinations))
+    found = []
+    for name in names:
+        store = open_store(session.config.destinations[name], session.hosts)
+        found.extend((store, b) for b in catalog.scan(store, target).backups)
+    return sorted(found, key=lambda pair: (pair[1].when, pair[1].name), reverse=True)
+
+
+def pick(session: Session, target: Target, name: str | None, store_name: str | None):
+    pairs = backups_of(session, target, store_name)
+    if name:
+        pairs = [p for p in pairs if p[1].name == name]
+    if not pairs:
+        what = f"backup {name!r}" if name else "any backup"
+        raise BadInput(f"no {what} of {target.name} found" + (f" on {store_name}" if store_name else ""),
+                       where=target.name, code="no_backup", hint="List them with: bak list --target " + target.name)
+    return pairs[0]
+
+
+def verify(config: Config, targets: list[Target], *, every: bool = False, names: tuple[str, ...] = ()) -> Outcome:
+    outcome = Outcome({"checked": []})
+    with Session(config) as session:
+        for target in targets:
+            try:
+                method = method_for(target.method)
+                pairs = backups_of(session, target)
+            except BakError as exc:
+                outcome.failed(exc)
+                continue
+            if names:
+                pairs = [p for p in pairs if p[1].name in names]
+            elif not every:
+                newest: dict[str, tuple] = {}
+                for store, backup in pairs:
+                    newest.setdefault(store.name, (store, backup))
+                pairs = list(newest.values())
+            if not pairs:
+                outcome.problem("no_backup", f"{target.name} has no backup to verify", target.name,
+                                f"Create one: bak create --target {target.name}")
+            for store, backup in pairs:
+                row = {"target": target.name, "store": store.name, "name": backup.name}
+                try:
+                    with session.journal.operation("verify", target.name, {"store": store.name, "name": backup.name}) as op:
+                        row.update(method.verify(session.ctx, target, store, backup))
+                        op.bytes, op.checksum = row["size"], row["sha256"]
+                    row["ok"] = True
+                except BakError as exc:
+                    row.update(exc.details.get("result", {}), ok=False, error=exc.message)
+                    outcome.failed(exc)
+                outcome.result["checked"].append(row)
+    return outcome
+
+
+def restore(config: Config, target: Target, *, name: str | None, store_name: str | None, into: str | None,
+            force: bool, dry_run: bool, options: dict) -> Outcome:
+    with Session(config) as session:
+        method = method_for(target.method)
+        store, backup = pick(session, target, name, store_name)
+        plan = {"target": target.name, "backup": backup.name, "store": store.name, "into": into, "force": force}
+        if dry_run:
+            return Outcome({"dry_run": True, **plan})
+        with target_lock(target.name, "restore"):
+            with session.journal.operation("restore", target.name, plan) as op:
+                result = method.restore(session.ctx, target, store, backup, into=into, force=force, options=options)
+                op.bytes = backup.size
+                op.details.update(result)
+        outcome = Outcome({"dry_run": False, **result})
+        outcome.warnings.extend(session.ctx.warnings)
+        return outcome
+
+
+def drill(config: Config, targets: list[Target]) -> Outcome:
+    outcome = Outcome({"drills": []})
+    with Session(config) as session:
+        for target in targets:
+            try:
+                method = method_for(target.method)
+                store, backup = pick(session, target, None, None)
+                with target_lock(target.name, "drill"):
+                    with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op:
+                        result = method.drill(session.ctx, target, store, backup)
+                        op.details.update(result)
+                        op.bytes = backup.size
+                outcome.result["drills"].append(result)
+            except BakError as exc:
+                outcome.result["drills"].append(exc.details.get("result") or {"target": target.name, "passed": False,
+                                                                              "error": exc.message})
+                outcome.failed(exc)
+        outcome.warnings.extend(session.ctx.warnings)
+    return outcome
+
+
+def listing(config: Config, targets: list[Target]) -> Outcome:
+    outcome = Outcome({"backups": [], "partials": [], "foreign": []})
+    with Session(config) as session:
+        seen_foreign = set()
+        for target in targets:
+            for dest in target.destinations:
+                try:
+                    store = open_store(config.destinations[dest], session.hosts)
+                    found = catalog.scan(store, target)
+                except BakError as exc:
+                    outcome.failed(exc)
+                    continue
+                for b in found.backups:
+                    outcome.result["backups"].append({
+                        "target": target.name, "method": target.method, "store": dest, "name": b.name,
+                        "when": b.when.isoformat(), "size": b.size, "checksum": b.has_checksum, "protected": b.protected,
+                        "sidecars": sorted(b.sidecars)})
+                outcome.result["partials"] += [{"target": target.name, "store": dest, "name": p.name} for p in found.partials]
+                for name in found.foreign:
+                    if (dest, found.folder, name) not in seen_foreign:
+                        seen_foreign.add((dest, found.folder, name))
+                        outcome.result["foreign"].append({"store": dest, "folder": found.folder, "name": name})
+    return outcome

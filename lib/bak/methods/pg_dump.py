@@ -1,0 +1,441 @@
+"""PostgreSQL: pg_dump streamed into every destination, verify, restore beside, restore drill.
+
+The dump and the per-table row counts see the same snapshot: a psql session exports it
+(pg_export_snapshot), pg_dump runs with --snapshot, and the counts run in that session
+while pg_dump works, so the drill can compare exact counts even on a live database.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import threading
+import time
+from datetime import datetime
+
+from bak import naming
+from bak.catalog import Backup, folder_of
+from bak.config import Target
+from bak.errors import BadInput, BakError, CommandFailed, Refused, VerifyFailed
+from bak.journal import Operation
+from bak.methods.base import Context, Method
+from bak.run.base import CHUNK, Runner
+from bak.secrets import read_secret
+from bak.stores import Store
+from bak.stores.fanout import FanOut
+from bak.verify import HashingReader, check_file, recorded_sha256
+
+SPACE_FACTOR = 1.2
+SNAPSHOT_WAIT_S = 60
+FIELD = "\x1f"  # unit separator between psql output fields: never inside an identifier
+
+USER_TABLES = ("FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+               "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+               "AND n.nspname NOT LIKE 'pg\\_toast%'")
+ROW_COUNTS_SQL = ("SELECT 'rows', format('%I.%I', n.nspname, c.relname), "
+                  "(xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', n.nspname, c.relname), "
+                  "false, true, '')))[1]::text " + USER_TABLES + " AND c.relkind = 'r' ORDER BY 2;")
+PRECHECK_SQL = ("SELECT current_user, has_database_privilege(current_database(), 'CONNECT'), "
+                "pg_database_size(current_database()), current_setting('server_version'), "
+                "coalesce((SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ') " + USER_TABLES +
+                " AND NOT has_table_privilege(c.oid, 'SELECT')), '');")
+
+
+# --- argv builders (pure) ------------------------------------------------------------------
+def tool(options: dict, name: str) -> str:
+    return posixpath.join(options["bin_dir"], name) if options.get("bin_dir") else name
+
+
+def connection(options: dict, database: str) -> list[str]:
+    argv = ["-h", options["address"], "-p", str(options["port"])]
+    if options.get("user"):
+        argv += ["-U", options["user"]]
+    return argv + ["-d", database]
+
+
+def isready_argv(options: dict) -> list[str]:
+    return [tool(options, "pg_isready"), "-h", options["address"], "-p", str(options["port"]), "-d", options["database"]]
+
+
+def psql_argv(options: dict, database: str, variables: dict[str, str] | None = None) -> list[str]:
+    argv = [tool(options, "psql"), *connection(options, database), "-w", "-X", "-A", "-t", "-q",
+            "-F", FIELD, "-v", "ON_ERROR_STOP=1"]
+    for key, value in (variables or {}).items():
+        argv += ["-v", f"{key}={value}"]
+    return argv
+
+
+def dump_argv(options: dict, snapshot: str | None) -> list[str]:
+    argv = [tool(options, "pg_dump"), *connection(options, options["database"]), "-w"]
+    if snapshot:
+        argv.append(f"--snapshot={snapshot}")
+    return argv + (["-Fc"] if options["format"] == "custom" else ["-Fp", "-Z", "6"])
+
+
+def globals_argv(options: dict) -> list[str]:
+    argv = [tool(options, "pg_dumpall"), "-h", options["address"], "-p", str(options["port"])]
+    if options.get("user"):
+        argv += ["-U", options["user"]]
+    return argv + ["-l", options["database"], "-w", "--globals-only"]
+
+
+def restore_argv(options: dict, database: str, *, jobs: int = 1, no_owner: bool = False, path: str | None = None) -> list[str]:
+    argv = [tool(options, "pg_restore"), *connection(options, database), "-w", "--exit-on-error"]
+    if no_owner:
+        argv.append("--no-owner")
+    if jobs > 1 and path:
+        argv += ["-j", str(jobs)]
+    return argv + ([path] if path else [])
+
+
+def full_read_argv(options: dict) -> list[str]:
+    """A full read of a custom dump from stdin (`--list` alone misses truncation)."""
+    return [tool(options, "pg_restore"), "-f", "/dev/null"]
+
+
+# --- connection and secrets ------------------------------------------------------------------
+def passfile_line(password: str) -> bytes:
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    return f"*:*:*:*:{escaped}\n".encode()
+
+
+class Session:
+    """How to reach one target's server: its runner and the environment that carries the secret."""
+
+    def __init__(self, ctx: Context, target: Target):
+        self.target = target
+        self.options = target.options
+        self.runner: Runner = ctx.hosts.runner(target.host)
+        self._secret_cm = None
+        self.env = {"PGCONNECT_TIMEOUT": "10", "PGAPPNAME": f"bak-{target.name}"}
+
+    def __enter__(self) -> "Session":
+        ref = self.options.get("password")
+        if ref and "pgpass" in ref:
+            path = ref["pgpass"]
+            if self.target.host == "local":
+                read_secret(ref, f"targets.{self.target.name}.pg_dump.password")
+                from pathlib import Path
+
+                path = str(Path(path).expanduser())
+            elif path.startswith("~/"):
+                path = path[2:]  # remote commands start in the home folder
+            self.env["PGPASSFILE"] = path
+        elif ref:
+            password = read_secret(ref, f"targets.{self.target.name}.pg_dump.password")
+            self._secret_cm = self.runner.secret_file(passfile_line(password))
+            self.env["PGPASSFILE"] = self._secret_cm.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._secret_cm is not None:
+            self._secret_cm.__exit__(*exc)
+
+    def run(self, argv: list[str], **kwargs):
+        return self.runner.run(argv, env=self.env, **kwargs)
+
+    def sql(self, statement: str, database: str | None = None, variables: dict | None = None) -> list[list[str]]:
+        out = self.run(psql_argv(self.options, database or self.options["database"], variables), stdin=statement.encode())
+        return [line.split(FIELD) for line in out.stdout_text.splitlines() if line]
+
+
+def explain_connection_failure(exc: CommandFailed, target: Target) -> BakError:
+    text = exc.stderr_tail
+    options = target.options
+    where = f"targets.{target.name}"
+    if "password authentication failed" in text or "no password supplied" in text:
+        return CommandFailed(f"PostgreSQL refused the password of role {options.get('user') or '(default)'}",
+                             where=where, code="pg_auth", stderr_tail=text,
+                             hint="Check the secret the config points to (pg_dump.password) and the role's password.")
+    if re.search(r'database ".*" does not exist', text):
+        return CommandFailed(f"database {options['database']!r} does not exist on {options['address']}:{options['port']}",
+                             where=f"{where}.pg_dump.database", code="pg_no_database", stderr_tail=text,
+                             hint="Check pg_dump.database; list databases with: psql -l")
+    if "permission denied" in text:
+        return CommandFailed(f"role lacks a privilege: {text.strip().splitlines()[-1]}", where=where, code="pg_privilege",
+                             stderr_tail=text, hint="The role needs CONNECT on the database and SELECT on every table.")
+    return exc
+
+
+# --- the method -----------------------------------------------------------------------------
+class GatedScript:
+    """stdin for the snapshot session: the head now, the tail once the dump is done."""
+
+    def __init__(self, head: str, tail: str):
+        self.parts = [head.encode(), tail.encode()]
+        self.gate = threading.Event()
+
+    def read(self, n: int = CHUNK) -> bytes:
+        if len(self.parts) == 2:
+            return self.parts.pop(0)
+        if self.parts:
+            self.gate.wait()
+            return self.parts.pop(0)
+        return b""
+
+
+class SnapshotSession:
+    """A psql session holding the exported snapshot and counting rows in it."""
+
+    def __init__(self, session: Session):
+        # psql block-buffers stdout into a pipe; stderr is unbuffered, so the id comes back by \\warn.
+        head = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
+                "SELECT pg_export_snapshot() AS bak_snapshot \\gset\n"
+                "\\warn bak-snapshot :bak_snapshot\n" + ROW_COUNTS_SQL + "\n")
+        self.script = GatedScript(head, "COMMIT;\n")
+        self.session = session
+        self.snapshot: str | None = None
+        self.row_counts: dict[str, int] = {}
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._buffer = b""
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.session.run(psql_argv(self.session.options, self.session.options["database"]), stdin=self.script,
+                             stdout=self._feed, on_stderr_line=self._stderr_line)
+        except BaseException as exc:  # surfaced to the caller through .error
+            self.error = exc
+        finally:
+            self.ready.set()
+
+    def _feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            fields = line.decode("utf-8", "replace").split(FIELD)
+            if fields[0] == "rows":
+                self.row_counts[fields[1]] = int(fields[2])
+
+    def _stderr_line(self, line: str) -> None:
+        if line.startswith("bak-snapshot "):
+            self.snapshot = line.split()[1]
+            self.ready.set()
+
+    def start(self) -> str:
+        self._thread.start()
+        if not self.ready.wait(SNAPSHOT_WAIT_S) or self.snapshot is None:
+            self.script.gate.set()
+            self._thread.join(5)
+            if isinstance(self.error, CommandFailed):
+                raise explain_connection_failure(self.error, self.session.target)
+            raise self.error or CommandFailed("psql did not export a snapshot in time", where=self.session.target.name)
+        return self.snapshot
+
+    def finish(self) -> dict[str, int]:
+        self.script.gate.set()
+        self._thread.join()
+        if self.error:
+            raise self.error
+        return self.row_counts
+
+
+class PgDump(Method):
+    name = "pg_dump"
+
+    # -- prechecks --------------------------------------------------------------------------
+    def precheck(self, session: Session) -> dict:
+        options = session.options
+        ready = session.run(isready_argv(options), check=False)
+        if ready.returncode != 0:
+            meaning = {1: "rejecting connections (starting up or shutting down)", 2: "no response",
+                       3: "no attempt made (bad connection parameters)"}.get(ready.returncode, "unknown state")
+            raise CommandFailed(f"PostgreSQL at {options['address']}:{options['port']} is not ready: {meaning}",
+                                returncode=ready.returncode, where=f"targets.{session.target.name}", code="pg_not_ready",
+                                hint="Start the server, or check pg_dump.address/port (pg_isready -h ... -p ...).")
+        try:
+            row = session.sql(PRECHECK_SQL)[0]
+        except CommandFailed as exc:
+            raise explain_connection_failure(exc, session.target) from None
+        user, can_connect, size, version, unreadable = row
+        if can_connect != "t" or unreadable:
+            raise Refused(f"role {user} cannot dump {options['database']}: "
+                          + ("no CONNECT privilege" if can_connect != "t" else f"no SELECT on {unreadable}"),
+                          where=f"targets.{session.target.name}", code="pg_privilege",
+                          hint=f"GRANT CONNECT ON DATABASE ... and GRANT SELECT ON ... TO {user} (or use the pg_read_all_data role).")
+        return {"user": user, "database_size": int(size), "server_version": version}
+
+    def require_space(self, stores: list[Store], target: Target, database_size: int) -> int:
+        from bak.catalog import scan
+
+        last = max((l.backups[0].size for l in (scan(s, target) for s in stores) if l.backups), default=None)
+        needed = int(SPACE_FACTOR * (last if last is not None else database_size))
+        for store in stores:
+            store.require_space(needed)
+        return needed
+
+    # -- create -----------------------------------------------------------------------------
+    def create(self, ctx: Context, target: Target, stores: list[Store], op: Operation) -> dict:
+        options = target.options
+        name = naming.pg_dump_name(options["database"], ctx.now, options["format"])
+        folder = folder_of(target)
+        prefix = f"pg-{options['database']}-"
+        for store in stores:
+            for leftover in store.remove_partials(folder, prefix):
+                ctx.warnings.append(f"removed {leftover} on {store.name}, left by an interrupted run")
+        with Session(ctx, target) as session:
+            facts = self.precheck(session)
+            needed = self.require_space(stores, target, facts["database_size"])
+            ctx.progress(f"{target.name}: dumping {options['database']} ({facts['database_size']} bytes in the database)")
+            started = time.monotonic()
+            snapshot = SnapshotSession(session)
+            snapshot_id = snapshot.start()
+            fan = FanOut(stores, folder, name)
+            try:
+                session.run(dump_argv(options, snapshot_id), stdout=fan.write, timeout=target.timeout.total_seconds())
+            except BaseException as exc:
+                fan.abort()
+                snapshot.script.gate.set()
+                if isinstance(exc, CommandFailed):
+                    raise explain_connection_failure(exc, target) from None
+                raise
+            row_counts = snapshot.finish()
+            written = fan.commit()
+            duration = time.monotonic() - started
+            globals_sql = session.run(globals_argv(options)).stdout if options["globals"] else None
+        meta = {"target": target.name, "database": options["database"], "format": options["format"], "name": name,
+                "created_at": ctx.now.isoformat(), "server_version": facts["server_version"],
+                "database_size": facts["database_size"], "row_counts": row_counts, "duration_s": round(duration, 3),
+                "size": written.size, "sha256": written.sha256, "snapshot_consistent": True,
+                "globals": globals_sql is not None}
+        for copy in written.copies:
+            if not copy.ok:
+                continue
+            store = next(s for s in stores if s.name == copy.store)
+            store.write_small(folder, name + ".meta.json", json.dumps(meta, indent=1).encode())
+            if globals_sql is not None:
+                store.write_small(folder, name + ".globals.sql", globals_sql)
+        op.bytes, op.checksum = written.size, written.sha256
+        if not written.ok:
+            op.status = "partial"
+        return {"target": target.name, "name": name, "size": written.size, "sha256": written.sha256,
+                "duration_s": round(duration, 3), "space_needed": needed, "tables": len(row_counts),
+                "copies": [{"store": c.store, "location": c.location, "ok": c.ok, "error": c.error} for c in written.copies]}
+
+    # -- verify -----------------------------------------------------------------------------
+    def verify(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
+        checker = full_read_argv(target.options) if backup.name.endswith(".dump") else ["gzip", "-t"]
+        return check_file(store, backup, ctx.hosts.runner("local"), checker)
+
+    # -- restore ----------------------------------------------------------------------------
+    def restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
+                force: bool, options: dict) -> dict:
+        opts = target.options
+        if options.get("no_owner") and not backup.name.endswith(".dump"):
+            raise BadInput("--no-owner applies to custom (.dump) archives; plain SQL carries its owners",
+                           where="--no-owner", hint="Restore a plain .sql.gz dump as a superuser.")
+        database = into or f"{opts['database']}_restored_{ctx.now:%Y%m%d_%H%M%S}"
+        if not naming.is_safe_name(database):
+            raise BadInput(f"{database!r} is not a safe database name", where="--into")
+        with Session(ctx, target) as session:
+            exists = bool(session.sql("SELECT 1 FROM pg_database WHERE datname = :'db';", "postgres", {"db": database}))
+            safety = None
+            if exists and not force:
+                raise Refused(f"database {database} already exists; restore never overwrites", where="--into",
+                              code="would_overwrite",
+                              hint="Restore beside it (omit --into, or pick a new name), or pass --force to replace it "
+                                   "after a safety dump.")
+            if exists:
+                safety = self._safety_dump(ctx, session, target, store, database)
+                session.sql("DROP DATABASE :\"db\" WITH (FORCE);", "postgres", {"db": database})
+            session.sql("CREATE DATABASE :\"db\";", "postgres", {"db": database})
+            started = time.monotonic()
+            try:
+                self._load(session, store, backup, database, options)
+            except BaseException as exc:
+                if not exists:
+                    session.sql("DROP DATABASE IF EXISTS :\"db\" WITH (FORCE);", "postgres", {"db": database})
+                if isinstance(exc, CommandFailed) and re.search(r"must be (owner|member)|permission denied|role .* does not exist",
+                                                                exc.stderr_tail):
+                    exc.hint = ("The restoring role cannot recreate the original owners: pass --no-owner, "
+                                "or restore as a superuser.")
+                raise
+            duration = time.monotonic() - started
+        return {"target": target.name, "backup": backup.name, "store": store.name, "database": database,
+                "replaced": exists, "safety_dump": safety, "duration_s": round(duration, 3)}
+
+    def _load(self, session: Session, store: Store, backup: Backup, database: str, options: dict) -> None:
+        """Stream the dump into the database, checking its sha256 on the way (one read)."""
+        opts = session.options
+        expected = recorded_sha256(store, backup)
+        with store.open_read(backup.folder, backup.name) as plain:
+            raw = HashingReader(plain)
+            if backup.name.endswith(".dump"):
+                jobs = int(options.get("jobs") or opts["restore_jobs"])
+                if jobs > 1:
+                    with session.runner.secret_file(b"") as staged:
+                        session.run(["dd", f"of={staged}", "bs=1M", "status=none"], stdin=raw)
+                        session.run(restore_argv(opts, database, jobs=jobs, no_owner=options.get("no_owner", False), path=staged))
+                else:
+                    session.run(restore_argv(opts, database, no_owner=options.get("no_owner", False)), stdin=raw)
+            else:
+                import gzip
+
+                session.run(psql_argv(opts, database), stdin=gzip.GzipFile(fileobj=raw, mode="rb"))
+            raw.drain()
+        if expected and raw.hash.hexdigest() != expected:
+            raise VerifyFailed(f"{backup.name} on {store.name} does not match its .sha256: the restore was discarded",
+                               where=f"{store.name}:{backup.name}", hint="Restore another copy (--from) or an older backup.")
+
+    def _safety_dump(self, ctx: Context, session: Session, target: Target, store: Store, database: str) -> str:
+        """A protected dump of a database about to be replaced, so --force is never a one-way door."""
+        opts = dict(session.options, database=database, format="custom")
+        name = naming.pg_dump_name(database, datetime.now())
+        fan = FanOut([store], folder_of(target), name)
+        try:
+            session.run(dump_argv(opts, None), stdout=fan.write)
+        except BaseException as exc:
+            fan.abort()
+            if isinstance(exc, CommandFailed):
+                raise Refused(f"could not take a safety dump of {database}, so it was not replaced: {exc.message}",
+                              where=database, code="safety_dump_failed",
+                              hint="Give the backup role SELECT on every table of that database, or restore beside it.") from None
+            raise
+        fan.commit()
+        store.write_small(folder_of(target), name + ".protected", b"")
+        ctx.warnings.append(f"safety dump of {database} before replacing it: {store.name}:{name} (protected)")
+        return name
+
+    # -- drill ------------------------------------------------------------------------------
+    def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
+        scratch = f"bak_drill_{target.options['database']}_{ctx.now:%Y%m%d_%H%M%S}"[:63]
+        meta = json.loads(store.read_small(backup.folder, backup.name + ".meta.json")) \
+            if backup.name + ".meta.json" in backup.sidecars else None
+        result = {"target": target.name, "backup": backup.name, "store": store.name, "scratch_database": scratch,
+                  "checks": []}
+        # Ownership is irrelevant to a drill, and the backup role usually cannot recreate it.
+        restored = self.restore(ctx, target, store, backup, into=scratch, force=False, options={"no_owner": True})
+        result["restore_duration_s"] = restored["duration_s"]
+        failures = []
+        try:
+            with Session(ctx, target) as session:
+                counts = {row[1]: int(row[2]) for row in session.sql(ROW_COUNTS_SQL, scratch)}
+                if meta is None:
+                    failures.append("no .meta.json: row counts cannot be compared")
+                else:
+                    expected = meta["row_counts"]
+                    diff = {t: {"expected": expected.get(t), "restored": counts.get(t)}
+                            for t in set(expected) | set(counts) if expected.get(t) != counts.get(t)}
+                    result["checks"].append({"check": "row counts", "tables": len(expected), "ok": not diff, "differences": diff})
+                    if diff:
+                        failures.append(f"row counts differ in {len(diff)} table(s): {', '.join(sorted(diff)[:5])}")
+                for query in target.options.get("sanity_queries") or []:
+                    try:
+                        rows = session.sql(query, scratch)
+                        ok = bool(rows)
+                        result["checks"].append({"check": query, "ok": ok, "rows": len(rows)})
+                        if not ok:
+                            failures.append(f"sanity query returned no row: {query}")
+                    except CommandFailed as exc:
+                        result["checks"].append({"check": query, "ok": False, "error": exc.stderr_tail[-300:]})
+                        failures.append(f"sanity query failed: {query}")
+        finally:
+            with Session(ctx, target) as session:
+                session.sql("DROP DATABASE IF EXISTS :\"db\" WITH (FORCE);", "postgres", {"db": scratch})
+        result["passed"] = not failures
+        if failures:
+            raise VerifyFailed(f"drill of {backup.name} failed: " + "; ".join(failures), where=target.name,
+                               code="drill_failed", details={"result": result})
+        return result
