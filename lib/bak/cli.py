@@ -508,6 +508,21 @@ def pg_drill_command(targets, all_targets, config):
     return actions.drill(config, _pg_targets(config, targets))
 
 
+# --- demo --------------------------------------------------------------------------------
+@cli.command("demo", context_settings=CONTEXT)
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
+              help="Empty folder for the lab (default: a new temp folder).")
+def demo_command(folder):
+    """Build a sandbox lab (loopback and one folder only) and run backups end to end in it."""
+    from bak import demo
+
+    try:
+        sys.exit(demo.run(folder))
+    except BakError as exc:
+        click.echo(f"error: {exc.message}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), err=True)
+        sys.exit(exc.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="bak", standalone_mode=True)

@@ -98,7 +98,7 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
     view = Table(title=title, title_justify="left")
     for column in columns:
-        view.add_column(column)
+        view.add_column(column, overflow="fold")
     for row in rows:
         view.add_row(*("" if v is None else str(v) for v in row))
     stdout_console().print(view)

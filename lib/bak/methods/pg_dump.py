@@ -275,6 +275,7 @@ class PgDump(Method):
         for store in stores:
             for leftover in store.remove_partials(folder, prefix):
                 ctx.warnings.append(f"removed {leftover} on {store.name}, left by an interrupted run")
+            store.refuse_existing(folder, name)
         with Session(ctx, target) as session:
             facts = self.precheck(session)
             needed = self.require_space(stores, target, facts["database_size"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from bak.errors import NoSpace
+from bak.errors import NoSpace, Refused
 from bak.naming import PARTIAL_SUFFIX
 
 
@@ -95,3 +95,9 @@ class Store:
         if free < needed:
             raise NoSpace(f"destination {self.name} has {free} bytes free, this backup needs about {needed}",
                           where=self.name, hint="Prune old backups (bak prune --dry-run) or free space first.")
+
+    def refuse_existing(self, folder: str, name: str) -> None:
+        """Two runs in the same second would share a name: the second must never replace the first."""
+        if any(entry.name == name for entry in self.list(folder)):
+            raise Refused(f"{name} already exists on {self.name}; a backup is never overwritten", where=self.name,
+                          code="name_taken", hint="Wait a second and run again.")

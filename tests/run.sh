@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, system packages included, then run the whole suite.
+# Usage: bash tests/run.sh [pytest args]. Root installs missing Debian packages with apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(rsync openssh-server openssh-client postgresql restic zstd git gzip tar procps util-linux coreutils)
+have_all() {
+  local tool
+  for tool in rsync /usr/sbin/sshd ssh ssh-keygen restic zstd git gzip tar pkill mount runuser sha256sum; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || return 1
+  done
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || return 1
+  id postgres >/dev/null 2>&1 || return 1
+}
+
+if ! have_all; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "installing system packages: ${PACKAGES[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+  else
+    echo "missing system packages; run as root or: sudo apt-get install ${PACKAGES[*]}" >&2
+    exit 1
+  fi
+fi
+
+PYTHON=${PYTHON:-python3}
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+exec "$PYTHON" -m pytest "$@"

@@ -1,0 +1,45 @@
+"""`bak demo` builds its lab in one folder, runs the whole cycle, and leaves a journal of it."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from conftest import REPO, need, pg_bindir
+
+
+def test_demo_runs_end_to_end_inside_its_folder():
+    if pg_bindir() is None:
+        need("initdb")
+    # A folder the postgres OS user can traverse (pytest's own tmp folders are private to root).
+    tmp_path = __import__("pathlib").Path(tempfile.mkdtemp(prefix="bak-demo-test-"))
+    os.chmod(tmp_path, 0o711)
+    lab = tmp_path / "lab"
+    try:
+        _run_demo(tmp_path, lab)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _run_demo(tmp_path, lab):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BAK_")}
+    env["PYTHONPATH"] = str(REPO / "lib")
+    out = subprocess.run([sys.executable, "-m", "bak", "demo", "--dir", str(lab)], capture_output=True, text=True,
+                         timeout=240, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "demo finished" in out.stdout and "PASSED" in out.stdout
+    dumps = sorted(p.name for p in (lab / "backups" / "local" / "postgresql").glob("*.dump"))
+    assert len(dumps) == 3
+    assert (lab / "state" / "journal.sqlite").exists()
+    # Nothing outside the lab: no config or state in the user's folders came from this run.
+    assert not any(p for p in tmp_path.iterdir() if p != lab)
+
+
+def test_demo_refuses_a_non_empty_folder(tmp_path):
+    (tmp_path / "precious.txt").write_text("mine")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "lib")}
+    out = subprocess.run([sys.executable, "-m", "bak", "demo", "--dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 1 and "not empty" in out.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
