@@ -125,11 +125,21 @@ def run_cli(*args: str, stdin: str | None = None) -> CliResult:
     runner = CliRunner()
     result = runner.invoke(cli, [*args, "--json"], input=stdin, catch_exceptions=False)
     stdout = result.stdout
-    try:
-        env = json.loads(stdout) if stdout.strip() else None
-    except json.JSONDecodeError:
-        env = None
+    env = json.loads(stdout) if stdout.strip() else None
+    if env is not None:
+        check_envelope(env)
     return CliResult(result.exit_code, env, stdout, result.stderr if result.stderr_bytes is not None else "")
+
+
+def check_envelope(env: dict) -> None:
+    """Every envelope a test sees must match envelope.json and its command's result schema."""
+    from jsonschema import Draft202012Validator
+
+    from bak.report import _SCHEMAS, result_schema
+
+    Draft202012Validator(json.loads((_SCHEMAS / "envelope.json").read_text())).validate(env)
+    if env["result"] is not None:
+        Draft202012Validator(result_schema(env["command"])).validate(env["result"])
 
 
 def bak_subprocess(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:

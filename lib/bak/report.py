@@ -52,10 +52,16 @@ def envelope(command: str, started: datetime, duration_s: float, result: Any,
     })
 
 
+# Subcommands that are another command under a narrower name share its result schema.
+SCHEMA_ALIASES = {"pg-dump": "create", "pg-verify": "verify", "pg-restore": "restore"}
+
+
 @lru_cache(maxsize=None)
 def result_schema(command: str) -> dict:
-    """The JSON Schema of a command's `result`; `command` uses dashes for subcommands (`config-check`)."""
-    return json.loads((_SCHEMAS / f"{command}.json").read_text(encoding="utf-8"))
+    """The JSON Schema of a command's `result`, by the envelope's `command` (`config check` or `config-check`)."""
+    name = command.replace(" ", "-")
+    name = SCHEMA_ALIASES.get(name, name)
+    return json.loads((_SCHEMAS / f"{name}.json").read_text(encoding="utf-8"))
 
 
 def schema_names() -> list[str]:
