@@ -99,12 +99,29 @@ def config_check(config):
                     "schedules": len(config.schedules)})
 
 
+def _human_text(result: dict) -> None:
+    click.echo(result["text"], nl=False)
+
+
 @config_group.command("example")
+@action("config example", needs_config=False, human=_human_text)
 def config_example():
     """Print the spec's r2d2 homelab as a valid config (documentation; nothing connects to it)."""
     from bak import config
+    from bak.report import Outcome
 
-    click.echo(config.example_text(), nl=False)
+    return Outcome({"format": "yaml", "text": config.example_text()})
+
+
+@config_group.command("reference")
+@action("config reference", needs_config=False, human=_human_text)
+def config_reference():
+    """Print every config key with its type, default, meaning and example (references/config.md)."""
+    from bak import config
+    from bak.config.reference import render
+    from bak.report import Outcome
+
+    return Outcome({"format": "markdown", "text": render(config.schema()) + "\n"})
 
 
 # --- ssh ---------------------------------------------------------------------------------
