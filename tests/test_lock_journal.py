@@ -86,3 +86,24 @@ def test_secrets_are_scrubbed_from_the_journal(bak_home):
             raise RuntimeError("auth failed for hunter2-password")
     row = journal.query(target="db")[0]
     assert "hunter2-password" not in row["error_tail"] and "hunter2-password" not in str(row["details"])
+
+
+def test_a_second_bak_run_on_a_locked_target_exits_3_naming_the_holder(bak_home):
+    from conftest import bak_subprocess, write_config
+
+    write_config(bak_home / "config.yaml", {
+        "version": 1, "destinations": {"here": {"kind": "local", "path": str(bak_home / "d")}},
+        "targets": [{"name": "db", "method": "pg_dump", "destinations": ["here"], "pg_dump": {"database": "app"}}]})
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.format(lib=str(REPO / "lib"))], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        second = bak_subprocess("create", "--target", "db", "--json")
+        out, _ = second.communicate(timeout=60)
+        import json
+
+        envelope = json.loads(out)
+        assert second.returncode == 3
+        assert envelope["errors"][0]["code"] == "lock_held" and f"pid {holder.pid}" in envelope["errors"][0]["message"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

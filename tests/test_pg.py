@@ -314,3 +314,26 @@ def test_server_stopped_mid_dump_leaves_no_final_file(bak_home, monkeypatch):
         assert row["kind"] == "create" and row["status"] == "failed"
     finally:
         server.stop("immediate")
+
+
+def test_globals_are_kept_beside_the_dump_without_passwords_for_a_non_superuser(lab, pg):
+    lab_config(lab, pg, globals=True)
+    created = run_cli("create")
+    assert created.code == 0, created.envelope
+    name = created.envelope["result"]["targets"][0]["name"]
+    roles = (lab / "local" / "postgresql" / f"{name}.globals.sql").read_text()
+    assert "CREATE ROLE backup" in roles and "PASSWORD" not in roles
+    assert any("without their passwords" in w for w in created.envelope["warnings"])
+    pruned = run_cli("prune", "--dry-run").envelope["result"]["targets"][0]["stores"][0]["decisions"]
+    assert f"{name}.globals.sql" in next(d for d in pruned if d["name"] == name)["sidecars"]
+
+
+def test_pgpass_reference_is_used_as_the_passfile(bak_home, pg):
+    passfile = bak_home / "pgpass"
+    passfile.write_text(f"127.0.0.1:{pg.port}:*:backup:{PASSWORD}\n")
+    passfile.chmod(0o600)
+    lab_config(bak_home, pg, password={"pgpass": str(passfile)})
+    assert run_cli("create").code == 0
+    passfile.chmod(0o644)
+    loose = run_cli("create")
+    assert loose.code == 2 and "readable by others" in loose.envelope["errors"][0]["message"]

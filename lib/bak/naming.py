@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-SIDECAR_SUFFIXES = (".sha256", ".meta.json", ".protected", ".notes")
+SIDECAR_SUFFIXES = (".sha256", ".meta.json", ".protected", ".notes", ".globals.sql")
 PARTIAL_SUFFIX = ".partial"
 
 # One path component that cannot climb, hide, expand or split a shell word.

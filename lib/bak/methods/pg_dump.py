@@ -36,7 +36,8 @@ USER_TABLES = ("FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
 ROW_COUNTS_SQL = ("SELECT 'rows', format('%I.%I', n.nspname, c.relname), "
                   "(xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', n.nspname, c.relname), "
                   "false, true, '')))[1]::text " + USER_TABLES + " AND c.relkind = 'r' ORDER BY 2;")
-PRECHECK_SQL = ("SELECT current_user, has_database_privilege(current_database(), 'CONNECT'), "
+PRECHECK_SQL = ("SELECT current_user, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), "
+                "has_database_privilege(current_database(), 'CONNECT'), "
                 "pg_database_size(current_database()), current_setting('server_version'), "
                 "coalesce((SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ') " + USER_TABLES +
                 " AND NOT has_table_privilege(c.oid, 'SELECT')), '');")
@@ -73,11 +74,13 @@ def dump_argv(options: dict, snapshot: str | None) -> list[str]:
     return argv + (["-Fc"] if options["format"] == "custom" else ["-Fp", "-Z", "6"])
 
 
-def globals_argv(options: dict) -> list[str]:
+def globals_argv(options: dict, *, with_passwords: bool) -> list[str]:
+    """Roles and tablespaces; role passwords need a superuser (they live in pg_authid)."""
     argv = [tool(options, "pg_dumpall"), "-h", options["address"], "-p", str(options["port"])]
     if options.get("user"):
         argv += ["-U", options["user"]]
-    return argv + ["-l", options["database"], "-w", "--globals-only"]
+    argv += ["-l", options["database"], "-w", "--globals-only"]
+    return argv if with_passwords else [*argv, "--no-role-passwords"]
 
 
 def restore_argv(options: dict, database: str, *, jobs: int = 1, no_owner: bool = False, path: str | None = None) -> list[str]:
@@ -249,13 +252,13 @@ class PgDump(Method):
             row = session.sql(PRECHECK_SQL)[0]
         except CommandFailed as exc:
             raise explain_connection_failure(exc, session.target) from None
-        user, can_connect, size, version, unreadable = row
+        user, superuser, can_connect, size, version, unreadable = row
         if can_connect != "t" or unreadable:
             raise Refused(f"role {user} cannot dump {options['database']}: "
                           + ("no CONNECT privilege" if can_connect != "t" else f"no SELECT on {unreadable}"),
                           where=f"targets.{session.target.name}", code="pg_privilege",
                           hint=f"GRANT CONNECT ON DATABASE ... and GRANT SELECT ON ... TO {user} (or use the pg_read_all_data role).")
-        return {"user": user, "database_size": int(size), "server_version": version}
+        return {"user": user, "superuser": superuser == "t", "database_size": int(size), "server_version": version}
 
     def require_space(self, stores: list[Store], target: Target, database_size: int) -> int:
         from bak.catalog import scan
@@ -295,7 +298,12 @@ class PgDump(Method):
             row_counts = snapshot.finish()
             written = fan.commit()
             duration = time.monotonic() - started
-            globals_sql = session.run(globals_argv(options)).stdout if options["globals"] else None
+            globals_sql = None
+            if options["globals"]:
+                globals_sql = session.run(globals_argv(options, with_passwords=facts["superuser"])).stdout
+                if not facts["superuser"]:
+                    ctx.warnings.append(f"{target.name}: roles dumped without their passwords ({facts['user']} is not a "
+                                        "superuser); set them again after restoring the roles")
         meta = {"target": target.name, "database": options["database"], "format": options["format"], "name": name,
                 "created_at": ctx.now.isoformat(), "server_version": facts["server_version"],
                 "database_size": facts["database_size"], "row_counts": row_counts, "duration_s": round(duration, 3),
