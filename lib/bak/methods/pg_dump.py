@@ -275,11 +275,11 @@ class PgDump(Method):
         name = naming.pg_dump_name(options["database"], ctx.now, options["format"])
         folder = folder_of(target)
         prefix = f"pg-{options['database']}-"
-        for store in stores:
-            for leftover in store.remove_partials(folder, prefix):
-                ctx.warnings.append(f"removed {leftover} on {store.name}, left by an interrupted run")
-            store.refuse_existing(folder, name)
         with Session(ctx, target) as session:
+            for store in stores:
+                for leftover in store.remove_partials(folder, prefix):
+                    ctx.warnings.append(f"removed {leftover} on {store.name}, left by an interrupted run")
+                store.refuse_existing(folder, name)
             facts = self.precheck(session)
             needed = self.require_space(stores, target, facts["database_size"])
             ctx.progress(f"{target.name}: dumping {options['database']} ({facts['database_size']} bytes in the database)")
