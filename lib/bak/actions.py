@@ -86,9 +86,15 @@ def pick(session: Session, target: Target, name: str | None, store_name: str | N
     return pairs[0]
 
 
-def verify(config: Config, targets: list[Target], *, every: bool = False, names: tuple[str, ...] = ()) -> Outcome:
+def verify(config: Config, targets: list[Target], *, every: bool = False, names: tuple[str, ...] = (),
+           progress=None) -> Outcome:
+    """Files are checked in parallel (hashlib and the format checkers release the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     outcome = Outcome({"checked": []})
-    with Session(config) as session:
+    jobs = []
+    with Session(config, progress) as session:
         for target in targets:
             try:
                 method = method_for(target.method)
@@ -106,17 +112,29 @@ def verify(config: Config, targets: list[Target], *, every: bool = False, names:
             if not pairs:
                 outcome.problem("no_backup", f"{target.name} has no backup to verify", target.name,
                                 f"Create one: bak create --target {target.name}")
-            for store, backup in pairs:
-                row = {"target": target.name, "store": store.name, "name": backup.name}
-                try:
-                    with session.journal.operation("verify", target.name, {"store": store.name, "name": backup.name}) as op:
-                        row.update(method.verify(session.ctx, target, store, backup))
-                        op.bytes, op.checksum = row["size"], row["sha256"]
-                    row["ok"] = True
-                except BakError as exc:
-                    row.update(exc.details.get("result", {}), ok=False, error=exc.message)
-                    outcome.failed(exc)
+            jobs.extend((target, method, store, backup) for store, backup in pairs)
+
+        def check(job):
+            target, method, store, backup = job
+            row = {"target": target.name, "store": store.name, "name": backup.name}
+            try:
+                with session.journal.operation("verify", target.name, {"store": store.name, "name": backup.name}) as op:
+                    row.update(method.verify(session.ctx, target, store, backup))
+                    op.bytes, op.checksum = row["size"], row["sha256"]
+                row["ok"] = True
+                session.ctx.progress(f"verified {store.name}:{backup.name}")
+                return row, None
+            except BakError as exc:
+                row.update(exc.details.get("result", {}), ok=False, error=exc.message)
+                session.ctx.progress(f"FAILED {store.name}:{backup.name}: {exc.message}")
+                return row, exc
+
+        # One worker per core; remote stores share their host's connection (paramiko is thread-safe per channel).
+        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 2))) as pool:
+            for row, exc in pool.map(check, jobs):
                 outcome.result["checked"].append(row)
+                if exc:
+                    outcome.failed(exc)
     return outcome
 
 
@@ -159,12 +177,20 @@ def drill(config: Config, targets: list[Target]) -> Outcome:
     return outcome
 
 
-def listing(config: Config, targets: list[Target]) -> Outcome:
+def listing(config: Config, targets: list[Target], filters: dict | None = None) -> Outcome:
+    """Backups by target and destination; `filters`: method, host, vmid, since, until, destination."""
+    filters = filters or {}
+    chosen = [t for t in targets
+              if (not filters.get("method") or t.method == filters["method"])
+              and (not filters.get("host") or t.host == filters["host"])
+              and (not filters.get("vmid") or t.method == "vzdump" and t.options["vmid"] == filters["vmid"])]
     outcome = Outcome({"backups": [], "partials": [], "foreign": []})
     with Session(config) as session:
         seen_foreign = set()
-        for target in targets:
+        for target in chosen:
             for dest in target.destinations:
+                if filters.get("destination") and dest != filters["destination"]:
+                    continue
                 try:
                     store = open_store(config.destinations[dest], session.hosts)
                     found = catalog.scan(store, target)
@@ -172,6 +198,8 @@ def listing(config: Config, targets: list[Target]) -> Outcome:
                     outcome.failed(exc)
                     continue
                 for b in found.backups:
+                    if filters.get("since") and b.when < filters["since"] or filters.get("until") and b.when > filters["until"]:
+                        continue
                     outcome.result["backups"].append({
                         "target": target.name, "method": target.method, "store": dest, "name": b.name,
                         "when": b.when.isoformat(), "size": b.size, "checksum": b.has_checksum, "protected": b.protected,

@@ -34,16 +34,23 @@ def folder_of(target: Target) -> str:
     return FOLDERS[target.method]
 
 
-@dataclass
+@dataclass(slots=True)
 class Backup:
     target: str
     store: str
     folder: str
     name: str
     when: datetime
-    size: int
-    is_dir: bool
+    entry: Entry
     sidecars: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.entry.size
+
+    @property
+    def is_dir(self) -> bool:
+        return self.entry.is_dir
 
     @property
     def protected(self) -> bool:
@@ -63,48 +70,76 @@ class Listing:
     foreign: list[str]
 
 
-def scan(store: Store, target: Target, entries: list[Entry] | None = None) -> Listing:
-    """One target's view of one store's folder (pass `entries` to reuse a listing)."""
-    folder = folder_of(target)
-    entries = store.list(folder) if entries is None else entries
-    kind, key = kind_of(target), target_key(target)
-    names = {e.name for e in entries}
-    backups: dict[str, Backup] = {}
-    partials: list[Entry] = []
+@dataclass
+class FolderIndex:
+    """One folder of one store, parsed once and shared by every target that writes there."""
+
+    store: str
+    folder: str
+    backups: dict[tuple[str, str], list[Backup]]
+    partials: dict[tuple[str, str], list[Entry]]
+    foreign: list[str]
+
+    def listing_for(self, target: Target) -> Listing:
+        key = (kind_of(target), target_key(target))
+        backups = self.backups.get(key, [])
+        for backup in backups:
+            backup.target = target.name
+        return Listing(self.store, self.folder, list(backups), list(self.partials.get(key, [])), self.foreign)
+
+
+def index_folder(store_name: str, folder: str, entries: list[Entry]) -> FolderIndex:
+    """Each name is parsed once: artifacts, then their sidecars, partials and foreign names."""
+    sidecar = naming.SIDECAR_SUFFIXES
+    parsed_by_name = {e.name: None if e.name.endswith(sidecar) else naming.parse(e.name) for e in entries}
+    backups: dict[str, tuple[tuple[str, str], Backup]] = {}
+    for entry in entries:
+        parsed = parsed_by_name[entry.name]
+        if parsed:
+            backups[entry.name] = ((parsed.kind, parsed.key),
+                                   Backup("", store_name, folder, entry.name, parsed.when, entry))
+    partials: dict[tuple[str, str], list[Entry]] = {}
     foreign: list[str] = []
     for entry in entries:
-        parsed = naming.parse(entry.name)
-        if parsed:
-            if parsed.kind == kind and parsed.key == key:
-                backups[entry.name] = Backup(target.name, store.name, folder, entry.name, parsed.when, entry.size, entry.is_dir)
+        if parsed_by_name[entry.name]:
+            continue
+        owner = _owner(entry.name, backups)
+        if owner:
+            backups[owner][1].sidecars.append(entry.name)
             continue
         if entry.name.endswith(naming.PARTIAL_SUFFIX):
-            owner = naming.parse(_strip_partial(entry.name))
-            if owner and owner.kind == kind and owner.key == key:
-                partials.append(entry)
-            elif not owner and not _sidecar_owner(_strip_partial(entry.name), names):
-                foreign.append(entry.name)
-            continue
-        if not _sidecar_owner(entry.name, names):
-            foreign.append(entry.name)
-    for entry in entries:
-        owner = _sidecar_owner(entry.name, names)
-        if owner in backups:
-            backups[owner].sidecars.append(entry.name)
-    ordered = sorted(backups.values(), key=lambda b: (b.when, b.name), reverse=True)
-    return Listing(store.name, folder, ordered, partials, sorted(foreign))
+            stripped = entry.name[: -len(naming.PARTIAL_SUFFIX)]
+            of = naming.parse(stripped)
+            if of:
+                partials.setdefault((of.kind, of.key), []).append(entry)
+                continue
+            if _owner(stripped, backups):
+                continue  # a sidecar being written
+        elif naming.split_sidecar(entry.name) and naming.parse(naming.split_sidecar(entry.name)[0]):
+            continue  # a sidecar whose artifact is gone: bak's own, not foreign
+        foreign.append(entry.name)
+    grouped: dict[tuple[str, str], list[Backup]] = {}
+    for key, backup in backups.values():
+        grouped.setdefault(key, []).append(backup)
+    for items in grouped.values():
+        items.sort(key=lambda b: (b.when, b.name), reverse=True)
+    return FolderIndex(store_name, folder, grouped, partials, sorted(foreign))
 
 
-def _strip_partial(name: str) -> str:
-    return name[: -len(naming.PARTIAL_SUFFIX)]
-
-
-def _sidecar_owner(name: str, names: set[str]) -> str | None:
-    """The artifact a sidecar belongs to (`x.dump.sha256` -> `x.dump`), if that artifact exists."""
+def _owner(name: str, backups: dict) -> str | None:
+    """The artifact a sidecar belongs to (`x.dump.sha256` -> `x.dump`; vzdump's `x.log` -> `x.vma.zst`)."""
     split = naming.split_sidecar(name)
-    if split and naming.parse(split[0]):
+    if split and split[0] in backups:
         return split[0]
     match = _VZDUMP_LOG.match(name)
     if match:
-        return next((n for n in names if n.startswith(match.group(1) + ".") and naming.parse(n)), None)
+        stem = match.group(1) + "."
+        return next((n for n in backups if n.startswith(stem)), None)
     return None
+
+
+def scan(store: Store, target: Target, entries: list[Entry] | None = None) -> Listing:
+    """One target's view of one store's folder."""
+    folder = folder_of(target)
+    entries = store.list(folder) if entries is None else entries
+    return index_folder(store.name, folder, entries).listing_for(target)

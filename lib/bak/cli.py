@@ -391,10 +391,10 @@ def _human_verify(result: dict) -> None:
 @click.argument("names", nargs=-1)
 @action("verify", human=_human_verify)
 def verify_command(targets, all_targets, mode, names, config):
-    """Check backups: sha256 against the sidecar plus the format's own full read."""
+    """Check backups: sha256 against the sidecar plus the format's own full read, files in parallel."""
     from bak import actions
 
-    return actions.verify(config, config.select(targets), every=mode == "all", names=names)
+    return actions.verify(config, config.select(targets), every=mode == "all", names=names, progress=_progress)
 
 
 def _human_restore(result: dict) -> None:
@@ -449,12 +449,63 @@ def _human_list(result: dict) -> None:
 
 @cli.command("list", context_settings=CONTEXT)
 @target_options
+@click.option("--type", "method", type=click.Choice(["vzdump", "pg_dump", "rsync", "vault", "docker_volume", "config"]),
+              help="Only targets of this method.")
+@click.option("--host", help="Only targets on this host.")
+@click.option("--vmid", type=int, help="Only this Proxmox VMID.")
+@click.option("--destination", help="Only this destination.")
+@click.option("--since", type=click.DateTime(), help="Only backups made at or after this local time.")
+@click.option("--until", type=click.DateTime(), help="Only backups made at or before this local time.")
 @action("list", human=_human_list)
-def list_command(targets, all_targets, config):
+def list_command(targets, all_targets, method, host, vmid, destination, since, until, config):
     """List backups per target and destination, with leftovers and foreign files."""
     from bak import actions
 
-    return actions.listing(config, config.select(targets))
+    filters = {"method": method, "host": host, "vmid": vmid, "destination": destination, "since": since, "until": until}
+    return actions.listing(config, config.select(targets), filters)
+
+
+_STATE_STYLE = {"OK": "green", "LATE": "yellow", "STALE": "red", "MISSING": "red", "FAILING": "red bold"}
+
+
+def _human_status(result: dict) -> None:
+    from rich.table import Table
+
+    from bak.report import human_size, stdout_console
+
+    console = stdout_console()
+    view = Table(title="Targets", title_justify="left")
+    for column in ("target", "state", "newest", "age", "size", "copies", "3-2-1", "verify", "drill", "problems"):
+        view.add_column(column, overflow="fold")
+    for t in result["targets"]:
+        newest = t.get("newest") or {}
+        change = f" ({t['size_change_pct']:+.0f}%)" if "size_change_pct" in t else ""
+        verify = (t["last_verify"] or {}).get("status", "never")
+        drill = (t["last_drill"] or {}).get("status", "never") + (" (overdue)" if t["drill_overdue"] else "")
+        view.add_row(t["target"], f"[{_STATE_STYLE[t['state']]}]{t['state']}[/]", newest.get("when", "-"),
+                     f"{newest['age_h']:.1f}h" if newest else "-", human_size(newest.get("size")) + change,
+                     ", ".join(t["copies"]["destinations"]) or "-", "ok" if t["copies"]["ok"] else "[yellow]gap[/]",
+                     verify, drill, "; ".join(t["problems"]))
+    console.print(view)
+    space = Table(title="Destinations", title_justify="left")
+    for column in ("destination", "kind", "host", "medium", "used", "free", "level"):
+        space.add_column(column)
+    for d in result["destinations"]:
+        colour = {"ok": "green", "warn": "yellow"}.get(d["level"], "red")
+        space.add_row(d["destination"], d["kind"], d["host"], d.get("medium") or "-",
+                      f"{d['used_percent']}%" if "used_percent" in d else "-", human_size(d.get("free")),
+                      f"[{colour}]{d['level']}[/]")
+    console.print(space)
+    console.print(result["summary"], style="green" if result["summary"].startswith("HEALTHY") else "yellow")
+
+
+@cli.command("status", context_settings=CONTEXT)
+@action("status", human=_human_status)
+def status_command(config):
+    """Dashboard: each target's age vs interval, size trend, 3-2-1 copies, last verify and drill; free space."""
+    from bak.status import status
+
+    return status(config)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------

@@ -176,6 +176,7 @@ def run(folder: Path | None, keep_cluster: bool = False) -> int:
                           ["prune", "--simulate", "--keep-daily", "7", "--keep-weekly", "4", "--keep-monthly", "12",
                            "--keep-yearly", "2", "--every", "6h", "--days", "400"]))
         codes.append(step("the journal of everything above", ["log"]))
+        codes.append(step("the dashboard: age, size, 3-2-1 copies, last verify and drill, free space", ["status"]))
     finally:
         if cluster and not keep_cluster:
             cluster.stop()

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,7 +57,9 @@ class Journal:
     def __init__(self, path: Path):
         self.path = path
         new = not path.exists()
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        # Parallel verifies journal from worker threads: one connection, one lock.
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
         if new and os.name == "posix":
             os.chmod(path, 0o600)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -72,6 +75,10 @@ class Journal:
         self.db.close()
 
     def start(self, kind: str, target: str | None, details: dict | None = None) -> int:
+        with self._lock:
+            return self._start(kind, target, details)
+
+    def _start(self, kind: str, target: str | None, details: dict | None) -> int:
         cur = self.db.execute(
             "INSERT INTO operations(kind, target, started_at, status, details, pid, hostname) VALUES (?,?,?,?,?,?,?)",
             (kind, target, utcnow(), "running", json.dumps(scrub_obj(details or {})), os.getpid(), socket.gethostname()))
@@ -80,6 +87,10 @@ class Journal:
     def finish(self, op_id: int, status: str, *, bytes_: int | None = None, checksum: str | None = None,
                error_tail: str | None = None, details: dict | None = None) -> None:
         tail = scrub(error_tail)[-ERROR_TAIL_CHARS:] if error_tail else None
+        with self._lock:
+            self._finish(op_id, status, bytes_, checksum, tail, details)
+
+    def _finish(self, op_id, status, bytes_, checksum, tail, details) -> None:
         if details is not None:
             self.db.execute("UPDATE operations SET details=? WHERE id=?", (json.dumps(scrub_obj(details), default=str), op_id))
         self.db.execute("UPDATE operations SET ended_at=?, status=?, bytes=?, checksum=?, error_tail=? WHERE id=?",
@@ -112,11 +123,20 @@ class Journal:
             args.append(since)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
-        self.db.row_factory = sqlite3.Row
-        try:
-            rows = [dict(r) for r in self.db.execute(sql, args)]
-        finally:
-            self.db.row_factory = None
+        return self._rows(sql, args)
+
+    def latest(self, kind: str, status: str | None = None) -> dict[str, dict]:
+        """The newest operation of a kind for each target (optionally only with that status)."""
+        where = "kind = ?" + (" AND status = ?" if status else "")
+        args = [kind, status] if status else [kind]
+        sql = f"SELECT * FROM operations WHERE id IN (SELECT max(id) FROM operations WHERE {where} GROUP BY target)"
+        return {row["target"]: row for row in self._rows(sql, args)}
+
+    def _rows(self, sql: str, args: list) -> list[dict]:
+        with self._lock:
+            cursor = self.db.execute(sql, args)
+            columns = [c[0] for c in cursor.description]
+            rows = [dict(zip(columns, values)) for values in cursor]
         host = socket.gethostname()
         for row in rows:
             row["details"] = json.loads(row["details"]) if row["details"] else {}

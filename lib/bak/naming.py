@@ -8,8 +8,8 @@ so they are naive datetimes here, as in Proxmox.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 SIDECAR_SUFFIXES = (".sha256", ".meta.json", ".protected", ".notes", ".globals.sql")
 PARTIAL_SUFFIX = ".partial"
@@ -18,29 +18,24 @@ PARTIAL_SUFFIX = ".partial"
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _SAFE = re.compile(SAFE_NAME)
 
+# Timestamps are read from named groups with int(): strptime cost 15 us a name, too slow for
+# a 50,000-backup catalogue.
+_DATE = r"(?P<Y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})"
 _PATTERNS = {
     "vzdump": re.compile(
         r"^vzdump-(?P<guest>qemu|lxc)-(?P<key>[1-9][0-9]{2,8})-"
-        r"(?P<ts>\d{4}_\d{2}_\d{2}-\d{2}_\d{2}_\d{2})"
+        r"(?P<Y>\d{4})_(?P<m>\d{2})_(?P<d>\d{2})-(?P<H>\d{2})_(?P<M>\d{2})_(?P<S>\d{2})"
         r"(?P<ext>\.(?:vma|tar)(?:\.zst|\.lzo|\.gz)?)$"),
     "pg_dump": re.compile(
-        r"^pg-(?P<key>[A-Za-z0-9_.-]+?)-(?P<ts>\d{4}-\d{2}-\d{2}_\d{6})(?P<ext>\.dump|\.sql\.gz)$"),
+        r"^pg-(?P<key>[A-Za-z0-9_.-]+?)-" + _DATE + r"_(?P<H>\d{2})(?P<M>\d{2})(?P<S>\d{2})(?P<ext>\.dump|\.sql\.gz)$"),
     "rsync": re.compile(
-        r"^rsync-(?P<key>[A-Za-z0-9_.-]+?)-(?P<ts>\d{4}-\d{2}-\d{2}(?:_\d{6})?)(?P<ext>)$"),
+        r"^rsync-(?P<key>[A-Za-z0-9_.-]+?)-" + _DATE + r"(?:_(?P<H>\d{2})(?P<M>\d{2})(?P<S>\d{2}))?(?P<ext>)$"),
     "docker_volume": re.compile(
-        r"^docker-vol-(?P<key>[A-Za-z0-9_.-]+?)-(?P<ts>\d{4}-\d{2}-\d{2}(?:_\d{6})?)(?P<ext>\.tar\.gz)$"),
-}
-
-_TS_FORMATS = {
-    "vzdump": ["%Y_%m_%d-%H_%M_%S"],
-    "pg_dump": ["%Y-%m-%d_%H%M%S"],
-    "rsync": ["%Y-%m-%d_%H%M%S", "%Y-%m-%d"],
-    "docker_volume": ["%Y-%m-%d_%H%M%S", "%Y-%m-%d"],
+        r"^docker-vol-(?P<key>[A-Za-z0-9_.-]+?)-" + _DATE + r"(?:_(?P<H>\d{2})(?P<M>\d{2})(?P<S>\d{2}))?(?P<ext>\.tar\.gz)$"),
 }
 
 
-@dataclass(frozen=True)
-class ParsedName:
+class ParsedName(NamedTuple):
     kind: str          # vzdump | pg_dump | rsync | docker_volume
     key: str           # what identifies the source: vmid, db name, rsync source, "container-volume"
     when: datetime     # local time from the name
@@ -53,24 +48,22 @@ def is_safe_name(name: str) -> bool:
 
 
 def parse(name: str) -> ParsedName | None:
-    for kind, pattern in _PATTERNS.items():
-        match = pattern.match(name)
-        if not match:
-            continue
-        when = _parse_time(kind, match["ts"])
-        if when is None:
-            return None
-        return ParsedName(kind, match["key"], when, match["ext"], match.groupdict().get("guest"))
-    return None
-
-
-def _parse_time(kind: str, text: str) -> datetime | None:
-    for fmt in _TS_FORMATS[kind]:
+    kind = _KIND_BY_PREFIX.get(name[:3])
+    if kind is None or name.endswith(SIDECAR_SUFFIXES):
+        return None
+    match = _PATTERNS[kind].match(name)
+    if match:
+        group = match.group
         try:
-            return datetime.strptime(text, fmt)
+            when = datetime(int(group("Y")), int(group("m")), int(group("d")),
+                            int(group("H") or 0), int(group("M") or 0), int(group("S") or 0))
         except ValueError:
-            continue
+            return None  # 2026-02-30 and the like: not one of ours
+        return ParsedName(kind, group("key"), when, group("ext"), group("guest") if kind == "vzdump" else None)
     return None
+
+
+_KIND_BY_PREFIX = {"vzd": "vzdump", "pg-": "pg_dump", "rsy": "rsync", "doc": "docker_volume"}
 
 
 def vzdump_name(vmid: int, when: datetime, guest: str = "qemu", ext: str = ".vma.zst") -> str:
@@ -93,9 +86,10 @@ def docker_volume_name(container: str, volume: str, when: datetime, with_time: b
     return f"docker-vol-{container}-{volume}-{stamp}.tar.gz"
 
 
+_SIDECAR = re.compile(r"^(.+)(" + "|".join(re.escape(s) for s in SIDECAR_SUFFIXES) + r")$")
+
+
 def split_sidecar(name: str) -> tuple[str, str] | None:
     """`x.dump.sha256` -> (`x.dump`, `.sha256`); None when `name` is not a sidecar."""
-    for suffix in SIDECAR_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)], suffix
-    return None
+    match = _SIDECAR.match(name)
+    return (match.group(1), match.group(2)) if match else None

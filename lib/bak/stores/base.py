@@ -9,12 +9,34 @@ from bak.errors import NoSpace, Refused
 from bak.naming import PARTIAL_SUFFIX
 
 
-@dataclass(frozen=True)
 class Entry:
-    name: str
-    size: int
-    mtime: float
-    is_dir: bool
+    """A name in a store folder. Size and mtime are read on first use: a status over 50,000
+    backups needs them for a hundred files, not for all of them."""
+
+    __slots__ = ("name", "is_dir", "_size", "_mtime", "_stat")
+
+    def __init__(self, name: str, size: int | None, mtime: float | None, is_dir: bool, dir_entry=None):
+        self.name, self.is_dir = name, is_dir
+        self._size, self._mtime, self._stat = size, mtime, dir_entry
+
+    def _load(self) -> None:
+        st = self._stat.stat(follow_symlinks=False)
+        self._size, self._mtime, self._stat = st.st_size, st.st_mtime, None
+
+    @property
+    def size(self) -> int:
+        if self._size is None:
+            self._load()
+        return self._size
+
+    @property
+    def mtime(self) -> float:
+        if self._mtime is None:
+            self._load()
+        return self._mtime
+
+    def __repr__(self) -> str:
+        return f"Entry({self.name!r}, dir={self.is_dir})"
 
 
 @dataclass(frozen=True)

@@ -116,12 +116,8 @@ class LocalStore(Store):
         path = self._dir(folder)
         if not path.is_dir():
             return []
-        entries = []
         with os.scandir(path) as it:
-            for item in it:
-                st = item.stat(follow_symlinks=False)
-                entries.append(Entry(item.name, st.st_size, st.st_mtime, item.is_dir(follow_symlinks=False)))
-        return entries
+            return [Entry(item.name, None, None, item.is_dir(follow_symlinks=False), item) for item in it]
 
     def writer(self, folder: str, name: str) -> LocalWriter:
         return LocalWriter(self, self._dir(folder), name)

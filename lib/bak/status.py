@@ -1,0 +1,174 @@
+"""Health per target and destination: age vs interval, size trend, 3-2-1 copies, verify and drill, space.
+
+Every host is asked in parallel over its one connection, each folder is listed and parsed once
+for all the targets that write there, and the journal is read once per kind: a run costs about
+the slowest host, not the sum.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+from bak import catalog
+from bak.config import Config, Target
+from bak.errors import BakError
+from bak.journal import Journal
+from bak.report import Outcome
+from bak.run import Hosts
+from bak.stores import open_store
+
+DRILL_EVERY = timedelta(days=31)
+CRITICAL_PERCENT = 90
+FAILED = ("failed", "partial", "interrupted")
+
+
+def _scan_host(config: Config, hosts: Hosts, dest_names: list[str], folders: dict[str, set[str]]) -> dict:
+    """Everything one host can tell: usage and folder indexes of its destinations."""
+    found = {}
+    for name in dest_names:
+        row: dict = {"indexes": {}, "usage": None, "error": None}
+        try:
+            store = open_store(config.destinations[name], hosts)
+            row["usage"] = store.usage()
+            for folder in sorted(folders[name]):
+                row["indexes"][folder] = catalog.index_folder(name, folder, store.list(folder))
+        except BakError as exc:
+            row["error"] = exc
+        found[name] = row
+    return found
+
+
+def gather(config: Config, hosts: Hosts) -> dict[str, dict]:
+    folders: dict[str, set[str]] = {}
+    for target in config.targets:
+        for dest in target.destinations:
+            folders.setdefault(dest, set()).add(catalog.folder_of(target))
+    by_host: dict[str, list[str]] = {}
+    for dest in folders:
+        by_host.setdefault(config.destinations[dest].host, []).append(dest)
+    for host in by_host:
+        hosts.runner(host)  # created here, used by one thread each
+    with ThreadPoolExecutor(max_workers=max(1, len(by_host))) as pool:
+        futures = [pool.submit(_scan_host, config, hosts, names, folders) for names in by_host.values()]
+        results: dict[str, dict] = {}
+        for future in futures:
+            results.update(future.result())
+    return results
+
+
+def _age_text(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours / 24:.1f}d" if hours >= 48 else f"{hours:.1f}h"
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def target_health(config: Config, target: Target, scanned: dict, journal: dict, now: datetime) -> dict:
+    listings = []
+    for dest in target.destinations:
+        index = scanned[dest]["indexes"].get(catalog.folder_of(target))
+        if index is not None:
+            listings.append(index.listing_for(target))
+    backups = sorted((b for l in listings for b in l.backups), key=lambda b: (b.when, b.name), reverse=True)
+    newest = backups[0] if backups else None
+    problems: list[str] = []
+    entry: dict = {"target": target.name, "method": target.method, "interval_h": target.interval.total_seconds() / 3600}
+
+    last_create = journal["create"].get(target.name)
+    utc_now = datetime.now(timezone.utc)
+    if newest is None:
+        state = "MISSING"
+    else:
+        age = now - newest.when
+        state = "OK" if age <= target.interval else ("LATE" if age <= 2 * target.interval else "STALE")
+        entry["newest"] = {"name": newest.name, "when": newest.when.isoformat(), "age_h": round(age.total_seconds() / 3600, 2),
+                           "size": newest.size}
+        previous = next((b for b in backups if b.when < newest.when), None)
+        if previous is not None and previous.size:
+            entry["size_change_pct"] = round(100.0 * (newest.size - previous.size) / previous.size, 1)
+    if last_create and last_create["status"] in FAILED:
+        started = _when(last_create["started_at"])
+        if newest is None or started.astimezone().replace(tzinfo=None) > newest.when:
+            state = "FAILING"
+            problems.append(f"last backup {last_create['status']}: {(last_create['error_tail'] or '').splitlines()[0][:200]}")
+    if state in ("LATE", "STALE"):
+        problems.append(f"newest backup is {_age_text(now - newest.when)} old (interval {_age_text(target.interval)})")
+    elif state == "MISSING":
+        problems.append("no backup on any destination")
+    entry["state"] = state
+
+    holders = [l.store for l in listings if newest and any(b.name == newest.name for b in l.backups)]
+    media = sorted({config.destinations[d].medium or config.destinations[d].kind for d in holders})
+    offsite = sum(1 for d in holders if config.destinations[d].offsite)
+    rule = {"copies": 1 + len(holders), "media_count": len(media), "offsite": offsite,
+            "ok": 1 + len(holders) >= 3 and len(media) >= 2 and offsite >= 1}
+    entry["copies"] = {"destinations": holders, "media": media, **rule}
+    if newest and not rule["ok"]:
+        gaps = [g for g, bad in (("3 copies", rule["copies"] < 3), ("2 media", rule["media_count"] < 2),
+                                 ("1 offsite", rule["offsite"] < 1)) if bad]
+        problems.append("3-2-1 not met: missing " + ", ".join(gaps))
+
+    verify = journal["verify"].get(target.name)
+    entry["last_verify"] = {"at": verify["started_at"], "status": verify["status"]} if verify else None
+    if verify and verify["status"] in FAILED:
+        problems.append(f"last verify failed: {(verify['error_tail'] or '').splitlines()[0][:200]}")
+    drill = journal["drill"].get(target.name)
+    entry["last_drill"] = ({"at": drill["started_at"], "status": drill["status"],
+                            "restore_s": (drill["details"] or {}).get("restore_duration_s")} if drill else None)
+    good_drill = journal["drill_ok"].get(target.name)
+    entry["drill_overdue"] = not good_drill or utc_now - _when(good_drill["started_at"]) > DRILL_EVERY
+    if entry["drill_overdue"] and newest is not None:
+        problems.append("no successful restore drill in 31 days" if good_drill else "never test-restored")
+    entry["partials"] = [{"store": l.store, "name": p.name} for l in listings for p in l.partials]
+    if entry["partials"]:
+        problems.append(f"{len(entry['partials'])} leftover .partial file(s) from interrupted runs")
+    entry["problems"] = problems
+    return entry
+
+
+def destination_health(config: Config, name: str, scanned: dict) -> dict:
+    dest = config.destinations[name]
+    row = {"destination": name, "kind": dest.kind, "host": dest.host, "medium": dest.medium, "offsite": dest.offsite}
+    if scanned["error"] is not None:
+        return {**row, "level": "unreachable", "error": scanned["error"].message}
+    usage = scanned["usage"]
+    percent = round(usage.used_percent, 1)
+    level = "critical" if percent >= CRITICAL_PERCENT else ("warn" if percent >= dest.warn_percent else "ok")
+    return {**row, "level": level, "total": usage.total, "free": usage.free, "used_percent": percent}
+
+
+def status(config: Config, now: datetime | None = None) -> Outcome:
+    now = now or datetime.now()
+    journal = Journal.default()
+    try:
+        history = {"create": journal.latest("create"), "verify": journal.latest("verify"),
+                   "drill": journal.latest("drill"), "drill_ok": journal.latest("drill", status="ok")}
+    finally:
+        journal.close()
+    with Hosts(config) as hosts:
+        scanned = gather(config, hosts)
+    targets = [target_health(config, t, scanned, history, now) for t in config.targets if t.enabled]
+    destinations = [destination_health(config, name, scanned[name]) for name in sorted(scanned)]
+    outcome = Outcome({"summary": "", "targets": targets, "destinations": destinations})
+    for entry in targets:
+        for problem in entry["problems"]:
+            outcome.problem(f"target_{entry['state'].lower()}" if entry["state"] != "OK" else "target_attention",
+                            problem, entry["target"])
+    for dest in destinations:
+        if dest["level"] == "unreachable":
+            outcome.problem("destination_unreachable", dest["error"], dest["destination"])
+        elif dest["level"] != "ok":
+            outcome.problem(f"destination_{dest['level']}", f"{dest['destination']} is {dest['used_percent']}% full",
+                            dest["destination"], "Prune (bak prune --dry-run) or add space.")
+    attention = [t["target"] for t in targets if t["problems"]]
+    tight = [d["destination"] for d in destinations if d["level"] != "ok"]
+    if not attention and not tight:
+        outcome.result["summary"] = f"HEALTHY: {len(targets)} target(s) OK, {len(destinations)} destination(s) OK"
+    else:
+        outcome.result["summary"] = (f"ATTENTION: {len(attention)} of {len(targets)} target(s) need attention"
+                                     + (f" ({', '.join(attention)})" if attention else "")
+                                     + (f"; destinations: {', '.join(tight)}" if tight else ""))
+    return outcome
