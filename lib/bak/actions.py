@@ -51,7 +51,10 @@ def create(config: Config, targets: list[Target], *, dry_run: bool = False, prog
                         entry.update(method.create(session.ctx, target, stores, op))
                         op.details.update({"name": entry.get("name"), "copies": entry.get("copies")})
                 failed = [c for c in entry.get("copies", []) if not c["ok"]]
-                entry["status"] = "partial" if failed else "ok"
+                findings = entry.pop("problems", [])
+                entry["status"] = "partial" if failed or findings else "ok"
+                for finding in findings:
+                    outcome.problem(**finding)
                 for copy in failed:
                     outcome.problem(copy["error"]["code"], f"{target.name}: copy to {copy['store']} failed: "
                                     f"{copy['error']['message']}", copy["store"], copy["error"].get("hint"))

@@ -58,7 +58,8 @@ class Backup:
 
     @property
     def has_checksum(self) -> bool:
-        return self.name + ".sha256" in self.sidecars
+        """A file has its .sha256; a snapshot folder its per-file .manifest."""
+        return self.name + ".sha256" in self.sidecars or self.name + ".manifest" in self.sidecars
 
 
 @dataclass

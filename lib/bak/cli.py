@@ -401,10 +401,13 @@ def _human_restore(result: dict) -> None:
     from bak.report import say
 
     if result["dry_run"]:
-        say(f"would restore {result['backup']} from {result['store']} into {result['into'] or 'a new database beside it'}")
-    else:
-        say(f"restored {result['backup']} from {result['store']} into {result['database']} in {result['duration_s']}s"
-            + (f" (replaced; safety dump {result['safety_dump']})" if result["replaced"] else ""))
+        say(f"would restore {result['backup']} from {result['store']} into {result['into'] or 'a new place beside the original'}")
+        return
+    where = result.get("database") or result.get("volume") or result.get("path")
+    safety = result.get("safety_dump") or result.get("safety_backup") or result.get("safety_snapshot")
+    say(f"restored {result['backup']}" + (f" ({result['file']})" if result.get("file") else "")
+        + f" from {result['store']} into {where} in {result['duration_s']}s"
+        + (f" (replaced; safety copy {safety})" if result.get("replaced") else ""))
 
 
 def restore_options(fn):
@@ -417,6 +420,7 @@ def restore_options(fn):
         click.option("--dry-run", is_flag=True, help="Show what would be restored where; change nothing."),
         click.option("--jobs", "-j", type=click.IntRange(1, 64), help="Parallel restore jobs (pg custom dumps)."),
         click.option("--no-owner", is_flag=True, help="Skip restoring object ownership (pg)."),
+        click.option("--file", "single_file", help="Restore only this path from a file-tree snapshot."),
     ]):
         fn = decorator(fn)
     return fn
@@ -425,12 +429,13 @@ def restore_options(fn):
 @cli.command("restore", context_settings=CONTEXT)
 @restore_options
 @action("restore", human=_human_restore)
-def restore_command(target_name, backup_name, store_name, into, force, dry_run, jobs, no_owner, config):
+def restore_command(target_name, backup_name, store_name, into, force, dry_run, jobs, no_owner, single_file, config):
     """Restore a backup beside the original (never over it without --force)."""
     from bak import actions
 
     return actions.restore(config, config.target(target_name), name=backup_name, store_name=store_name, into=into,
-                           force=force, dry_run=dry_run, options={"jobs": jobs, "no_owner": no_owner})
+                           force=force, dry_run=dry_run,
+                           options={"jobs": jobs, "no_owner": no_owner, "file": single_file})
 
 
 def _human_list(result: dict) -> None:
@@ -548,7 +553,7 @@ def pg_verify_command(targets, all_targets, every, config):
 @pg_group.command("restore")
 @restore_options
 @action("pg restore", human=_human_restore)
-def pg_restore_command(target_name, backup_name, store_name, into, force, dry_run, jobs, no_owner, config):
+def pg_restore_command(target_name, backup_name, store_name, into, force, dry_run, jobs, no_owner, single_file, config):
     """Restore a dump into a new database ({db}_restored_{time}) or --into NAME."""
     from bak import actions
 

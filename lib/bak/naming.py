@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import NamedTuple
 
-SIDECAR_SUFFIXES = (".sha256", ".meta.json", ".protected", ".notes", ".globals.sql")
+SIDECAR_SUFFIXES = (".sha256", ".meta.json", ".protected", ".notes", ".globals.sql", ".manifest")
 PARTIAL_SUFFIX = ".partial"
 
 # One path component that cannot climb, hide, expand or split a shell word.

@@ -11,8 +11,20 @@ def method_for(name: str) -> Method:
         from bak.methods.pg_dump import PgDump
 
         return PgDump()
+    if name in ("rsync", "config"):
+        from bak.methods.rsync import RsyncSnapshot
+
+        return RsyncSnapshot()
+    if name == "vault":
+        from bak.methods.vault import Vault
+
+        return Vault()
+    if name == "docker_volume":
+        from bak.methods.docker_volume import DockerVolume
+
+        return DockerVolume()
     raise BadInput(f"method {name!r} cannot run in this version of bak yet", where="method", code="method_unavailable",
-                   hint="Available now: pg_dump. The config accepts every method so one file can describe the whole homelab.")
+                   hint="Available now: pg_dump, rsync, config, vault, docker_volume.")
 
 
 __all__ = ["Context", "Method", "method_for"]

@@ -75,6 +75,15 @@ class ArtifactWriter:
 class Store:
     name: str
     kind: str
+    host_name: str  # "local", or the SSH host the folder lives on
+
+    def path_of(self, folder: str, name: str = "") -> str:
+        """The path on the store's own host, for tools (rsync, tar) that run there or reach it."""
+        raise NotImplementedError
+
+    def rename(self, folder: str, old: str, new: str) -> None:
+        """Atomic rename inside one folder (how a finished snapshot gets its final name)."""
+        raise NotImplementedError
 
     def location(self, folder: str, name: str = "") -> str:
         raise NotImplementedError

@@ -101,6 +101,7 @@ class LocalWriter(ArtifactWriter):
 
 class LocalStore(Store):
     kind = "local"
+    host_name = "local"
 
     def __init__(self, name: str, root: str):
         self.name = name
@@ -111,6 +112,13 @@ class LocalStore(Store):
 
     def location(self, folder: str, name: str = "") -> str:
         return str(self._dir(folder) / name) if name else str(self._dir(folder))
+
+    def path_of(self, folder: str, name: str = "") -> str:
+        return self.location(folder, name)
+
+    def rename(self, folder: str, old: str, new: str) -> None:
+        os.replace(self._dir(folder) / old, self._dir(folder) / new)
+        _fsync_dir(self._dir(folder))
 
     def list(self, folder: str) -> list[Entry]:
         path = self._dir(folder)

@@ -71,6 +71,7 @@ class RemoteStore(Store):
     def __init__(self, name: str, root: str, runner):
         self.name = name
         self.runner = runner
+        self.host_name = runner.host_name
         self._root = root
         self._resolved: str | None = None
 
@@ -90,6 +91,13 @@ class RemoteStore(Store):
     def location(self, folder: str, name: str = "") -> str:
         path = posixpath.join(self._dir(folder), name) if name else self._dir(folder)
         return f"{self.runner.host_name}:{path}"
+
+    def path_of(self, folder: str, name: str = "") -> str:
+        return posixpath.join(self._dir(folder), name) if name else self._dir(folder)
+
+    def rename(self, folder: str, old: str, new: str) -> None:
+        self.runner.sftp().posix_rename(self.path_of(folder, old), self.path_of(folder, new))
+        self.runner.run(["sync", "--", self._dir(folder)])
 
     def makedirs(self, path: str) -> None:
         sftp = self.runner.sftp()

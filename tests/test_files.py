@@ -1,0 +1,297 @@
+"""rsync snapshots, config copies, the git vault and Docker volumes, against real rsync, sshd and git."""
+
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import REPO, need, run_cli, write_config
+
+
+def du_bytes(path):
+    return int(subprocess.run(["du", "-s", "--block-size=1", str(path)], capture_output=True, text=True, check=True).stdout.split()[0])
+
+
+def make_tree(root, files=200, size=65536):
+    for i in range(files):
+        sub = root / f"dir{i % 10}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"file{i}.txt").write_bytes(os.urandom(size))
+    (root / "notes.tmp").write_text("scratch")
+    (root / ".cache").mkdir(exist_ok=True)
+    (root / ".cache" / "junk").write_text("junk")
+
+
+def files_config(home, *, source, dest, host="local", hosts=None, method="rsync", **options):
+    block = {"source": str(source), "excludes": ["*.tmp", ".cache"], **options}
+    data = {"version": 1, "destinations": {"nfs": dest}, "policies": {"p": {"keep_daily": 7}},
+            "targets": [{"name": "files", "method": method, "host": host, "destinations": ["nfs"], "policy": "p",
+                         "interval": "1d", method: block}]}
+    if hosts:
+        data["hosts"] = hosts
+    write_config(home / "config.yaml", data)
+
+
+def snapshots(folder):
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+def test_local_snapshots_hard_link_unchanged_files(bak_home):
+    need("rsync")
+    source, dest = bak_home / "src", bak_home / "dest"
+    make_tree(source)
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)})
+    first = run_cli("create")
+    assert first.code == 0, first.envelope
+    folder = dest / "rsync"
+    name1 = first.envelope["result"]["targets"][0]["name"]
+    assert name1.startswith("rsync-files-") and len(name1) == len("rsync-files-2026-11-30")
+    assert not (folder / name1 / "notes.tmp").exists() and not (folder / name1 / ".cache").exists()
+    before = du_bytes(dest)
+    time.sleep(1.1)
+    second = run_cli("create")
+    assert second.code == 0, second.envelope
+    name2 = second.envelope["result"]["targets"][0]["name"]
+    assert name2.startswith(name1 + "_")  # second of the day: _HHMMSS
+    assert du_bytes(dest) - before < 0.01 * before
+    one, two = folder / name1 / "dir0" / "file0.txt", folder / name2 / "dir0" / "file0.txt"
+    assert one.stat().st_ino == two.stat().st_ino
+    (source / "dir0" / "file0.txt").write_bytes(b"changed")
+    time.sleep(1.1)
+    third = run_cli("create").envelope["result"]["targets"][0]["name"]
+    assert (folder / third / "dir0" / "file0.txt").stat().st_ino != two.stat().st_ino
+    assert (folder / third / "dir1" / "file1.txt").stat().st_ino == (folder / name2 / "dir1" / "file1.txt").stat().st_ino
+    manifest = [json.loads(line) for line in (folder / f"{third}.manifest").read_text().splitlines()]
+    row = next(r for r in manifest if r["path"] == "dir0/file0.txt")
+    assert row["size"] == 7 and row["sha256"] == __import__("hashlib").sha256(b"changed").hexdigest()
+    assert len(manifest) == 200
+    assert run_cli("verify", "--all-backups").code == 0
+    (folder / name2 / "dir3" / "file3.txt").write_bytes(b"tampered")
+    bad = run_cli("verify", "--all-backups")
+    assert bad.code == 1 and "changed: dir3/file3.txt" in bad.envelope["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_rsync_over_real_sshd_both_directions(bak_home, sshd, direction):
+    need("rsync", "ssh")
+    known = sshd.trust(bak_home / "known_hosts")
+    source, dest = bak_home / "src", bak_home / "dest"
+    make_tree(source, files=50)
+    hosts = {"box": sshd.host_config(known)}
+    if direction == "push":
+        files_config(bak_home, source=source, dest={"kind": "ssh", "host": "box", "path": str(dest)}, hosts=hosts)
+    else:
+        files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, host="box", hosts=hosts)
+    result = run_cli("create")
+    assert result.code == 0, result.envelope
+    entry = result.envelope["result"]["targets"][0]
+    name = entry["name"]
+    assert entry["copies"][0]["stats"]["files_transferred"] == 50
+    assert sorted(p.name for p in (dest / "rsync" / name).rglob("*.txt")) == sorted(p.name for p in source.rglob("*.txt"))
+    assert run_cli("verify").code == 0
+    restored = run_cli("restore", "--target", "files", "--file", "dir2/file2.txt", "--into", str(bak_home / "one"))
+    assert restored.code == 0, restored.envelope
+    assert (bak_home / "one" / "dir2" / "file2.txt").read_bytes() == (source / "dir2" / "file2.txt").read_bytes()
+
+
+def test_restore_beside_refuses_overwrite_and_force_takes_a_safety_snapshot(bak_home):
+    source, dest = bak_home / "src", bak_home / "dest"
+    make_tree(source, files=20)
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)})
+    assert run_cli("create").code == 0
+    beside = run_cli("restore", "--target", "files")
+    assert beside.code == 0, beside.envelope
+    path = beside.envelope["result"]["path"]
+    assert path.startswith(str(source) + ".restored-")
+    assert sorted(p.name for p in (bak_home / path).rglob("*.txt")) == sorted(p.name for p in source.rglob("*.txt"))
+    (source / "dir0" / "file0.txt").write_bytes(b"newer work")
+    (source / "new.txt").write_text("new")
+    refused = run_cli("restore", "--target", "files", "--into", str(source))
+    assert refused.code == 3 and refused.envelope["errors"][0]["code"] == "would_overwrite"
+    assert (source / "new.txt").exists()
+    time.sleep(1.1)
+    forced = run_cli("restore", "--target", "files", "--into", str(source), "--force", "--backup",
+                     beside.envelope["result"]["backup"])
+    assert forced.code == 0, forced.envelope
+    assert not (source / "new.txt").exists()
+    safety = forced.envelope["result"]["safety_snapshot"]
+    assert (dest / "rsync" / safety / "new.txt").read_text() == "new"
+
+
+def test_vanished_file_is_a_warning(bak_home):
+    source, dest = bak_home / "src", bak_home / "dest"
+    source.mkdir()
+    (source / "a_big.bin").write_bytes(os.urandom(3 << 20))
+    (source / "z_gone.txt").write_text("soon gone")
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, bwlimit_kib=2048)
+    threading.Timer(0.6, lambda: (source / "z_gone.txt").unlink()).start()
+    result = run_cli("create")
+    assert result.code == 0, result.envelope
+    assert any("vanished" in w and "z_gone.txt" in w for w in result.envelope["warnings"])
+
+
+def test_full_destination_fails_cleanly(bak_home, tiny_disk):
+    source = bak_home / "src"
+    source.mkdir()
+    (source / "big.bin").write_bytes(os.urandom(3 << 20))
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(tiny_disk)})
+    result = run_cli("create")
+    assert result.code == 1
+    assert result.envelope["errors"][0]["code"] == "disk_full"
+    assert list((tiny_disk / "rsync").iterdir()) == []
+
+
+def test_sshd_killed_mid_rsync_leaves_no_snapshot_and_a_rerun_resumes(bak_home, private_sshd, monkeypatch):
+    import bak.methods.rsync as rsync_method
+
+    monkeypatch.setattr(rsync_method, "BACKOFF_S", 0.2)
+    known = private_sshd.trust(bak_home / "known_hosts")
+    source, dest = bak_home / "src", bak_home / "dest"
+    source.mkdir()
+    for i in range(4):
+        (source / f"part{i}.bin").write_bytes(os.urandom(1 << 20))
+    files_config(bak_home, source=source, dest={"kind": "ssh", "host": "box", "path": str(dest)},
+                 hosts={"box": private_sshd.host_config(known)}, bwlimit_kib=1024)
+    threading.Timer(1.5, private_sshd.stop).start()
+    failed = run_cli("create")
+    assert failed.code == 1
+    assert failed.envelope["errors"][0]["code"] == "transport"
+    folder = dest / "rsync"
+    leftovers = [p.name for p in folder.iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].endswith(".partial")
+    kept = sum(p.stat().st_size for p in (folder / leftovers[0]).rglob("*") if p.is_file())
+    assert kept > 0
+    private_sshd.start()
+    files_config(bak_home, source=source, dest={"kind": "ssh", "host": "box", "path": str(dest)},
+                 hosts={"box": private_sshd.host_config(known)})
+    rerun = run_cli("create")
+    assert rerun.code == 0, rerun.envelope
+    copy = rerun.envelope["result"]["targets"][0]["copies"][0]
+    assert copy["resumed"] is True and copy["stats"]["matched_data"] + copy["stats"]["literal_data"] > 0
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == [leftovers[0].removesuffix(".partial")]
+
+
+def test_config_copy_is_a_snapshot_in_the_config_folder(bak_home):
+    source, dest = bak_home / "claude", bak_home / "dest"
+    source.mkdir()
+    (source / "settings.json").write_text("{}")
+    write_config(bak_home / "config.yaml", {
+        "version": 1, "destinations": {"nfs": {"kind": "local", "path": str(dest)}},
+        "targets": [{"name": "claude-config", "method": "config", "destinations": ["nfs"], "interval": "1w",
+                     "config": {"source": str(source)}}]})
+    result = run_cli("create")
+    assert result.code == 0, result.envelope
+    name = result.envelope["result"]["targets"][0]["name"]
+    assert (dest / "config" / name / "settings.json").read_text() == "{}"
+
+
+def git(*args, cwd=None):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def vault(bak_home):
+    need("git")
+    remote = bak_home / "remote.git"
+    git("init", "-q", "--bare", "-b", "main", str(remote))
+    work = bak_home / "vault"
+    git("init", "-q", "-b", "main", str(work))
+    git("-C", str(work), "remote", "add", "origin", str(remote))
+    (work / "note.md").write_text("# hello")
+    write_config(bak_home / "config.yaml", {
+        "version": 1, "destinations": {"nfs": {"kind": "local", "path": str(bak_home / "dest")}},
+        "targets": [{"name": "vault", "method": "vault", "destinations": ["nfs"],
+                     "vault": {"path": str(work), "remotes": ["origin"], "branch": "main"}}]})
+    return work, remote
+
+
+def test_vault_commits_pushes_snapshots_and_verifies(vault, bak_home):
+    work, remote = vault
+    result = run_cli("create")
+    assert result.code == 0, result.envelope
+    entry = result.envelope["result"]["targets"][0]
+    assert entry["git"]["committed"] and entry["git"]["pushes"] == [{"remote": "origin", "ok": True}]
+    assert git("--git-dir", str(remote), "rev-parse", "main") == git("-C", str(work), "rev-parse", "HEAD")
+    assert (bak_home / "dest" / "rsync" / entry["name"] / "note.md").read_text() == "# hello"
+    assert run_cli("verify").code == 0
+    time.sleep(1.1)
+    again = run_cli("create")
+    assert again.envelope["result"]["targets"][0]["git"]["committed"] is False
+
+
+def test_diverged_remote_is_reported_not_force_pushed(vault, bak_home):
+    work, remote = vault
+    assert run_cli("create").code == 0
+    other = bak_home / "other"
+    git("clone", "-q", str(remote), str(other))
+    (other / "from-elsewhere.md").write_text("x")
+    git("-C", str(other), "add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "-C", str(other), "commit", "-qm", "elsewhere")
+    git("-C", str(other), "push", "-q", "origin", "main")
+    remote_head = git("--git-dir", str(remote), "rev-parse", "main")
+    (work / "note.md").write_text("# local change")
+    time.sleep(1.1)
+    result = run_cli("create")
+    assert result.code == 1
+    pushes = result.envelope["result"]["targets"][0]["git"]["pushes"]
+    assert pushes[0]["ok"] is False and pushes[0]["diverged"] is True
+    assert git("--git-dir", str(remote), "rev-parse", "main") == remote_head
+    verify = run_cli("verify")
+    assert verify.code == 1 and "remote origin HEAD" in verify.envelope["errors"][0]["message"]
+
+
+@pytest.fixture
+def docker(bak_home, monkeypatch):
+    root = bak_home / "docker"
+    root.mkdir()
+    monkeypatch.setenv("BAK_DOCKER_ROOT", str(root))
+    monkeypatch.setenv("PATH", f"{REPO / 'tests' / 'standins'}:{os.environ['PATH']}")
+    subprocess.run(["docker", "volume", "create", "grafana-data"], check=True, capture_output=True)
+    state = json.loads((root / "state.json").read_text())
+    data = __import__("pathlib").Path(state["volumes"]["grafana-data"]["mountpoint"])
+    (data / "grafana.db").write_bytes(os.urandom(50000))
+    (data / "plugins").mkdir()
+    (data / "plugins" / "p.json").write_text("{}")
+    state["containers"] = {"4f1c2a9b8d7e": {"name": "grafana", "volumes": ["grafana-data"], "running": True}}
+    (root / "state.json").write_text(json.dumps(state))
+    write_config(bak_home / "config.yaml", {
+        "version": 1, "destinations": {"nfs": {"kind": "local", "path": str(bak_home / "dest")}},
+        "targets": [{"name": "grafana", "method": "docker_volume", "destinations": ["nfs"], "interval": "1w",
+                     "docker_volume": {"container": "grafana", "volume": "grafana-data", "stop_containers": True}}]})
+    return root, data
+
+
+def test_docker_volume_backup_verify_restore(docker, bak_home):
+    root, data = docker
+    result = run_cli("create")
+    assert result.code == 0, result.envelope
+    entry = result.envelope["result"]["targets"][0]
+    assert entry["name"].startswith("docker-vol-grafana-grafana-data-") and entry["stopped"] == ["4f1c2a9b8d7e"]
+    calls = (root / "calls.log").read_text().splitlines()
+    assert "stop 4f1c2a9b8d7e" in calls and calls[-1] == "start 4f1c2a9b8d7e"
+    assert json.loads((root / "state.json").read_text())["containers"]["4f1c2a9b8d7e"]["running"] is True
+    assert run_cli("verify").code == 0
+    restored = run_cli("restore", "--target", "grafana")
+    assert restored.code == 0, restored.envelope
+    volume = restored.envelope["result"]["volume"]
+    assert volume.startswith("grafana-data-restored-")
+    mount = __import__("pathlib").Path(json.loads((root / "state.json").read_text())["volumes"][volume]["mountpoint"])
+    assert (mount / "grafana.db").read_bytes() == (data / "grafana.db").read_bytes()
+    refused = run_cli("restore", "--target", "grafana", "--into", "grafana-data")
+    assert refused.code == 3
+
+
+def test_containers_are_restarted_when_tar_fails(docker, bak_home):
+    root, data = docker
+    state = json.loads((root / "state.json").read_text())
+    state["volumes"]["grafana-data"]["mountpoint"] = str(root / "vanished-mountpoint")
+    (root / "state.json").write_text(json.dumps(state))
+    result = run_cli("create")
+    assert result.code == 1
+    calls = (root / "calls.log").read_text().splitlines()
+    assert calls[-1] == "start 4f1c2a9b8d7e"
+    assert json.loads((root / "state.json").read_text())["containers"]["4f1c2a9b8d7e"]["running"] is True
+    assert not list((bak_home / "dest" / "docker-volumes").glob("*.tar.gz"))
