@@ -55,7 +55,9 @@ def remote_spec(host: Host, path: str) -> str:
 
 def rsync_argv(source: str, dest: str, *, link_dest: str | None = None, excludes: list[str] | tuple = (),
                bwlimit: int = 0, checksum: bool = False, ssh: str | None = None, delete: bool = False) -> list[str]:
-    argv = ["rsync", "-a", "--partial", "--numeric-ids", "--stats", "--no-human-readable", "--out-format=%i %n"]
+    # -ii lists unchanged files too, with size and mtime: the manifest needs no second walk of the tree.
+    argv = ["rsync", "-a", "--partial", "--numeric-ids", "--stats", "--no-human-readable", "-ii",
+            "--out-format=%i %l %M %n"]
     if ssh:
         argv += ["-e", ssh, "--secluded-args"]
     if checksum:
@@ -82,13 +84,19 @@ def parse_stats(stdout: str) -> dict:
     return stats
 
 
-def changed_files(stdout: str) -> set[str]:
-    """Regular files rsync wrote (itemize `>f` received or `cf` created)."""
-    changed = set()
+_ITEM = re.compile(r"^([<>ch.*]f.{9}) (\d+) (\d{4})/(\d\d)/(\d\d)-(\d\d):(\d\d):(\d\d) (.+)$")
+
+
+def listed_files(stdout: str) -> dict[str, tuple[bool, int, int]]:
+    """Regular files in rsync's -ii listing: {path: (written now, size, mtime)}."""
+    files = {}
     for line in stdout.splitlines():
-        if len(line) > 12 and line[1] == "f" and line[0] in ">c" and line[11] == " ":
-            changed.add(line[12:])
-    return changed
+        match = _ITEM.match(line)
+        if match:
+            y, mo, d, h, mi, sec = (int(match.group(i)) for i in range(3, 9))
+            mtime = int(datetime(y, mo, d, h, mi, sec).timestamp())
+            files[match.group(9)] = (match.group(1)[0] in ">c", int(match.group(2)), mtime)
+    return files
 
 
 def failed_files(stderr: str) -> list[str]:
@@ -145,13 +153,16 @@ def source_path(target: Target) -> str:
 def list_tree(runner: Runner, root: str) -> dict[str, tuple[int, int]]:
     """{relative path: (size, mtime)} of the regular files under root."""
     if runner.host_name == LOCAL:
-        files = {}
-        for folder, _, names in os.walk(root):
-            for name in names:
-                path = os.path.join(folder, name)
-                st = os.lstat(path)
-                if os.path.isfile(path) and not os.path.islink(path):
-                    files[os.path.relpath(path, root)] = (st.st_size, int(st.st_mtime))
+        files: dict[str, tuple[int, int]] = {}
+        pending = [root]
+        while pending:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        files[os.path.relpath(entry.path, root)] = (st.st_size, int(st.st_mtime))
         return files
     out = runner.run(["find", root, "-type", "f", "-printf", "%P\\0%s\\0%T@\\0"]).stdout.split(b"\0")
     return {out[i].decode(): (int(out[i + 1]), int(float(out[i + 2]))) for i in range(0, len(out) - 2, 3)}
@@ -254,7 +265,7 @@ class RsyncSnapshot(Method):
                 raise CommandFailed(f"rsync exited {code}: {text}", returncode=code, stderr_tail=stderr[-2000:],
                                     where=store.name, code="disk_full" if nospace else "rsync_failed",
                                     hint="Free space on the destination, then run again." if nospace else None)
-            manifest = self._manifest(ctx, store, folder, partial, previous, changed_files(stdout))
+            manifest = self._manifest(ctx, store, folder, partial, previous, listed_files(stdout))
             store.rename(folder, partial, name)
             store.write_small(folder, name + MANIFEST,
                               "".join(json.dumps(row, sort_keys=True) + "\n" for row in manifest).encode())
@@ -265,15 +276,16 @@ class RsyncSnapshot(Method):
                 store.remove(folder, partial)
         return copy
 
-    def _manifest(self, ctx, store: Store, folder: str, partial: str, previous: Backup | None, changed: set[str]) -> list[dict]:
+    def _manifest(self, ctx, store: Store, folder: str, partial: str, previous: Backup | None,
+                  files: dict[str, tuple[bool, int, int]]) -> list[dict]:
+        """Hashes only what rsync wrote; the rest keeps the previous manifest's hash."""
         runner = ctx.hosts.runner(store.host_name)
         root = store.path_of(folder, partial)
-        files = list_tree(runner, root)
         before = read_manifest(store, folder, previous.name) if previous else {}
         rows, to_hash = [], []
-        for path, (size, mtime) in sorted(files.items()):
+        for path, (written, size, mtime) in sorted(files.items()):
             old = before.get(path)
-            if path not in changed and old and old["size"] == size and old["mtime"] == mtime:
+            if not written and old and old["size"] == size and old["mtime"] == mtime:
                 rows.append(old)
             else:
                 to_hash.append(path)
