@@ -1,0 +1,71 @@
+"""Command lines are built by pure functions: compared here by value."""
+
+from pathlib import Path
+
+from bak.config import Host
+from bak.methods import docker_volume, pg_dump, rsync
+from bak.run.ssh import SSHRunner
+
+PG = {"database": "app", "address": "127.0.0.1", "port": 5433, "user": "backup", "format": "custom",
+      "bin_dir": "/usr/lib/postgresql/15/bin"}
+
+
+def test_pg_dump_argv():
+    assert pg_dump.dump_argv(PG, "00000003-00000002-1") == [
+        "/usr/lib/postgresql/15/bin/pg_dump", "-h", "127.0.0.1", "-p", "5433", "-U", "backup", "-d", "app", "-w",
+        "--snapshot=00000003-00000002-1", "-Fc"]
+    assert pg_dump.dump_argv({**PG, "format": "plain_gz", "bin_dir": None}, None)[-3:] == ["-Fp", "-Z", "6"]
+
+
+def test_pg_restore_and_psql_argv():
+    assert pg_dump.restore_argv(PG, "app_restored", jobs=4, no_owner=True, path="/tmp/x.dump") == [
+        "/usr/lib/postgresql/15/bin/pg_restore", "-h", "127.0.0.1", "-p", "5433", "-U", "backup", "-d", "app_restored",
+        "-w", "--exit-on-error", "--no-owner", "-j", "4", "/tmp/x.dump"]
+    assert pg_dump.restore_argv(PG, "x", jobs=4)[-1] == "--exit-on-error"  # -j needs a file, stdin cannot
+    assert pg_dump.psql_argv(PG, "postgres", {"db": "a b"})[-4:] == ["-v", "ON_ERROR_STOP=1", "-v", "db=a b"]
+    assert pg_dump.globals_argv(PG, with_passwords=False)[-2:] == ["--globals-only", "--no-role-passwords"]
+    assert pg_dump.full_read_argv(PG) == ["/usr/lib/postgresql/15/bin/pg_restore", "-f", "/dev/null"]
+
+
+def test_passfile_escapes_colons_and_backslashes():
+    assert pg_dump.passfile_line("a:b\\c") == b"*:*:*:*:a\\:b\\\\c\n"
+
+
+def test_rsync_argv_and_transport():
+    host = Host(name="store", address="192.0.2.10", port=2222, user="bak", key_file="/keys/id", connect_timeout=7)
+    ssh = rsync.ssh_transport(host, Path("/state/known_hosts"))
+    assert ssh == ("ssh -p 2222 -o UserKnownHostsFile=/state/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes "
+                   "-o ConnectTimeout=7 -o ServerAliveInterval=15 -o ServerAliveCountMax=3 -i /keys/id -o IdentitiesOnly=yes")
+    assert rsync.remote_spec(host, "/mnt/nfs/x/") == "bak@192.0.2.10:/mnt/nfs/x/"
+    assert rsync.remote_spec(Host(name="v6", address="::1", user="u"), "/p") == "u@[::1]:/p"
+    assert rsync.rsync_argv("/src/", "bak@h:/dst/", link_dest="/dst/prev", excludes=["*.tmp", ".cache"], bwlimit=500,
+                            checksum=True, ssh="ssh -p 22") == [
+        "rsync", "-a", "--partial", "--numeric-ids", "--stats", "--no-human-readable", "-ii", "--out-format=%i %l %M %n",
+        "-e", "ssh -p 22", "--secluded-args", "--checksum", "--bwlimit=500", "--exclude=*.tmp", "--exclude=.cache",
+        "--link-dest=/dst/prev", "/src/", "bak@h:/dst/"]
+
+
+def test_rsync_output_parsing():
+    out = ("cd..t...... 4096 2026/11/30-06:21:49 ./\n>f+++++++++ 2 2026/11/30-06:21:49 new.txt\n"
+           "hf          2048 2026/11/30-06:21:09 d/old file.txt\n"
+           "Number of files: 1,234 (reg: 1,000, dir: 234)\nNumber of regular files transferred: 1\n"
+           "Total bytes sent: 987\n")
+    files = rsync.listed_files(out)
+    assert {p: (w, s) for p, (w, s, _) in files.items()} == {"new.txt": (True, 2), "d/old file.txt": (False, 2048)}
+    assert rsync.parse_stats(out) == {"files": 1234, "files_transferred": 1, "bytes_sent": 987}
+    err = ('rsync: [sender] send_files failed to open "/src/secret": Permission denied (13)\n'
+           'file has vanished: "/src/tmp/x"\n')
+    assert rsync.failed_files(err) == ["/src/secret"] and rsync.vanished_files(err) == ["/src/tmp/x"]
+
+
+def test_docker_argv():
+    assert docker_volume.inspect_argv("grafana-data") == ["docker", "volume", "inspect", "grafana-data"]
+    assert docker_volume.users_argv("v") == ["docker", "ps", "-q", "--filter", "volume=v"]
+    assert docker_volume.tar_argv("/var/lib/docker/volumes/v/_data") == [
+        "tar", "-C", "/var/lib/docker/volumes/v/_data", "--numeric-owner", "-czf", "-", "."]
+
+
+def test_ssh_command_line_is_one_shlex_join():
+    runner = SSHRunner.__new__(SSHRunner)
+    assert runner.command_line(["pg_dump", "-d", "a b", "$(x)"], {"PGPASSFILE": "/tmp/p f"}) == \
+        "env 'PGPASSFILE=/tmp/p f' pg_dump -d 'a b' '$(x)'"
