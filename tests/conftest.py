@@ -241,7 +241,7 @@ def kill_tree(pid: int) -> None:
             pass
 
 
-def _make_sshd(root: Path, path_dirs: list[str] | None = None) -> SSHServer:
+def _make_sshd(root: Path, path_dirs: list[str] | None = None, env: dict[str, str] | None = None) -> SSHServer:
     need("/usr/sbin/sshd", "ssh-keygen")
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o755)
@@ -252,7 +252,10 @@ def _make_sshd(root: Path, path_dirs: list[str] | None = None) -> SSHServer:
     Path("/run/sshd").mkdir(exist_ok=True)
     port = free_port()
     user = pwd.getpwuid(os.getuid()).pw_name
-    env_path = ":".join([*(path_dirs or []), "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"])
+    # The test interpreter's folder first: stand-ins are Python scripts that need its packages.
+    env_path = ":".join([*(path_dirs or []), str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin",
+                         "/usr/sbin", "/sbin"])
+    extra_env = "".join(f" {k}={v}" for k, v in (env or {}).items())
     config = root / "sshd_config"
     config.write_text(f"""\
 ListenAddress 127.0.0.1
@@ -267,7 +270,7 @@ PermitRootLogin prohibit-password
 StrictModes no
 UsePAM no
 Subsystem sftp internal-sftp
-SetEnv PATH={env_path}
+SetEnv PATH={env_path}{extra_env}
 MaxSessions 50
 MaxStartups 50:30:100
 LogLevel ERROR

@@ -596,6 +596,16 @@ def demo_command(folder):
         sys.exit(exc.exit_code)
 
 
+@cli.command("drill", context_settings=CONTEXT)
+@target_options
+@action("drill", human=_human_drill)
+def drill_command(targets, all_targets, config):
+    """Restore drill for any target: restore the newest backup somewhere scratch, check it, remove it."""
+    from bak import actions
+
+    return actions.drill(config, config.select(targets))
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="bak", standalone_mode=True)

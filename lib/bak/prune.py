@@ -48,7 +48,8 @@ def plan_target(config: Config, target: Target, hosts: Hosts, now: datetime) -> 
         store = open_store(config.destinations[name], hosts)
         listing = catalog.scan(store, target)
         candidates = [Candidate(b.name, b.when, b.protected) for b in listing.backups]
-        good = {b.name for b in listing.backups if b.has_checksum}
+        # vzdump writes no .sha256 on Proxmox storage: its archives there count as checked by vzdump.
+        good = {b.name for b in listing.backups if b.has_checksum or store.kind == "proxmox"}
         decisions = keep_newest_good(plan(candidates, policy), lambda n: n in good)
         cutoff = now.timestamp() - target.interval.total_seconds()
         stale = [p for p in listing.partials if p.mtime < cutoff]

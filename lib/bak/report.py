@@ -53,7 +53,7 @@ def envelope(command: str, started: datetime, duration_s: float, result: Any,
 
 
 # Subcommands that are another command under a narrower name share its result schema.
-SCHEMA_ALIASES = {"pg-dump": "create", "pg-verify": "verify", "pg-restore": "restore"}
+SCHEMA_ALIASES = {"pg-dump": "create", "pg-verify": "verify", "pg-restore": "restore", "drill": "pg-drill"}
 
 
 @lru_cache(maxsize=None)

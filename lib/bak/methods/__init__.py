@@ -19,12 +19,16 @@ def method_for(name: str) -> Method:
         from bak.methods.vault import Vault
 
         return Vault()
+    if name == "vzdump":
+        from bak.methods.vzdump import Vzdump
+
+        return Vzdump()
     if name == "docker_volume":
         from bak.methods.docker_volume import DockerVolume
 
         return DockerVolume()
     raise BadInput(f"method {name!r} cannot run in this version of bak yet", where="method", code="method_unavailable",
-                   hint="Available now: pg_dump, rsync, config, vault, docker_volume.")
+                   hint="Methods: vzdump, pg_dump, rsync, config, vault, docker_volume.")
 
 
 __all__ = ["Context", "Method", "method_for"]

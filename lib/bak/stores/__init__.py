@@ -25,6 +25,10 @@ def open_store(destination: Destination, hosts: Hosts) -> Store:
         from bak.stores.remote import RemoteStore
 
         return RemoteStore(destination.name, destination.path, hosts.runner(destination.host))
+    if destination.kind == "proxmox":
+        from bak.stores.proxmox import ProxmoxStore
+
+        return ProxmoxStore(destination.name, destination.storage, destination.node, hosts.runner(destination.host))
     raise BadInput(f"destination {destination.name!r} of kind {destination.kind!r} cannot hold files written by bak",
                    where=f"destinations.{destination.name}.kind",
                    hint="Use a local or ssh destination for this target.")

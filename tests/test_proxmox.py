@@ -1,0 +1,196 @@
+"""Proxmox VMs over real SSH against the stand-in PVE tools: create, list, copy, verify, restore, drill, prune."""
+
+import json
+import time
+
+import pytest
+import zstandard
+
+from bak.methods import vzdump
+from bak.stores.proxmox import parse_pvesm_status
+from conftest import REPO, _make_sshd, run_cli, write_config
+
+STANDINS = REPO / "tests" / "standins" / "pve"
+
+
+@pytest.fixture
+def pve(tmp_path, bak_home):
+    root = tmp_path / "pve"
+    (root / "storage-local").mkdir(parents=True)
+    state = {"node": "pve", "header_style": "new",
+             "storages": {"local": {"type": "dir", "path": str(root / "storage-local"), "total_kib": 400000}},
+             "vms": {"100": {"name": "web", "status": "running", "lock": None, "disk_kib": 1024},
+                     "101": {"name": "db", "status": "stopped", "lock": None, "disk_kib": 512},
+                     "102": {"name": "stuck", "status": "running", "lock": "backup", "disk_kib": 512},
+                     "9000": {"name": "taken", "status": "stopped", "lock": None}}}
+    (root / "state.json").write_text(json.dumps(state))
+    server = _make_sshd(tmp_path / "sshd", path_dirs=[str(STANDINS)], env={"BAK_PVE_ROOT": str(root)})
+    known = server.trust(bak_home / "known_hosts")
+    write_config(bak_home / "config.yaml", {
+        "version": 1, "hosts": {"pve": server.host_config(known)},
+        "destinations": {"pve-local": {"kind": "proxmox", "host": "pve", "storage": "local", "node": "pve", "medium": "zfs"},
+                         "nfs": {"kind": "ssh", "host": "pve", "path": str(tmp_path / "nfs"), "medium": "nfs", "offsite": True}},
+        "policies": {"vm": {"keep_last": 1}},
+        "targets": [{"name": f"vm-{vmid}", "method": "vzdump", "host": "pve", "destinations": ["pve-local", "nfs"],
+                     "policy": "vm", "vzdump": {"vmid": vmid, "storage": "local", "notes_template": "{{guestname}} daily",
+                                                "restore_vmid_range": [9000, 9010]}} for vmid in (100, 101, 102)]})
+    yield root, tmp_path / "nfs" / "proxmox"
+    server.stop()
+
+
+def state(root):
+    return json.loads((root / "state.json").read_text())
+
+
+def test_create_list_copy_verify_restore_drill(pve):
+    root, nfs = pve
+    created = run_cli("create", "--target", "vm-100")
+    assert created.code == 0, created.envelope
+    entry = created.envelope["result"]["targets"][0]
+    name = entry["name"]
+    assert name.startswith("vzdump-qemu-100-") and name.endswith(".vma.zst")
+    assert [c["ok"] for c in entry["copies"]] == [True, True]
+    archive = root / "storage-local" / "dump" / name
+    assert (nfs / name).read_bytes() == archive.read_bytes()
+    assert (nfs / f"{name}.sha256").read_text().split()[0] == entry["sha256"]
+    assert (archive.parent / name.replace(".vma.zst", ".log")).read_text().splitlines()[-1].endswith(
+        "INFO: Backup job finished successfully")
+    assert state(root)["vms"]["100"]["lock"] is None
+
+    listed = run_cli("list", "--vmid", "100").envelope["result"]["backups"]
+    assert {(b["store"], b["name"]) for b in listed} == {("pve-local", name), ("nfs", name)}
+    on_pve = next(b for b in listed if b["store"] == "pve-local")
+    assert f"{name}.notes" in on_pve["sidecars"]
+
+    verified = run_cli("verify", "--target", "vm-100")
+    assert verified.code == 0, verified.envelope
+    rows = {r["store"]: r for r in verified.envelope["result"]["checked"]}
+    assert rows["nfs"]["extents"] >= 1 and rows["nfs"]["configs"] == ["qemu-server.conf"]
+    assert rows["pve-local"]["devices"] == ["drive-scsi0"]
+
+    refused = run_cli("restore", "--target", "vm-100", "--into", "101")
+    assert refused.code == 3 and refused.envelope["errors"][0]["code"] == "would_overwrite"
+    running = run_cli("restore", "--target", "vm-100", "--into", "100", "--force")
+    assert running.code == 3 and running.envelope["errors"][0]["code"] == "guest_running"
+    restored = run_cli("restore", "--target", "vm-100", "--from", "pve-local")
+    assert restored.code == 0, restored.envelope
+    assert restored.envelope["result"]["vmid"] == 9001  # 9000 is taken: first free in the range
+    assert state(root)["vms"]["9001"]["name"] == "web"
+
+    drilled = run_cli("pg", "drill")  # pg drill only takes pg targets
+    assert drilled.envelope["result"]["drills"] == []
+    drill = run_cli("drill", "--target", "vm-100")
+    assert drill.code == 0, drill.envelope
+    assert drill.envelope["result"]["drills"][0]["scratch_vmid"] == 9002
+    assert "9002" not in state(root)["vms"]
+
+
+def test_corrupt_copies_are_caught(pve):
+    root, nfs = pve
+    name = run_cli("create", "--target", "vm-100").envelope["result"]["targets"][0]["name"]
+    good = (nfs / name).read_bytes()
+    raw = zstandard.ZstdDecompressor().decompress(good, max_output_size=1 << 26)
+
+    def store_copy(data):
+        (nfs / name).write_bytes(data)
+        import hashlib
+
+        (nfs / f"{name}.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
+
+    compress = zstandard.ZstdCompressor(write_checksum=True).compress
+    for label, data, message in [
+        ("flipped header byte", compress(raw[:100] + bytes([raw[100] ^ 1]) + raw[101:]), "header checksum"),
+        ("wrong md5", compress(raw[:32] + b"\0" * 16 + raw[48:]), "header checksum"),
+        ("truncated", compress(raw[: len(raw) - 4096]), "truncated"),
+    ]:
+        store_copy(data)
+        result = run_cli("verify", "--target", "vm-100")
+        assert result.code == 1, label
+        bad = [r for r in result.envelope["result"]["checked"] if not r["ok"]]
+        assert [r["store"] for r in bad] == ["nfs"], label
+        assert message in result.envelope["errors"][0]["message"], label
+    (nfs / name).write_bytes(good[: len(good) // 2])
+    truncated_file = run_cli("verify", "--target", "vm-100")
+    assert truncated_file.code == 1 and truncated_file.envelope["result"]["checked"][-1]["format"] == "failed"
+
+
+def test_locked_vm_gives_the_qm_unlock_hint(pve):
+    result = run_cli("create", "--target", "vm-102")
+    assert result.code == 1
+    error = result.envelope["errors"][0]
+    assert error["code"] == "vzdump_locked" and "qm unlock 102" in error["hint"]
+
+
+def test_full_storage_is_refused_before_vzdump_starts(pve):
+    root, _ = pve
+    assert run_cli("create", "--target", "vm-101").code == 0
+    current = state(root)
+    archive_kib = sum(p.stat().st_size for p in (root / "storage-local").rglob("*") if p.is_file()) // 1024
+    current["storages"]["local"]["total_kib"] = archive_kib  # exactly full: 0 KiB available
+    (root / "state.json").write_text(json.dumps(current))
+    calls_before = (root / "calls.log").read_text().count("vzdump ")
+    result = run_cli("create", "--target", "vm-101")
+    assert result.code == 3 and result.envelope["errors"][0]["code"] == "no_space"
+    assert (root / "calls.log").read_text().count("vzdump ") == calls_before
+
+
+def test_prune_removes_with_pvesm_free(pve):
+    root, nfs = pve
+    for _ in range(3):
+        assert run_cli("create", "--target", "vm-101").code == 0
+        time.sleep(1.1)
+    result = run_cli("prune", "--target", "vm-101")
+    assert result.code == 0, result.envelope
+    frees = [line for line in (root / "calls.log").read_text().splitlines() if line.startswith("pvesm free")]
+    assert len(frees) == 2
+    assert len(list((root / "storage-local" / "dump").glob("*.vma.zst"))) == 1
+    assert len(list(nfs.glob("*.vma.zst"))) == 1
+
+
+# --- parsing the reference's exact output -----------------------------------------------------
+def test_pvesm_status_both_headers():
+    new = ("Name             Type     Status           Total (KiB)      Used (KiB) Available (KiB)        %\n"
+           "local             dir     active        98497780        12466164        80982068   12.66%\n"
+           "local-lvm     lvmthin     active       832888832       104856000       728032832   12.59%\n"
+           "nas               nfs     disabled             0               0               0      N/A\n")
+    old = ("Name             Type     Status           Total            Used       Available        %\n"
+           "local             dir     active        98497780        12466164        80982068   12.66%\n")
+    parsed = parse_pvesm_status(new)
+    assert parsed["local"] == {"type": "dir", "status": "active", "total": 98497780 * 1024, "used": 12466164 * 1024,
+                               "available": 80982068 * 1024}
+    assert parsed["nas"]["status"] == "disabled"
+    assert parse_pvesm_status(old)["local"] == parsed["local"]
+
+
+def test_vzdump_output_parsing():
+    ok = ("INFO: starting new backup job: vzdump 100 --mode snapshot --storage local --compress zstd\n"
+          "INFO: Starting Backup of VM 100 (qemu)\n"
+          "INFO: creating vzdump archive '/var/lib/vz/dump/vzdump-qemu-100-2024_01_31-02_00_03.vma.zst'\n"
+          "INFO:   5% (1.6 GiB of 32.0 GiB) in 10s, read: 163.8 MiB/s, write: 150.2 MiB/s\n"
+          "INFO: archive file size: 2.50GB\nINFO: Finished Backup of VM 100 (00:01:23)\n"
+          "INFO: Backup job finished successfully\n")
+    run = vzdump.parse_vzdump(ok)
+    assert run.ok and run.archive.endswith("vzdump-qemu-100-2024_01_31-02_00_03.vma.zst") and run.size_text == "2.50GB"
+    failed = ("ERROR: Backup of VM 100 failed - VM is locked (backup)\nINFO: Failed at 2024-01-31 02:00:04\n"
+              "INFO: Backup job finished with errors\n")
+    run = vzdump.parse_vzdump(failed)
+    assert not run.ok and run.reason == "VM is locked (backup)"
+    assert "qm unlock 100" in vzdump.hint_for(run.reason, 100)
+    assert "unable to find VM" in vzdump.parse_vzdump("ERROR: Backup of VM 999 failed - unable to find VM '999'\n").reason
+
+
+def test_guest_lists_and_argv():
+    qm = ("      VMID NAME                 STATUS     MEM(MB)    BOOTDISK(GB) PID       \n"
+          "       100 web                  running    2048              32.00 4242      \n"
+          "       101 db                   stopped    4096              64.00 0         \n")
+    assert vzdump.parse_guest_list(qm) == {100: {"name": "web", "status": "running"}, 101: {"name": "db", "status": "stopped"}}
+    pct = "VMID       Status     Lock         Name\n200        running                 proxy\n"
+    assert vzdump.parse_guest_list(pct) == {200: {"name": "proxy", "status": "running"}}
+    options = {"vmid": 100, "mode": "snapshot", "compress": "zstd", "storage": "local", "notes_template": "{{guestname}}",
+               "protected": True, "bwlimit_kib": 1000}
+    assert vzdump.vzdump_argv(options) == ["vzdump", "100", "--mode", "snapshot", "--compress", "zstd", "--storage", "local",
+                                           "--bwlimit", "1000", "--notes-template", "{{guestname}}", "--protected", "1"]
+    assert vzdump.restore_argv("qemu", "local:backup/x.vma.zst", 9001, storage=None, force=False) == [
+        "qmrestore", "local:backup/x.vma.zst", "9001", "--unique", "1"]
+    assert vzdump.restore_argv("lxc", "a.tar.zst", 9001, storage="local-lvm", force=True) == [
+        "pct", "restore", "9001", "a.tar.zst", "--unique", "1", "--storage", "local-lvm", "--force", "1"]
