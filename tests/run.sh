@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(rsync openssh-server openssh-client postgresql restic zstd git gzip tar procps util-linux coreutils)
+PACKAGES=(rsync openssh-server openssh-client postgresql restic zstd git gzip tar procps util-linux coreutils systemd)
 have_all() {
   local tool
-  for tool in rsync /usr/sbin/sshd ssh ssh-keygen restic zstd git gzip tar pkill mount runuser sha256sum; do
+  for tool in rsync /usr/sbin/sshd ssh ssh-keygen restic zstd git gzip tar pkill mount runuser sha256sum systemd-analyze; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || return 1
   done
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || return 1

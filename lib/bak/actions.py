@@ -34,8 +34,40 @@ class Session:
         self.journal.close()
 
 
-def create(config: Config, targets: list[Target], *, dry_run: bool = False, progress=None) -> Outcome:
+def create(config: Config, targets: list[Target], *, dry_run: bool = False, progress=None,
+           ping_url: str | None = None) -> Outcome:
+    outcome = _create(config, targets, dry_run=dry_run, progress=progress, ping_url=ping_url)
+    if not dry_run:
+        report_run(config, outcome, ping_url)
+    return outcome
+
+
+def report_run(config: Config, outcome: Outcome, ping_url: str | None) -> None:
+    """The end of a (scheduled) run: the success or fail ping, and the webhook for configured events."""
+    from bak import notify
+
+    failed = bool(outcome.errors)
+    tail = "\n".join(f"{e['where']}: {e['message']}" for e in outcome.errors)
+    problems = []
+    if ping_url:
+        problems.append(notify.ping(ping_url, "fail" if failed else "success", tail))
+    hook = config.notify.get("webhook_url")
+    event = "failure" if failed else "success"
+    if hook and event in config.notify.get("events", ["failure"]):
+        targets = [t["target"] for t in outcome.result["targets"]]
+        problems.append(notify.webhook(hook, event, tail or f"backed up {', '.join(targets)}",
+                                       {"targets": outcome.result["targets"], "errors": outcome.errors}))
+    outcome.warnings.extend(f"notification failed: {p}" for p in problems if p)
+
+
+def _create(config: Config, targets: list[Target], *, dry_run: bool, progress, ping_url: str | None) -> Outcome:
     outcome = Outcome({"dry_run": dry_run, "targets": []})
+    if ping_url and not dry_run:
+        from bak import notify
+
+        problem = notify.ping(ping_url, "start")
+        if problem:
+            outcome.warnings.append(f"notification failed: {problem}")
     with Session(config, progress) as session:
         for target in targets:
             entry = {"target": target.name, "method": target.method, "destinations": list(target.destinations)}

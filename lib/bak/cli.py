@@ -367,13 +367,19 @@ def target_options(fn):
 
 @cli.command("create", context_settings=CONTEXT)
 @target_options
+@click.option("--schedule", "schedule_name", help="Run a configured schedule: its targets, its pings, its notifications.")
 @click.option("--dry-run", is_flag=True, help="Show what would be backed up; do nothing.")
 @action("create", human=_human_create)
-def create_command(targets, all_targets, dry_run, config):
+def create_command(targets, all_targets, schedule_name, dry_run, config):
     """Back up targets now (each under its lock, journaled, written atomically to every destination)."""
     from bak import actions
+    from bak.schedule import schedule_for
 
-    return actions.create(config, config.select(targets), dry_run=dry_run, progress=_progress)
+    ping_url = None
+    if schedule_name:
+        schedule = schedule_for(config, schedule_name)
+        targets, ping_url = schedule.targets, schedule.ping_url
+    return actions.create(config, config.select(targets), dry_run=dry_run, progress=_progress, ping_url=ping_url)
 
 
 def _human_verify(result: dict) -> None:
@@ -604,6 +610,81 @@ def drill_command(targets, all_targets, config):
     from bak import actions
 
     return actions.drill(config, config.select(targets))
+
+
+# --- schedule ------------------------------------------------------------------------------
+def _human_schedule(result: dict) -> None:
+    from bak.report import say, table
+
+    table("Schedules", ["schedule", "targets", "when", "backend"],
+          [[j["name"], ", ".join(j["targets"]), j["cron"] or "on each commit", j["backend"]] for j in result["jobs"]])
+    verb = "would " if result["dry_run"] else ""
+    for change in result["changes"]:
+        state = "changed" if change["changed"] else "unchanged"
+        say(f"{change['kind']:<9} {change['path']}: {verb}{'write' if change['changed'] else 'keep'} ({state})")
+    for cmd in result["commands"]:
+        say("run: " + " ".join(cmd))
+
+
+def _schedule_action(mode: str, config, dry_run: bool, crontab_file, unit_dir, task_dir):
+    from bak import paths, schedule
+    from bak.report import Outcome
+
+    state = paths.state_dir()
+    logs = paths.ensure_private_dir(state / "logs")
+    planned, commands = schedule.changes(
+        config, remove=mode == "remove", config_path=str(Path(config.source).resolve()), crontab_file=crontab_file,
+        unit_dir=unit_dir or Path.home() / ".config" / "systemd" / "user", task_dir=task_dir or state / "windows-tasks",
+        log_dir=str(logs))
+    if mode != "show" and not dry_run:
+        schedule.apply(planned, crontab_file)
+    jobs = [{"name": j.name, "targets": list(j.targets), "cron": j.cron, "on_commit": j.on_commit, "backend": j.backend}
+            for j in schedule.jobs(config)]
+    return Outcome({"mode": mode, "dry_run": dry_run or mode == "show", "jobs": jobs, "changes": planned,
+                    "commands": commands})
+
+
+def schedule_options(fn):
+    for decorator in reversed([
+        click.option("--dry-run", is_flag=True, help="Print exactly what would be written; change nothing."),
+        click.option("--crontab-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write cron lines to this file (e.g. /etc/cron.d/bak) instead of the user crontab."),
+        click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="systemd unit folder (default: ~/.config/systemd/user)."),
+        click.option("--task-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Where to write Windows Task Scheduler XML (default: the state folder)."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+@cli.group("schedule", context_settings=CONTEXT)
+def schedule_group():
+    """Cron lines, systemd timers, Windows Task Scheduler XML and git hooks from the config's schedules."""
+
+
+@schedule_group.command("show")
+@schedule_options
+@action("schedule show", human=_human_schedule)
+def schedule_show(dry_run, crontab_file, unit_dir, task_dir, config):
+    """Show the schedules and what install would write."""
+    return _schedule_action("show", config, True, crontab_file, unit_dir, task_dir)
+
+
+@schedule_group.command("install")
+@schedule_options
+@action("schedule install", human=_human_schedule)
+def schedule_install(dry_run, crontab_file, unit_dir, task_dir, config):
+    """Install every schedule (idempotent: a second install changes nothing)."""
+    return _schedule_action("install", config, dry_run, crontab_file, unit_dir, task_dir)
+
+
+@schedule_group.command("remove")
+@schedule_options
+@action("schedule remove", human=_human_schedule)
+def schedule_remove(dry_run, crontab_file, unit_dir, task_dir, config):
+    """Remove bak's schedules (only bak's lines and files; nothing else)."""
+    return _schedule_action("remove", config, dry_run, crontab_file, unit_dir, task_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,7 +53,8 @@ def envelope(command: str, started: datetime, duration_s: float, result: Any,
 
 
 # Subcommands that are another command under a narrower name share its result schema.
-SCHEMA_ALIASES = {"pg-dump": "create", "pg-verify": "verify", "pg-restore": "restore", "drill": "pg-drill"}
+SCHEMA_ALIASES = {"pg-dump": "create", "pg-verify": "verify", "pg-restore": "restore", "drill": "pg-drill",
+                  "schedule-show": "schedule", "schedule-install": "schedule", "schedule-remove": "schedule"}
 
 
 @lru_cache(maxsize=None)
