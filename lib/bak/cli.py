@@ -687,6 +687,68 @@ def schedule_remove(dry_run, crontab_file, unit_dir, task_dir, config):
     return _schedule_action("remove", config, dry_run, crontab_file, unit_dir, task_dir)
 
 
+# --- wizard --------------------------------------------------------------------------------
+@cli.group("wizard", context_settings=CONTEXT)
+def wizard_group():
+    """Set up a 3-2-1 backup config, or get strategy advice on the current one."""
+
+
+def _human_setup(result: dict) -> None:
+    from bak.report import say
+
+    say(f"wrote {result['path']} ({len(result['targets'])} targets, {len(result['schedules'])} schedules)"
+        + (f"; the previous config is kept as {result['previous']}" if result["previous"] else ""))
+    say("next: bak config check, then bak schedule install --dry-run")
+
+
+@wizard_group.command("setup")
+@click.option("--answers", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML answers (for the agent and scripts: no prompts).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write (default: the config path).")
+@click.option("--force", is_flag=True, help="Replace an existing config (the old one is kept beside it).")
+@action("wizard setup", needs_config=False, human=_human_setup)
+def wizard_setup(answers, output, force):
+    """Write a config for a 3-2-1 strategy from answers (a file, or prompts in a terminal)."""
+    import yaml
+
+    from bak import paths
+    from bak.errors import BadInput
+    from bak.wizard import prompt_answers, write_config
+
+    if answers:
+        data = yaml.safe_load(answers.read_text()) or {}
+    elif sys.stdin.isatty():
+        data = prompt_answers()
+    else:
+        raise BadInput("the wizard needs --answers FILE when it is not run in a terminal", where="--answers",
+                       hint="Write the answers as YAML (see references/config.md and the wizard section of SKILL.md).")
+    return write_config(data, output or paths.config_file(), force)
+
+
+def _human_strategy(result: dict) -> None:
+    from bak.report import human_size, say, table
+
+    table("3-2-1 per data item", ["data", "target", "copy 1 (original)", "copy 2 (local)", "copy 3 (offsite)", "media",
+                                  "kept", "estimate", "3-2-1"],
+          [[r["data"], r["target"], r["original"], ", ".join(r["local"]) or "-", ", ".join(r["offsite"]) or "-",
+            ", ".join(r["media"]), r["kept_copies"], human_size(r.get("estimate_bytes")),
+            "ok" if r["ok"] else "MISSING " + ", ".join(r["gaps"])] for r in result["rows"]])
+    for rec in result["recommendations"]:
+        say(f"- {rec['target']}: {rec['advice']}")
+    if result["estimate_total_bytes"] is not None:
+        say(f"estimated storage at steady state: {human_size(result['estimate_total_bytes'])}")
+
+
+@wizard_group.command("strategy")
+@click.option("--measure", is_flag=True, help="Measure sizes and change rates from existing backups (connects to hosts).")
+@action("wizard strategy", human=_human_strategy)
+def wizard_strategy(measure, config):
+    """3-2-1 check per data item, frequency and retention advice, storage estimate."""
+    from bak import strategy
+
+    return strategy.analyse(config, strategy.measure(config) if measure else None)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="bak", standalone_mode=True)
