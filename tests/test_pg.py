@@ -337,3 +337,14 @@ def test_pgpass_reference_is_used_as_the_passfile(bak_home, pg):
     passfile.chmod(0o644)
     loose = run_cli("create")
     assert loose.code == 2 and "readable by others" in loose.envelope["errors"][0]["message"]
+
+
+def test_doctor_checks_postgres_readiness_and_rights(lab, pg, monkeypatch):
+    ok = run_cli("doctor")
+    row = next(c for c in ok.envelope["result"]["checks"] if c["check"] == "postgresql")
+    assert row["level"] == "ok" and "backup can dump app" in row["detail"]
+    monkeypatch.setenv("BAK_TEST_PG_PASSWORD", "wrong")
+    bad = run_cli("doctor")
+    assert bad.code == 1
+    row = next(c for c in bad.envelope["result"]["checks"] if c["check"] == "postgresql")
+    assert row["level"] == "fail" and "password" in row["detail"] and "secret" in row["fix"]

@@ -194,3 +194,15 @@ def test_guest_lists_and_argv():
         "qmrestore", "local:backup/x.vma.zst", "9001", "--unique", "1"]
     assert vzdump.restore_argv("lxc", "a.tar.zst", 9001, storage="local-lvm", force=True) == [
         "pct", "restore", "9001", "a.tar.zst", "--unique", "1", "--storage", "local-lvm", "--force", "1"]
+
+
+def test_doctor_finds_the_locked_vm_and_says_how_to_fix_it(pve):
+    result = run_cli("doctor")
+    assert result.code == 1
+    rows = {(c["check"], c["subject"]): c for c in result.envelope["result"]["checks"]}
+    assert rows[("ssh", "pve")]["level"] == "ok"
+    assert rows[("tools", "pve")]["level"] == "ok"
+    assert rows[("proxmox lock", "vm-102")]["level"] == "fail" and rows[("proxmox lock", "vm-102")]["fix"].endswith("qm unlock 102")
+    assert rows[("proxmox lock", "vm-100")]["level"] == "ok"
+    assert rows[("space", "pve-local")]["level"] == "ok"
+    assert [e["where"] for e in result.envelope["errors"]] == ["vm-102"]

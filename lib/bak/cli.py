@@ -749,6 +749,25 @@ def wizard_strategy(measure, config):
     return strategy.analyse(config, strategy.measure(config) if measure else None)
 
 
+# --- doctor --------------------------------------------------------------------------------
+def _human_doctor(result: dict) -> None:
+    from bak.report import table
+
+    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+    table("bak doctor", ["check", "subject", "result", "detail", "fix"],
+          [[c["check"], c["subject"], f"[{colour[c['level']]}]{c['level']}[/]", c["detail"], c["fix"] or ""]
+           for c in result["checks"]])
+
+
+@cli.command("doctor", context_settings=CONTEXT)
+@action("doctor", human=_human_doctor)
+def doctor_command(config):
+    """Troubleshooting checks: SSH, Proxmox storage and locks, PostgreSQL, tools, space, what to prune."""
+    from bak.doctor import doctor
+
+    return doctor(config)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="bak", standalone_mode=True)
