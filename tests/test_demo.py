@@ -31,6 +31,9 @@ def _run_demo(tmp_path, lab):
     assert "demo finished" in out.stdout and "PASSED" in out.stdout
     dumps = sorted(p.name for p in (lab / "backups" / "local" / "postgresql").glob("*.dump"))
     assert len(dumps) == 3
+    snapshots = [p for p in (lab / "backups" / "nfs" / "rsync").iterdir() if p.is_dir()]
+    assert len(snapshots) == 6  # files and vault, three runs each
+    assert (lab / "restored-files" / "project1" / "notes1.md").exists()
     assert (lab / "state" / "journal.sqlite").exists()
     # Nothing outside the lab: no config or state in the user's folders came from this run.
     assert not any(p for p in tmp_path.iterdir() if p != lab)

@@ -69,6 +69,12 @@ def test_local_snapshots_hard_link_unchanged_files(bak_home):
     assert row["size"] == 7 and row["sha256"] == __import__("hashlib").sha256(b"changed").hexdigest()
     assert len(manifest) == 200
     assert run_cli("verify", "--all-backups").code == 0
+    drill = run_cli("drill")
+    assert drill.code == 0, drill.envelope
+    assert drill.envelope["result"]["drills"][0]["checks"][0]["check"] == "200 files match the manifest"
+    (folder / third / "dir4" / "file4.txt").write_bytes(b"bit rot")
+    rotten = run_cli("drill")
+    assert rotten.code == 1 and rotten.envelope["result"]["drills"][0]["checks"][0]["differences"] == ["dir4/file4.txt"]
     (folder / name2 / "dir3" / "file3.txt").write_bytes(b"tampered")
     bad = run_cli("verify", "--all-backups")
     assert bad.code == 1 and "changed: dir3/file3.txt" in bad.envelope["errors"][0]["message"]
@@ -282,6 +288,10 @@ def test_docker_volume_backup_verify_restore(docker, bak_home):
     assert (mount / "grafana.db").read_bytes() == (data / "grafana.db").read_bytes()
     refused = run_cli("restore", "--target", "grafana", "--into", "grafana-data")
     assert refused.code == 3
+    drill = run_cli("drill")
+    assert drill.code == 0, drill.envelope
+    assert drill.envelope["result"]["drills"][0]["passed"]
+    assert not any(v.startswith("bak-drill-") for v in json.loads((root / "state.json").read_text())["volumes"])
 
 
 def test_containers_are_restarted_when_tar_fails(docker, bak_home):

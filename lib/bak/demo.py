@@ -92,6 +92,24 @@ class DemoCluster:
                         check=False)
 
 
+def build_sources(lab: Path, runner: LocalRunner) -> None:
+    """A file tree, a config folder and a git vault with a local bare remote, all inside the lab."""
+    files = lab / "source" / "projects"
+    for index in range(40):
+        folder = files / f"project{index % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"notes{index}.md").write_text(f"# note {index}\n" + "lorem ipsum " * (index * 20))
+    (files / "scratch.tmp").write_text("excluded")
+    config = lab / "source" / "claude-config"
+    config.mkdir(parents=True)
+    (config / "settings.json").write_text('{"theme": "dark"}\n')
+    remote, vault = lab / "vault-remote.git", lab / "source" / "vault"
+    runner.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)])
+    runner.run(["git", "init", "-q", "-b", "main", str(vault)])
+    runner.run(["git", "-C", str(vault), "remote", "add", "origin", str(remote)])
+    (vault / "Welcome.md").write_text("# Obsidian vault\n")
+
+
 def build_config(lab: Path, cluster: DemoCluster | None) -> dict:
     config = {
         "version": 1,
@@ -102,8 +120,16 @@ def build_config(lab: Path, cluster: DemoCluster | None) -> dict:
                     "description": "stands in for the NFS share of VM 104"},
         },
         "policies": {"pg": {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12,
-                            "description": "the spec's pg_dump policy"}},
-        "targets": [],
+                            "description": "the spec's pg_dump policy"},
+                     "standard": {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12, "keep_yearly": 2}},
+        "targets": [
+            {"name": "files", "method": "rsync", "destinations": ["local", "nfs"], "policy": "standard", "interval": "1d",
+             "rsync": {"source": str(lab / "source" / "projects"), "excludes": ["*.tmp", ".cache"]}},
+            {"name": "vault", "method": "vault", "destinations": ["local", "nfs"], "interval": "1d",
+             "vault": {"path": str(lab / "source" / "vault"), "remotes": ["origin"], "branch": "main"}},
+            {"name": "claude-config", "method": "config", "destinations": ["local", "nfs"], "interval": "1w",
+             "config": {"source": str(lab / "source" / "claude-config")}},
+        ],
     }
     if cluster:
         config["targets"].append({
@@ -129,7 +155,7 @@ def step(title: str, argv: list[str]) -> int:
     return 0
 
 
-def run(folder: Path | None, keep_cluster: bool = False) -> int:
+def run(folder: Path | None) -> int:
     import click
 
     lab = Path(folder) if folder else Path(__import__("tempfile").mkdtemp(prefix="bak-demo-"))
@@ -157,28 +183,34 @@ def run(folder: Path | None, keep_cluster: bool = False) -> int:
         else:
             click.secho("PostgreSQL server binaries not found (apt-get install postgresql): the demo shows the rest.",
                         fg="yellow")
+        build_sources(lab, LocalRunner())
         (lab / "config.yaml").write_text(yaml.safe_dump(build_config(lab, cluster), sort_keys=False))
         codes.append(step("validate the config (every key checked against the schema)", ["config", "check"]))
+        for round_number in range(3):
+            codes.append(step(f"back up everything (run {round_number + 1} of 3): dumps streamed to both destinations, "
+                              "hard-linked rsync snapshots, the vault committed and pushed", ["create"]))
+            (lab / "source" / "projects" / "project1" / "notes1.md").write_text(f"# edited in round {round_number + 1}\n")
+            time.sleep(1.1)
+        codes.append(step("verify the newest backup on each destination: sha256, pg_restore full read, manifests, git",
+                          ["verify"]))
+        codes.append(step("restore one file from the newest snapshot, beside the original",
+                          ["restore", "--target", "files", "--file", "project1/notes1.md",
+                           "--into", str(lab / "restored-files")]))
         if cluster:
-            for round_number in range(3):
-                codes.append(step(f"back up (run {round_number + 1} of 3): one dump, streamed to both destinations",
-                                  ["create", "--target", "pg-shop"]))
-                time.sleep(1.1)
-            codes.append(step("verify the newest backup on each destination: sha256 + full pg_restore read",
-                              ["verify", "--target", "pg-shop"]))
             codes.append(step("restore beside the original (a new database; never over it)",
                               ["restore", "--target", "pg-shop", "--no-owner"]))
-            codes.append(step("restore drill: scratch database, row counts, sanity query, dropped after",
-                              ["pg", "drill", "--target", "pg-shop"]))
-            codes.append(step("what retention would remove (dry run)", ["prune", "--dry-run"]))
-            codes.append(step("every backup, per destination", ["list"]))
+        codes.append(step("restore drills: scratch database (row counts, sanity query) and scratch folders (every "
+                          "file against its manifest), removed after", ["drill"]))
+        codes.append(step("what retention would remove (dry run)", ["prune", "--dry-run"]))
+        codes.append(step("every backup, per destination", ["list"]))
+        codes.append(step("3-2-1 per data item and advice", ["wizard", "strategy", "--measure"]))
         codes.append(step("the spec's standard policy on 400 days of 6-hourly dumps",
                           ["prune", "--simulate", "--keep-daily", "7", "--keep-weekly", "4", "--keep-monthly", "12",
                            "--keep-yearly", "2", "--every", "6h", "--days", "400"]))
         codes.append(step("the journal of everything above", ["log"]))
         codes.append(step("the dashboard: age, size, 3-2-1 copies, last verify and drill, free space", ["status"]))
     finally:
-        if cluster and not keep_cluster:
+        if cluster:
             cluster.stop()
     failed = [c for c in codes if c != 0]
     click.secho(f"\ndemo {'finished' if not failed else 'finished with problems'}: lab left in {lab} "

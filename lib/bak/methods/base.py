@@ -39,4 +39,5 @@ class Method:
         raise NotImplementedError
 
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
+        """Restore somewhere scratch, check what came back, remove it; raises VerifyFailed on a mismatch."""
         raise NotImplementedError

@@ -12,7 +12,7 @@ import time
 from bak import naming
 from bak.catalog import Backup, folder_of
 from bak.config import Target
-from bak.errors import BadInput, CommandFailed, Refused
+from bak.errors import BadInput, CommandFailed, Refused, VerifyFailed
 from bak.journal import Operation
 from bak.methods.base import Context, Method
 from bak.stores import Store
@@ -116,3 +116,26 @@ class DockerVolume(Method):
                                 where=volume, code="verify_failed", hint="Remove that volume and restore another copy.")
         return {"target": target.name, "backup": backup.name, "store": store.name, "volume": volume,
                 "replaced": exists, "safety_backup": safety, "duration_s": round(time.monotonic() - started, 3)}
+
+    def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
+        """Restore into a scratch volume, compare its files with the tarball's listing, remove it."""
+        runner = ctx.hosts.runner(target.host)
+        scratch = f"bak-drill-{target.options['volume']}-{ctx.now:%Y%m%d%H%M%S}"
+        result = {"target": target.name, "backup": backup.name, "store": store.name, "checks": []}
+        try:
+            restored = self.restore(ctx, target, store, backup, into=scratch, force=False, options={})
+            result["restore_duration_s"] = restored["duration_s"]
+            with store.open_read(backup.folder, backup.name) as raw:
+                listed = {line.rstrip("/").removeprefix("./") for line in
+                          ctx.hosts.runner("local").run(["tar", "-tzf", "-"], stdin=raw).stdout_text.splitlines()} - {"", "."}
+            mountpoint = self.mountpoint(runner, scratch)
+            present = {p for p in runner.run(["find", mountpoint, "-mindepth", "1", "-printf", "%P\\n"]).stdout_text.splitlines()}
+            result["checks"].append({"check": f"{len(listed)} entries restored", "ok": listed == present,
+                                     "differences": sorted(listed ^ present)[:20]})
+        finally:
+            runner.run(["docker", "volume", "rm", scratch], check=False)
+        result["passed"] = all(c["ok"] for c in result["checks"])
+        if not result["passed"]:
+            raise VerifyFailed(f"drill of {backup.name}: the restored volume differs from the archive", where=target.name,
+                               code="drill_failed", details={"result": result})
+        return result

@@ -354,3 +354,26 @@ class RsyncSnapshot(Method):
         return {"target": target.name, "backup": backup.name, "store": store.name, "path": destination,
                 "file": single, "replaced": exists and not single, "safety_snapshot": safety and safety["name"],
                 "duration_s": round(time.monotonic() - started, 3), "files": parse_stats(stdout).get("files_transferred")}
+
+    def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
+        """Restore the snapshot into a scratch folder on the target's host, check every file, remove it."""
+        runner = ctx.hosts.runner(target.host)
+        scratch = runner.run(["mktemp", "-d", "-t", "bak-drill.XXXXXXXX"]).stdout_text.strip()
+        tree = f"{scratch}/tree"
+        result = {"target": target.name, "backup": backup.name, "store": store.name, "checks": []}
+        try:
+            restored = self.restore(ctx, target, store, backup, into=tree, force=False, options={})
+            result["restore_duration_s"] = restored["duration_s"]
+            manifest = read_manifest(store, backup.folder, backup.name)
+            files = list_tree(runner, tree)
+            digests = hash_files(runner, tree, sorted(files))
+            wrong = sorted(p for p in set(manifest) | set(files) if digests.get(p) != manifest.get(p, {}).get("sha256"))
+            result["checks"].append({"check": f"{len(manifest)} files match the manifest", "ok": bool(manifest) and not wrong,
+                                     "differences": wrong[:20]})
+        finally:
+            runner.run(["rm", "-rf", "--", scratch], check=False)
+        result["passed"] = all(c["ok"] for c in result["checks"])
+        if not result["passed"]:
+            raise VerifyFailed(f"drill of {backup.name}: restored tree differs from its manifest ({len(wrong)} files)",
+                               where=target.name, code="drill_failed", details={"result": result})
+        return result
