@@ -25,6 +25,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "lib"))
 
+from bak.demo import free_port, pg_bindir  # noqa: E402  (the demo's own helpers, shared with the fixtures)
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -150,12 +152,6 @@ def bak_subprocess(*args: str, env: dict | None = None, **kw) -> subprocess.Pope
 
 
 # --- sshd ------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -298,14 +294,6 @@ def private_sshd(tmp_path):
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
-def pg_bindir() -> Path | None:
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (candidate / "initdb").exists():
-            return candidate
-    found = shutil.which("initdb")
-    return Path(found).resolve().parent if found else None
-
-
 @dataclass
 class PostgresServer:
     bindir: Path
