@@ -25,6 +25,10 @@ def open_store(destination: Destination, hosts: Hosts) -> Store:
         from bak.stores.remote import RemoteStore
 
         return RemoteStore(destination.name, destination.path, hosts.runner(destination.host))
+    if destination.kind == "restic":
+        from bak.stores.restic import ResticStore
+
+        return ResticStore(destination.name, destination.repository, destination.password)
     if destination.kind == "proxmox":
         from bak.stores.proxmox import ProxmoxStore
 
