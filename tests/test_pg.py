@@ -1,6 +1,5 @@
 """PostgreSQL end to end against a real cluster: dump, verify, restore beside, drill, faults, secrets."""
 
-import os
 import subprocess
 import threading
 import time
@@ -8,7 +7,7 @@ import time
 import pytest
 
 from bak import naming
-from conftest import _make_postgres, pg_bindir, run_cli, write_config
+from conftest import _make_postgres, run_cli, write_config
 
 PASSWORD = "pg-Backup-s3cret"
 TABLES = ["public.users", "public.orders", "shop.items", "public.hashes"]

@@ -14,7 +14,6 @@ import os
 import re
 import struct
 import sys
-import time
 import uuid as uuidlib
 from datetime import datetime
 from pathlib import Path
