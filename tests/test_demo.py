@@ -46,3 +46,27 @@ def test_demo_refuses_a_non_empty_folder(tmp_path):
                          timeout=60, env=env)
     assert out.returncode == 1 and "not empty" in out.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
+
+
+def test_demo_without_rsync_leaves_file_snapshots_out_and_still_succeeds(monkeypatch, capsys):
+    """A fresh machine may lack rsync: the demo says so and runs the rest."""
+    import bak.demo as demo
+
+    real_which = shutil.which
+    monkeypatch.setattr(demo.shutil, "which", lambda tool: None if tool == "rsync" else real_which(tool))
+    monkeypatch.setattr(demo, "pg_bindir", lambda: None)  # and no PostgreSQL either: the smallest machine
+    for key in ("BAK_STATE_DIR", "BAK_CONFIG"):
+        monkeypatch.delenv(key, raising=False)
+    folder = __import__("pathlib").Path(tempfile.mkdtemp(prefix="bak-demo-min-"))
+    try:
+        code = demo.run(folder / "lab")
+        out = capsys.readouterr().out
+        assert code == 0, out[-2000:]
+        assert "apt-get install rsync git" in out and "PostgreSQL server binaries not found" in out
+        assert "demo finished" in out
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        import os as _os
+
+        _os.environ.pop("BAK_STATE_DIR", None)
+        _os.environ.pop("BAK_CONFIG", None)

@@ -110,7 +110,7 @@ def build_sources(lab: Path, runner: LocalRunner) -> None:
     (vault / "Welcome.md").write_text("# Obsidian vault\n")
 
 
-def build_config(lab: Path, cluster: DemoCluster | None) -> dict:
+def build_config(lab: Path, cluster: DemoCluster | None, with_files: bool) -> dict:
     config = {
         "version": 1,
         "destinations": {
@@ -122,7 +122,7 @@ def build_config(lab: Path, cluster: DemoCluster | None) -> dict:
         "policies": {"pg": {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12,
                             "description": "the spec's pg_dump policy"},
                      "standard": {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12, "keep_yearly": 2}},
-        "targets": [
+        "targets": [] if not with_files else [
             {"name": "files", "method": "rsync", "destinations": ["local", "nfs"], "policy": "standard", "interval": "1d",
              "rsync": {"source": str(lab / "source" / "projects"), "excludes": ["*.tmp", ".cache"]}},
             {"name": "vault", "method": "vault", "destinations": ["local", "nfs"], "interval": "1d",
@@ -183,19 +183,26 @@ def run(folder: Path | None) -> int:
         else:
             click.secho("PostgreSQL server binaries not found (apt-get install postgresql): the demo shows the rest.",
                         fg="yellow")
-        build_sources(lab, LocalRunner())
-        (lab / "config.yaml").write_text(yaml.safe_dump(build_config(lab, cluster), sort_keys=False))
+        with_files = bool(shutil.which("rsync") and shutil.which("git"))
+        if with_files:
+            build_sources(lab, LocalRunner())
+        else:
+            click.secho("rsync or git not found (apt-get install rsync git): the demo leaves out file, vault "
+                        "and config snapshots.", fg="yellow")
+        (lab / "config.yaml").write_text(yaml.safe_dump(build_config(lab, cluster, with_files), sort_keys=False))
         codes.append(step("validate the config (every key checked against the schema)", ["config", "check"]))
         for round_number in range(3):
             codes.append(step(f"back up everything (run {round_number + 1} of 3): dumps streamed to both destinations, "
                               "hard-linked rsync snapshots, the vault committed and pushed", ["create"]))
-            (lab / "source" / "projects" / "project1" / "notes1.md").write_text(f"# edited in round {round_number + 1}\n")
+            if with_files:
+                (lab / "source" / "projects" / "project1" / "notes1.md").write_text(f"# edited in round {round_number + 1}\n")
             time.sleep(1.1)
         codes.append(step("verify the newest backup on each destination: sha256, pg_restore full read, manifests, git",
                           ["verify"]))
-        codes.append(step("restore one file from the newest snapshot, beside the original",
-                          ["restore", "--target", "files", "--file", "project1/notes1.md",
-                           "--into", str(lab / "restored-files")]))
+        if with_files:
+            codes.append(step("restore one file from the newest snapshot, beside the original",
+                              ["restore", "--target", "files", "--file", "project1/notes1.md",
+                               "--into", str(lab / "restored-files")]))
         if cluster:
             codes.append(step("restore beside the original (a new database; never over it)",
                               ["restore", "--target", "pg-shop", "--no-owner"]))
