@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timedelta
 
 from bak import catalog
@@ -23,8 +24,12 @@ class StorePlan:
     decisions: list
     stale_partials: list
 
+    @cached_property
+    def by_name(self) -> dict[str, catalog.Backup]:
+        return {b.name: b for b in self.listing.backups}
+
     def as_dict(self) -> dict:
-        by_name = {b.name: b for b in self.listing.backups}
+        by_name = self.by_name
         return {
             "store": self.listing.store,
             "folder": self.listing.folder,
@@ -92,26 +97,24 @@ def _prune_target(config, target, hosts, now, entry, dry_run, force, journal) ->
                       hint="Fix the backup first (bak create --target " + target.name + "), or pass --force.")
     for store_plan in plans:
         for decision in store_plan.decisions:
-            size = next(b.size for b in store_plan.listing.backups if b.name == decision.name)
             if decision.keep:
                 entry["kept"] += 1
                 continue
+            backup = store_plan.by_name[decision.name]
             entry["removed"] += 1
-            entry["removed_bytes"] += size
+            entry["removed_bytes"] += backup.size
             if not dry_run:
-                _remove(store_plan, decision, size, journal, target)
+                _remove(store_plan.store, backup, decision.reason, journal, target)
         if not dry_run:
             # We hold the target's lock, so no running backup owns these leftovers.
             for partial in store_plan.stale_partials:
                 store_plan.store.remove(store_plan.listing.folder, partial.name)
 
 
-def _remove(store_plan: StorePlan, decision, size: int, journal: Journal, target: Target) -> None:
-    backup = next(b for b in store_plan.listing.backups if b.name == decision.name)
-    store = store_plan.store
-    details = {"store": store.name, "name": backup.name, "reason": decision.reason, "sidecars": sorted(backup.sidecars)}
+def _remove(store, backup: catalog.Backup, reason: str, journal: Journal, target: Target) -> None:
+    details = {"store": store.name, "name": backup.name, "reason": reason, "sidecars": sorted(backup.sidecars)}
     with journal.operation("prune", target.name, details) as op:
-        op.bytes = size
+        op.bytes = backup.size
         store.remove(backup.folder, backup.name)
         for sidecar in backup.sidecars:
             store.remove(backup.folder, sidecar)
