@@ -61,6 +61,11 @@ def check_file(store: Store, backup: Backup, runner: Runner | None = None, check
         problems.append(f"sha256 mismatch: sidecar says {expected[:16]}..., file is {actual[:16]}...")
     if checker_error:
         problems.append(f"{checker[0].rsplit('/', 1)[-1]}: {checker_error}")
+    return passed(store, backup, result, problems)
+
+
+def passed(store: Store, backup: Backup, result: dict, problems: list[str]) -> dict:
+    """`result` when nothing is wrong; else one VerifyFailed naming the file and every problem."""
     if problems:
         raise VerifyFailed(f"{backup.name} on {store.name}: " + "; ".join(problems), where=f"{store.name}:{backup.name}",
                            details={"result": result})

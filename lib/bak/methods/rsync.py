@@ -26,6 +26,7 @@ from bak.journal import Operation
 from bak.methods.base import Context, Method
 from bak.run.base import Runner
 from bak.stores import Store
+from bak.verify import passed
 
 TRANSPORT_FAILURES = {10, 12, 30, 35, 255}
 RETRIES = 3
@@ -316,10 +317,7 @@ class RsyncSnapshot(Method):
             for label, items in (("missing", missing), ("unexpected", extra), ("changed", changed)):
                 if items:
                     problems.append(f"{len(items)} {label}: {', '.join(items[:5])}")
-        if problems:
-            raise VerifyFailed(f"{backup.name} on {store.name}: " + "; ".join(problems), where=f"{store.name}:{backup.name}",
-                               details={"result": result})
-        return result
+        return passed(store, backup, result, problems)
 
     def restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
                 force: bool, options: dict) -> dict:
