@@ -43,6 +43,14 @@ class DockerVolume(Method):
         return json.loads(out.stdout_text)[0]["Mountpoint"]
 
     def create(self, ctx: Context, target: Target, stores: list[Store], op: Operation) -> dict:
+        result = self._backup(ctx, target, stores)
+        op.bytes, op.checksum = result["size"], result["sha256"]
+        if not all(copy["ok"] for copy in result["copies"]):
+            op.status = "partial"
+        return result
+
+    def _backup(self, ctx: Context, target: Target, stores: list[Store]) -> dict:
+        """The tarball itself; also the safety copy a forced restore takes first."""
         options = target.options
         runner = ctx.hosts.runner(target.host)
         folder = folder_of(target)
@@ -73,9 +81,6 @@ class DockerVolume(Method):
                 restart = runner.run(["docker", "start", *stopped], check=False)
                 if restart.returncode != 0:
                     ctx.warnings.append(f"could not restart containers {', '.join(stopped)}: {restart.stderr_text.strip()}")
-        op.bytes, op.checksum = written.size, written.sha256
-        if not written.ok:
-            op.status = "partial"
         return {"target": target.name, "name": name, "size": written.size, "sha256": written.sha256,
                 "duration_s": round(time.monotonic() - started, 3), "stopped": stopped,
                 "copies": [{"store": c.store, "location": c.location, "ok": c.ok, "error": c.error} for c in written.copies]}
@@ -97,7 +102,7 @@ class DockerVolume(Method):
                           code="would_overwrite", hint="Omit --into to restore into a new volume, or pass --force.")
         safety = None
         if exists:
-            copy = self.create(ctx, target, [store], Operation(ctx.journal, 0)) if volume == original else None
+            copy = self._backup(ctx, target, [store]) if volume == original else None
             safety = copy and copy["name"]
         else:
             runner.run(["docker", "volume", "create", volume])
