@@ -260,7 +260,10 @@ def _read_crontab(path: Path | None) -> str:
         return path.read_text() if path.exists() else ""
     from bak.run.local import LocalRunner
 
-    out = LocalRunner().run(["crontab", "-l"], check=False)
+    runner = LocalRunner()
+    if not runner.has_tool("crontab"):
+        return ""  # no cron here: nothing of ours to keep or remove; installing cron lines will say so
+    out = runner.run(["crontab", "-l"], check=False)
     return out.stdout_text if out.returncode == 0 else ""
 
 
