@@ -114,6 +114,17 @@ class SSHRunner(Runner):
                 self._sftp = client.open_sftp()
             return self._sftp
 
+    def open_remote_file(self, path: str) -> "ChannelFile":
+        """A remote file read on its own SFTP channel (prefetched), so parallel reads never share one session."""
+        sftp = self.open_sftp_channel()
+        try:
+            handle = sftp.open(path, "rb")
+        except BaseException:
+            sftp.close()
+            raise
+        handle.prefetch()
+        return ChannelFile(handle, sftp)
+
     def open_sftp_channel(self) -> paramiko.SFTPClient:
         """A private SFTP session on the same connection, for a pipelined upload: paramiko mixes up
         the acks of pipelined writes with other requests sharing one SFTP session."""
@@ -217,6 +228,26 @@ class SSHRunner(Runner):
             yield path
         finally:
             self.run(["rm", "-rf", "--", folder], check=False)
+
+
+class ChannelFile:
+    """A read-only remote file that closes its private SFTP channel with it."""
+
+    def __init__(self, handle, sftp):
+        self._handle, self._sftp = handle, sftp
+
+    def read(self, size: int = -1) -> bytes:
+        return self._handle.read(size)
+
+    def close(self) -> None:
+        self._handle.close()
+        self._sftp.close()
+
+    def __enter__(self) -> "ChannelFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _feed_channel(channel, source: bytes | BinaryIO) -> None:

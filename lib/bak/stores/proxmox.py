@@ -69,9 +69,7 @@ class ProxmoxStore(Store):
         return self._paths[name]
 
     def open_read(self, folder: str, name: str) -> BinaryIO:
-        handle = self.runner.sftp().open(self.path_of(folder, name), "rb")
-        handle.prefetch()
-        return handle
+        return self.runner.open_remote_file(self.path_of(folder, name))
 
     def read_small(self, folder: str, name: str, limit: int = 1 << 20) -> bytes:
         raise FileNotFoundError(name)  # vzdump writes no .sha256 or .meta.json

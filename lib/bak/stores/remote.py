@@ -143,9 +143,7 @@ class RemoteStore(Store):
             return handle.read(limit)
 
     def open_read(self, folder: str, name: str) -> BinaryIO:
-        handle = self.runner.sftp().open(posixpath.join(self._dir(folder), name), "rb")
-        handle.prefetch()
-        return handle
+        return self.runner.open_remote_file(posixpath.join(self._dir(folder), name))
 
     def remove(self, folder: str, name: str) -> None:
         self.runner.run(["rm", "-rf", "--", posixpath.join(self._dir(folder), name)])
