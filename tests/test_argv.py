@@ -34,28 +34,32 @@ def test_passfile_escapes_colons_and_backslashes():
 def test_rsync_argv_and_transport():
     host = Host(name="store", address="192.0.2.10", port=2222, user="bak", key_file="/keys/id", connect_timeout=7)
     ssh = rsync.ssh_transport(host, Path("/state/known_hosts"))
-    assert ssh == ("ssh -p 2222 -o UserKnownHostsFile=/state/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes "
+    # bak's known_hosts only: the system-wide files are switched off (GlobalKnownHostsFile=/dev/null).
+    assert ssh == ("ssh -p 2222 -o UserKnownHostsFile=/state/known_hosts -o GlobalKnownHostsFile=/dev/null "
+                   "-o StrictHostKeyChecking=yes -o BatchMode=yes "
                    "-o ConnectTimeout=7 -o ServerAliveInterval=15 -o ServerAliveCountMax=3 -i /keys/id -o IdentitiesOnly=yes")
     assert rsync.remote_spec(host, "/mnt/nfs/x/") == "bak@192.0.2.10:/mnt/nfs/x/"
     assert rsync.remote_spec(Host(name="v6", address="::1", user="u"), "/p") == "u@[::1]:/p"
     assert rsync.rsync_argv("/src/", "bak@h:/dst/", link_dest="/dst/prev", excludes=["*.tmp", ".cache"], bwlimit=500,
-                            checksum=True, ssh="ssh -p 22") == [
-        "rsync", "-a", "--partial", "--numeric-ids", "--stats", "--no-human-readable", "-ii", "--out-format=%i %l %M %n",
+                            checksum=True, ssh="ssh -p 22", algorithm="xxh128") == [
+        "rsync", "-a", "-8", "--partial", "--numeric-ids", "--stats", "--no-human-readable", "-ii",
+        "--out-format=%i %l %M %B %U %G %C %n%L", "--checksum-choice=xxh128",
         "-e", "ssh -p 22", "--secluded-args", "--checksum", "--bwlimit=500", "--exclude=*.tmp", "--exclude=.cache",
         "--link-dest=/dst/prev", "/src/", "bak@h:/dst/"]
+    assert rsync.rsync_argv("/snap/", "/snap.bak-listing/", dry_run=True, checksum=True, relative=True)[10:] == [
+        "--dry-run", "--relative", "--checksum", "/snap/", "/snap.bak-listing/"]
 
 
 def test_rsync_output_parsing():
-    out = ("cd..t...... 4096 2026/11/30-06:21:49 ./\n>f+++++++++ 2 2026/11/30-06:21:49 new.txt\n"
-           "hf          2048 2026/11/30-06:21:09 d/old file.txt\n"
-           "Number of files: 1,234 (reg: 1,000, dir: 234)\nNumber of regular files transferred: 1\n"
+    out = ("Number of files: 1,234 (reg: 1,000, dir: 234)\nNumber of regular files transferred: 1\n"
            "Total bytes sent: 987\n")
-    files = rsync.listed_files(out)
-    assert {p: (w, s) for p, (w, s, _) in files.items()} == {"new.txt": (True, 2), "d/old file.txt": (False, 2048)}
     assert rsync.parse_stats(out) == {"files": 1234, "files_transferred": 1, "bytes_sent": 987}
     err = ('rsync: [sender] send_files failed to open "/src/secret": Permission denied (13)\n'
            'file has vanished: "/src/tmp/x"\n')
     assert rsync.failed_files(err) == ["/src/secret"] and rsync.vanished_files(err) == ["/src/tmp/x"]
+    assert rsync.checksum_list("Checksum list:\n    xxh128 xxh3 xxh64 (xxhash) md5 md4 sha1 none\n")[:4] == \
+        ["xxh128", "xxh3", "xxh64", "md5"]
+    assert rsync.checksum_list("rsync version 3.1.3 protocol version 31\n") == ["md5"]
 
 
 def test_docker_argv():

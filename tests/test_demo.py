@@ -29,10 +29,10 @@ def _run_demo(tmp_path, lab):
                          timeout=240, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "demo finished" in out.stdout and "PASSED" in out.stdout
-    dumps = sorted(p.name for p in (lab / "backups" / "local" / "postgresql").glob("*.dump"))
+    dumps = sorted(p.name for p in (lab / "backups" / "local" / "postgresql" / "pg-shop").glob("*.dump"))
     assert len(dumps) == 3
-    snapshots = [p for p in (lab / "backups" / "nfs" / "rsync").iterdir() if p.is_dir()]
-    assert len(snapshots) == 6  # files and vault, three runs each
+    snapshots = [p for p in (lab / "backups" / "nfs" / "rsync").glob("*/rsync-*") if p.is_dir()]
+    assert len(snapshots) == 6  # files and vault, three runs each, each target in its own folder
     assert (lab / "restored-files" / "project1" / "notes1.md").exists()
     assert (lab / "state" / "journal.sqlite").exists()
     # Nothing outside the lab: no config or state in the user's folders came from this run.

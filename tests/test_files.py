@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import xxhash
 
 from conftest import REPO, need, run_cli, write_config
 
@@ -46,7 +47,7 @@ def test_local_snapshots_hard_link_unchanged_files(bak_home):
     files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)})
     first = run_cli("create")
     assert first.code == 0, first.envelope
-    folder = dest / "rsync"
+    folder = dest / "rsync" / "files"
     name1 = first.envelope["result"]["targets"][0]["name"]
     assert name1.startswith("rsync-files-") and len(name1) == len("rsync-files-2026-11-30")
     assert not (folder / name1 / "notes.tmp").exists() and not (folder / name1 / ".cache").exists()
@@ -64,20 +65,22 @@ def test_local_snapshots_hard_link_unchanged_files(bak_home):
     third = run_cli("create").envelope["result"]["targets"][0]["name"]
     assert (folder / third / "dir0" / "file0.txt").stat().st_ino != two.stat().st_ino
     assert (folder / third / "dir1" / "file1.txt").stat().st_ino == (folder / name2 / "dir1" / "file1.txt").stat().st_ino
-    manifest = [json.loads(line) for line in (folder / f"{third}.manifest").read_text().splitlines()]
+    head, *manifest = [json.loads(line) for line in (folder / f"{third}.manifest").read_text().splitlines()]
+    assert head["bak_manifest"] == 2 and head["checksum"] == "xxh128"
     row = next(r for r in manifest if r["path"] == "dir0/file0.txt")
-    assert row["size"] == 7 and row["sha256"] == __import__("hashlib").sha256(b"changed").hexdigest()
-    assert len(manifest) == 200
+    assert row["size"] == 7 and row["xxh128"] == xxhash.xxh3_128_hexdigest(b"changed")
+    assert sum(1 for r in manifest if r["type"] == "f") == 200 and sum(1 for r in manifest if r["type"] == "d") == 11
     assert run_cli("verify", "--all-backups").code == 0
     drill = run_cli("drill")
     assert drill.code == 0, drill.envelope
-    assert drill.envelope["result"]["drills"][0]["checks"][0]["check"] == "200 files match the manifest"
+    assert drill.envelope["result"]["drills"][0]["checks"][0]["check"] == "211 entries match the manifest"
     (folder / third / "dir4" / "file4.txt").write_bytes(b"bit rot")
     rotten = run_cli("drill")
-    assert rotten.code == 1 and rotten.envelope["result"]["drills"][0]["checks"][0]["differences"] == ["dir4/file4.txt"]
+    assert rotten.code == 1
+    assert rotten.envelope["result"]["drills"][0]["checks"][0]["differences"][0].startswith("dir4/file4.txt (size 7")
     (folder / name2 / "dir3" / "file3.txt").write_bytes(b"tampered")
     bad = run_cli("verify", "--all-backups")
-    assert bad.code == 1 and "changed: dir3/file3.txt" in bad.envelope["errors"][0]["message"]
+    assert bad.code == 1 and "changed: dir3/file3.txt (size 8" in bad.envelope["errors"][0]["message"]
 
 
 @pytest.mark.parametrize("direction", ["push", "pull"])
@@ -96,7 +99,7 @@ def test_rsync_over_real_sshd_both_directions(bak_home, sshd, direction):
     entry = result.envelope["result"]["targets"][0]
     name = entry["name"]
     assert entry["copies"][0]["stats"]["files_transferred"] == 50
-    assert sorted(p.name for p in (dest / "rsync" / name).rglob("*.txt")) == sorted(p.name for p in source.rglob("*.txt"))
+    assert sorted(p.name for p in (dest / "rsync" / "files" / name).rglob("*.txt")) == sorted(p.name for p in source.rglob("*.txt"))
     assert run_cli("verify").code == 0
     restored = run_cli("restore", "--target", "files", "--file", "dir2/file2.txt", "--into", str(bak_home / "one"))
     assert restored.code == 0, restored.envelope
@@ -124,7 +127,9 @@ def test_restore_beside_refuses_overwrite_and_force_takes_a_safety_snapshot(bak_
     assert forced.code == 0, forced.envelope
     assert not (source / "new.txt").exists()
     safety = forced.envelope["result"]["safety_snapshot"]
-    assert (dest / "rsync" / safety / "new.txt").read_text() == "new"
+    store, _, path = safety.partition(":")
+    assert store == "nfs" and path.startswith("safety/files/rsync-files-")
+    assert (dest / path / "new.txt").read_text() == "new" and (dest / (path + ".protected")).exists()
 
 
 def test_vanished_file_is_a_warning(bak_home):
@@ -147,7 +152,7 @@ def test_full_destination_fails_cleanly(bak_home, tiny_disk):
     result = run_cli("create")
     assert result.code == 1
     assert result.envelope["errors"][0]["code"] == "disk_full"
-    assert list((tiny_disk / "rsync").iterdir()) == []
+    assert list((tiny_disk / "rsync" / "files").iterdir()) == []
 
 
 def test_sshd_killed_mid_rsync_leaves_no_snapshot_and_a_rerun_resumes(bak_home, private_sshd, monkeypatch):
@@ -165,7 +170,7 @@ def test_sshd_killed_mid_rsync_leaves_no_snapshot_and_a_rerun_resumes(bak_home, 
     failed = run_cli("create")
     assert failed.code == 1
     assert failed.envelope["errors"][0]["code"] == "transport"
-    folder = dest / "rsync"
+    folder = dest / "rsync" / "files"
     leftovers = [p.name for p in folder.iterdir()]
     assert len(leftovers) == 1 and leftovers[0].endswith(".partial")
     kept = sum(p.stat().st_size for p in (folder / leftovers[0]).rglob("*") if p.is_file())
@@ -191,7 +196,7 @@ def test_config_copy_is_a_snapshot_in_the_config_folder(bak_home):
     result = run_cli("create")
     assert result.code == 0, result.envelope
     name = result.envelope["result"]["targets"][0]["name"]
-    assert (dest / "config" / name / "settings.json").read_text() == "{}"
+    assert (dest / "config" / "claude-config" / name / "settings.json").read_text() == "{}"
 
 
 def git(*args, cwd=None):
@@ -221,7 +226,7 @@ def test_vault_commits_pushes_snapshots_and_verifies(vault, bak_home):
     entry = result.envelope["result"]["targets"][0]
     assert entry["git"]["committed"] and entry["git"]["pushes"] == [{"remote": "origin", "ok": True}]
     assert git("--git-dir", str(remote), "rev-parse", "main") == git("-C", str(work), "rev-parse", "HEAD")
-    assert (bak_home / "dest" / "rsync" / entry["name"] / "note.md").read_text() == "# hello"
+    assert (bak_home / "dest" / "rsync" / "vault" / entry["name"] / "note.md").read_text() == "# hello"
     assert run_cli("verify").code == 0
     time.sleep(1.1)
     again = run_cli("create")
@@ -304,4 +309,4 @@ def test_containers_are_restarted_when_tar_fails(docker, bak_home):
     calls = (root / "calls.log").read_text().splitlines()
     assert calls[-1] == "start 4f1c2a9b8d7e"
     assert json.loads((root / "state.json").read_text())["containers"]["4f1c2a9b8d7e"]["running"] is True
-    assert not list((bak_home / "dest" / "docker-volumes").glob("*.tar.gz"))
+    assert not list((bak_home / "dest" / "docker-volumes" / "grafana").glob("*.tar.gz*"))

@@ -72,14 +72,14 @@ def test_round_trip_dump_verify_restore_beside_drill(lab, pg):
     assert naming.parse(name).kind == "pg_dump" and name.endswith(".dump")
     assert [c["ok"] for c in entry["copies"]] == [True, True]
     for root in ("local", "nfs"):
-        folder = lab / root / "postgresql"
+        folder = lab / root / "postgresql" / "pg-app"
         assert {p.name for p in folder.iterdir()} == {name, f"{name}.sha256", f"{name}.meta.json"}
         assert subprocess.run(["sha256sum", "-c", f"{name}.sha256"], cwd=folder, capture_output=True).returncode == 0
         assert (folder / name).stat().st_mode & 0o777 == 0o600
-    assert (lab / "local" / "postgresql" / name).read_bytes() == (lab / "nfs" / "postgresql" / name).read_bytes()
+    assert (lab / "local" / "postgresql" / "pg-app" / name).read_bytes() == (lab / "nfs" / "postgresql" / "pg-app" / name).read_bytes()
     import json
 
-    meta = json.loads((lab / "local" / "postgresql" / f"{name}.meta.json").read_text())
+    meta = json.loads((lab / "local" / "postgresql" / "pg-app" / f"{name}.meta.json").read_text())
     assert meta["row_counts"] == {"public.orders": 20000, "public.users": 5000, "shop.items": 3, "public.hashes": 60000}
     assert meta["server_version"].startswith("15") and meta["snapshot_consistent"]
 
@@ -128,8 +128,9 @@ def test_restore_refuses_to_overwrite_then_force_takes_a_safety_dump(lab, pg):
     forced = run_cli("restore", "--target", "pg-app", "--into", "scratch_target", "--force", "--no-owner")
     assert forced.code == 0, forced.envelope
     safety = forced.envelope["result"]["safety_dump"]
-    assert safety.startswith("pg-scratch_target-")
-    assert (lab / "local" / "postgresql" / f"{safety}.protected").exists()
+    store, _, path = safety.partition(":")
+    assert store == "local" and path.startswith("safety/pg-app/pg-scratch_target-")
+    assert (lab / "local" / f"{path}.protected").exists() and (lab / "local" / f"{path}.sha256").exists()
     assert table_digest(pg, "scratch_target") == table_digest(pg, "app")
     pg.psql("DROP DATABASE scratch_target WITH (FORCE)")
 
@@ -142,7 +143,7 @@ def test_plain_sql_gz_format_round_trip(bak_home, pg, monkeypatch):
     assert created.code == 0, created.envelope
     name = created.envelope["result"]["targets"][0]["name"]
     assert name.endswith(".sql.gz")
-    assert subprocess.run(["gzip", "-t", str(bak_home / "local" / "postgresql" / name)]).returncode == 0
+    assert subprocess.run(["gzip", "-t", str(bak_home / "local" / "postgresql" / "pg-app" / name)]).returncode == 0
     assert run_cli("verify").code == 0
     assert run_cli("restore", "--target", "pg-app", "--no-owner").code == 2
     restored = run_cli("restore", "--target", "pg-app")
@@ -161,7 +162,7 @@ def test_parallel_restore_with_jobs(lab, pg):
 
 def test_verify_catches_truncation_and_a_flipped_byte(lab, pg):
     assert run_cli("create").code == 0
-    folder = lab / "local" / "postgresql"
+    folder = lab / "local" / "postgresql" / "pg-app"
     name = next(p.name for p in folder.iterdir() if p.name.endswith(".dump"))
     data = (folder / name).read_bytes()
     (folder / name).write_bytes(data[: len(data) * 2 // 3])
@@ -220,14 +221,14 @@ def test_first_dump_bigger_than_the_destination_is_refused_before_it_starts(bak_
 def test_destination_filling_up_mid_dump_leaves_no_final_file(bak_home, pg, monkeypatch, tiny_disk):
     monkeypatch.setenv("BAK_TEST_PG_PASSWORD", PASSWORD)
     lab_config(bak_home, pg, dests={"tiny": {"kind": "local", "path": str(tiny_disk)}})
-    folder = tiny_disk / "postgresql"
-    folder.mkdir()
+    folder = tiny_disk / "postgresql" / "pg-app"
+    folder.mkdir(parents=True)
     small = folder / naming.pg_dump_name("app", __import__("datetime").datetime(2026, 1, 1))
     small.write_bytes(b"x" * 1000)  # a tiny previous dump makes the space precheck pass
     result = run_cli("create")
     assert result.code == 1
     assert result.envelope["errors"][0]["code"] == "disk_full"
-    assert sorted(p.name for p in folder.iterdir()) == [small.name]
+    assert sorted(p.name for p in folder.rglob("*") if not p.is_dir()) == [small.name]
 
 
 def test_password_never_appears_in_argv_output_journal_or_logs(lab, pg):
@@ -271,8 +272,8 @@ def test_dump_over_ssh_round_trip(bak_home, pg, sshd, monkeypatch):
     created = run_cli("create")
     assert created.code == 0, created.envelope
     name = created.envelope["result"]["targets"][0]["name"]
-    remote = bak_home / "remote-nfs" / "postgresql"
-    assert (remote / name).read_bytes() == (bak_home / "local" / "postgresql" / name).read_bytes()
+    remote = bak_home / "remote-nfs" / "postgresql" / "pg-app"
+    assert (remote / name).read_bytes() == (bak_home / "local" / "postgresql" / "pg-app" / name).read_bytes()
     assert run_cli("verify").code == 0
     restored = run_cli("restore", "--target", "pg-app", "--from", "nfs", "--no-owner")
     assert restored.code == 0, restored.envelope
@@ -290,7 +291,7 @@ def test_server_stopped_mid_dump_leaves_no_final_file(bak_home, monkeypatch):
                     "FROM generate_series(1, 600000) g; GRANT SELECT ON big TO backup", db="app")
         monkeypatch.setenv("BAK_TEST_PG_PASSWORD", PASSWORD)
         lab_config(bak_home, server)
-        folder = bak_home / "local" / "postgresql"
+        folder = bak_home / "local" / "postgresql" / "pg-app"
 
         def stop_when_writing():
             deadline = time.monotonic() + 60
@@ -320,7 +321,7 @@ def test_globals_are_kept_beside_the_dump_without_passwords_for_a_non_superuser(
     created = run_cli("create")
     assert created.code == 0, created.envelope
     name = created.envelope["result"]["targets"][0]["name"]
-    roles = (lab / "local" / "postgresql" / f"{name}.globals.sql").read_text()
+    roles = (lab / "local" / "postgresql" / "pg-app" / f"{name}.globals.sql").read_text()
     assert "CREATE ROLE backup" in roles and "PASSWORD" not in roles
     assert any("without their passwords" in w for w in created.envelope["warnings"])
     pruned = run_cli("prune", "--dry-run").envelope["result"]["targets"][0]["stores"][0]["decisions"]

@@ -34,7 +34,7 @@ def pve(tmp_path, bak_home):
         "targets": [{"name": f"vm-{vmid}", "method": "vzdump", "host": "pve", "destinations": ["pve-local", "nfs"],
                      "policy": "vm", "vzdump": {"vmid": vmid, "storage": "local", "notes_template": "{{guestname}} daily",
                                                 "restore_vmid_range": [9000, 9010]}} for vmid in (100, 101, 102)]})
-    yield root, tmp_path / "nfs" / "proxmox"
+    yield root, tmp_path / "nfs" / "proxmox" / "vm-100"  # each target writes in its own folder
     server.stop()
 
 
@@ -144,7 +144,7 @@ def test_prune_removes_with_pvesm_free(pve):
     frees = [line for line in (root / "calls.log").read_text().splitlines() if line.startswith("pvesm free")]
     assert len(frees) == 2
     assert len(list((root / "storage-local" / "dump").glob("*.vma.zst"))) == 1
-    assert len(list(nfs.glob("*.vma.zst"))) == 1
+    assert len(list((nfs.parent / "vm-101").glob("*.vma.zst"))) == 1
 
 
 # --- parsing the reference's exact output -----------------------------------------------------

@@ -54,7 +54,7 @@ def test_dry_run_plans_and_apply_executes_exactly_that_plan(local_lab):
     assert sorted(p.name for p in local_lab.iterdir()) == before
     decisions = planned.envelope["result"]["targets"][0]["stores"][0]["decisions"]
     assert [(d["name"], d["keep"]) for d in decisions] == [(n, i < 2) for i, n in enumerate(names)]
-    assert planned.envelope["result"]["targets"][0]["stores"][0]["foreign"] == ["notes.txt"]
+    assert planned.envelope["result"]["targets"][0]["stores"][0]["foreign"] == ["postgresql/notes.txt"]
 
     applied = run_cli("prune")
     assert applied.code == 0, applied.envelope
@@ -112,7 +112,7 @@ def test_stale_partials_are_removed_and_reported(local_lab):
     fresh_partial = local_lab / (naming.pg_dump_name("app", NOW - timedelta(minutes=5)) + ".partial")
     fresh_partial.write_bytes(b"a run may still own this")
     result = run_cli("prune")
-    assert result.envelope["result"]["targets"][0]["stores"][0]["stale_partials"] == [old_partial.name]
+    assert result.envelope["result"]["targets"][0]["stores"][0]["stale_partials"] == [f"postgresql/{old_partial.name}"]
     assert not old_partial.exists()
     assert fresh_partial.exists()
 

@@ -59,8 +59,10 @@ def test_a_killed_run_leaves_nothing_complete_and_blocks_nothing(repo, bak_home)
     while subprocess.run(["pgrep", "-x", "restic"], capture_output=True).returncode == 0:  # the orphaned restic
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert not [e for e in repo.list("postgresql") if not e.name.endswith(".partial")]
-    repo.remove_partials("postgresql", "pg-app-")
+    leftovers = repo.list("postgresql")
+    assert all(e.name.endswith(".partial") for e in leftovers)
+    for entry in leftovers:
+        repo.remove("postgresql", entry.name)
     fan = FanOut([repo], "postgresql", "pg-app-2026-11-30_140000.dump")
     fan.write(b"after the crash")
     assert fan.commit().ok
@@ -72,7 +74,7 @@ def test_an_untagged_snapshot_is_a_partial_that_the_next_run_removes(repo, bak_h
     repo.run(["restic", "backup", "--stdin", "--stdin-filename", "postgresql/pg-app-2026-11-30_150000.dump",
               "--tag", "bak", "--host", "bak"], stdin=b"half of a dump")
     assert [e.name for e in repo.list("postgresql")] == ["pg-app-2026-11-30_150000.dump.partial"]
-    assert repo.remove_partials("postgresql", "pg-app-") == ["pg-app-2026-11-30_150000.dump.partial"]
+    repo.remove("postgresql", "pg-app-2026-11-30_150000.dump.partial")
     assert repo.list("postgresql") == []
 
 

@@ -5,11 +5,14 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime
 
 import pytest
 
 from bak import config as bak_config
+from bak.catalog import Listing, index_folder
 from bak.errors import WriteFailed
+from bak.methods.base import Context, clear_leftovers
 from bak.run import Hosts
 from bak.stores.fanout import FanOut
 from bak.stores.local import LocalStore
@@ -72,10 +75,16 @@ def test_sigkill_mid_stream_leaves_only_the_partial(tmp_path):
     proc.wait()
     names = sorted(p.name for p in (dest / "postgresql").iterdir())
     assert names == ["pg-app-2026-11-30_120000.dump.partial"]
-    # The next run of that target removes the leftover.
-    removed = LocalStore("here", str(dest)).remove_partials("postgresql", "pg-app-")
-    assert removed == ["pg-app-2026-11-30_120000.dump.partial"]
+    # The next run of that target sees the leftover, finds no process writing it, and removes it.
+    store = LocalStore("here", str(dest))
+    listing = index_folder("here", "postgresql", store.list("postgresql"))
+    backups, leftovers = listing.of_key("pg_dump", "app")
+    assert backups == [] and [p.name for p in leftovers] == ["pg-app-2026-11-30_120000.dump.partial"]
+    config = bak_config.from_data({"version": 1})
+    ctx = Context(config, Hosts(config), None, datetime.now())
+    clear_leftovers(ctx, store, Listing("here", "postgresql", [], leftovers, []))
     assert list((dest / "postgresql").iterdir()) == []
+    assert ctx.warnings == ["removed postgresql/pg-app-2026-11-30_120000.dump.partial on here, left by an interrupted run"]
 
 
 def test_full_disk_is_a_clear_error_and_leaves_no_file(tiny_disk):

@@ -78,13 +78,18 @@ def _create(config: Config, targets: list[Target], *, dry_run: bool, progress, p
                     entry["status"] = "planned"
                     continue
                 with target_lock(target.name, "create"):
+                    session.ctx.now = datetime.now().replace(microsecond=0)  # each backup is named at its own start
                     stores = stores_for(config, target.destinations, session.hosts)
                     with session.journal.operation("create", target.name, {"method": target.method}) as op:
                         entry.update(method.create(session.ctx, target, stores, op))
                         op.details.update({"name": entry.get("name"), "copies": entry.get("copies")})
-                failed = [c for c in entry.get("copies", []) if not c["ok"]]
+                        copies = entry.get("copies", [])
+                        failed = [c for c in copies if not c["ok"]]
+                        if failed:
+                            op.status = "failed" if len(failed) == len(copies) else "partial"
+                            op.error_tail = "\n".join(f"{c['store']}: {c['error']['message']}" for c in failed if c["error"])
                 findings = entry.pop("problems", [])
-                entry["status"] = "partial" if failed or findings else "ok"
+                entry["status"] = op.status if failed else ("partial" if findings else "ok")
                 for finding in findings:
                     outcome.problem(**finding)
                 for copy in failed:
@@ -239,9 +244,11 @@ def listing(config: Config, targets: list[Target], filters: dict | None = None) 
                         "target": target.name, "method": target.method, "store": dest, "name": b.name,
                         "when": b.when.isoformat(), "size": b.size, "checksum": b.has_checksum, "protected": b.protected,
                         "sidecars": sorted(b.sidecars)})
-                outcome.result["partials"] += [{"target": target.name, "store": dest, "name": p.name} for p in found.partials]
-                for name in found.foreign:
-                    if (dest, found.folder, name) not in seen_foreign:
-                        seen_foreign.add((dest, found.folder, name))
-                        outcome.result["foreign"].append({"store": dest, "folder": found.folder, "name": name})
+                outcome.result["partials"] += [{"target": target.name, "store": dest, "folder": p.folder, "name": p.name}
+                                               for p in found.partials]
+                for path in found.foreign:
+                    if (dest, path) not in seen_foreign:
+                        seen_foreign.add((dest, path))
+                        folder, _, name = path.rpartition("/")
+                        outcome.result["foreign"].append({"store": dest, "folder": folder, "name": name})
     return outcome

@@ -1,10 +1,18 @@
-"""A target's backups on a store: artifacts with their sidecars, leftover partials, foreign files."""
+"""A target's backups on a store: artifacts with their sidecars, leftover partials, foreign files.
+
+Targets never meet: each target writes into its own folder under the seed's kind folder
+(`postgresql/pg-app/pg-app-2026-...dump`), so two targets dumping databases of the same name,
+or named `big` and `big-2`, cannot see, prune or clean up each other's files. Backups written
+by older versions straight into the kind folder (`postgresql/pg-app-...dump`) still count for
+the one target that can own their name; when two targets could, they are left alone as foreign.
+Proxmox storage has one flat dump folder that vzdump owns: there a target's files are its VMID's.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from bak import naming
 from bak.config import Target
@@ -12,6 +20,10 @@ from bak.stores import FOLDERS, Store
 from bak.stores.base import Entry
 
 _VZDUMP_LOG = re.compile(r"^(vzdump-(?:qemu|lxc)-\d+-\d{4}_\d{2}_\d{2}-\d{2}_\d{2}_\d{2})\.log$")
+
+# Backups dated further ahead than this are a clock problem, never "the newest": one hour of a
+# daylight-saving change (names carry local time) plus clock drift between hosts.
+FUTURE_TOLERANCE = timedelta(hours=2)
 
 
 def target_key(target: Target) -> str:
@@ -31,7 +43,18 @@ def kind_of(target: Target) -> str:
 
 
 def folder_of(target: Target) -> str:
+    """Where the target writes: its own folder inside the seed's kind folder."""
+    return f"{FOLDERS[target.method]}/{target.name}"
+
+
+def shared_folder_of(target: Target) -> str:
+    """The seed's kind folder, where older versions wrote every target's files side by side."""
     return FOLDERS[target.method]
+
+
+def safety_folder_of(target: Target) -> str:
+    """Safety copies taken before a forced restore: apart from backups, never picked, never pruned by policy."""
+    return f"{naming.SAFETY_FOLDER}/{target.name}"
 
 
 @dataclass(slots=True)
@@ -61,45 +84,72 @@ class Backup:
         """A file has its .sha256; a snapshot folder its per-file .manifest."""
         return self.name + ".sha256" in self.sidecars or self.name + ".manifest" in self.sidecars
 
+    def in_future(self, now: datetime) -> bool:
+        return self.when - now > FUTURE_TOLERANCE
+
+
+@dataclass(slots=True)
+class Leftover:
+    """A `.partial` left by an interrupted run, or a sidecar whose artifact never got its final name."""
+
+    folder: str
+    entry: Entry
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def mtime(self) -> float:
+        return self.entry.mtime
+
 
 @dataclass
 class Listing:
     store: str
-    folder: str
+    folder: str                    # where the target writes
     backups: list[Backup]          # newest first
-    partials: list[Entry]
-    foreign: list[str]
+    partials: list[Leftover]
+    foreign: list[str]             # paths relative to the store root
+
+    def newest_good(self, now: datetime) -> Backup | None:
+        return next((b for b in self.backups if not b.in_future(now)), None)
 
 
 @dataclass
 class FolderIndex:
-    """One folder of one store, parsed once and shared by every target that writes there."""
+    """One folder of one store, parsed once and shared by every target that reads it."""
 
     store: str
     folder: str
     backups: dict[tuple[str, str], list[Backup]]
-    partials: dict[tuple[str, str], list[Entry]]
+    partials: dict[tuple[str, str], list[Leftover]]
     foreign: list[str]
+    folders: set[str] = field(default_factory=set)  # names of sub-folders (not symlinks)
 
-    def listing_for(self, target: Target) -> Listing:
-        key = (kind_of(target), target_key(target))
-        backups = self.backups.get(key, [])
-        for backup in backups:
-            backup.target = target.name
-        return Listing(self.store, self.folder, list(backups), list(self.partials.get(key, [])), self.foreign)
+    def of_kind(self, kind: str) -> tuple[list[Backup], list[Leftover]]:
+        backups = [b for (k, _), items in self.backups.items() if k == kind for b in items]
+        partials = [p for (k, _), items in self.partials.items() if k == kind for p in items]
+        return backups, partials
+
+    def of_key(self, kind: str, key: str) -> tuple[list[Backup], list[Leftover]]:
+        return list(self.backups.get((kind, key), [])), list(self.partials.get((kind, key), []))
 
 
 def index_folder(store_name: str, folder: str, entries: list[Entry]) -> FolderIndex:
     """Each name is parsed once: artifacts, then their sidecars, partials and foreign names."""
     sidecar = naming.SIDECAR_SUFFIXES
+    links = sorted(e.name for e in entries if e.is_link)  # never followed: foreign, whatever their names
+    entries = [e for e in entries if not e.is_link]
     parsed_by_name = {e.name: None if e.name.endswith(sidecar) else naming.parse(e.name) for e in entries}
+    by_name = {e.name: e for e in entries}
     backups: dict[str, tuple[tuple[str, str], Backup]] = {}
     for entry in entries:
         parsed = parsed_by_name[entry.name]
         if parsed:
-            backups[entry.name] = ((parsed.kind, parsed.key),
-                                   Backup("", store_name, folder, entry.name, parsed.when, entry))
-    partials: dict[tuple[str, str], list[Entry]] = {}
+            when = parsed.when if parsed.timed else _recorded_time(entry.name, parsed.when, by_name)
+            backups[entry.name] = ((parsed.kind, parsed.key), Backup("", store_name, folder, entry.name, when, entry))
+    partials: dict[tuple[str, str], list[Leftover]] = {}
     foreign: list[str] = []
     for entry in entries:
         if parsed_by_name[entry.name]:
@@ -108,23 +158,36 @@ def index_folder(store_name: str, folder: str, entries: list[Entry]) -> FolderIn
         if owner:
             backups[owner][1].sidecars.append(entry.name)
             continue
-        if entry.name.endswith(naming.PARTIAL_SUFFIX):
-            stripped = entry.name[: -len(naming.PARTIAL_SUFFIX)]
-            of = naming.parse(stripped)
-            if of:
-                partials.setdefault((of.kind, of.key), []).append(entry)
-                continue
-            if _owner(stripped, backups):
-                continue  # a sidecar being written
-        elif naming.split_sidecar(entry.name) and naming.parse(naming.split_sidecar(entry.name)[0]):
-            continue  # a sidecar whose artifact is gone: bak's own, not foreign
+        # A partial artifact, or a sidecar (final or partial) whose artifact has no final name:
+        # what a run leaves when it is killed before its last rename.
+        stem = entry.name[: -len(naming.PARTIAL_SUFFIX)] if entry.name.endswith(naming.PARTIAL_SUFFIX) else entry.name
+        split = naming.split_sidecar(stem)
+        of = naming.parse(split[0] if split else stem)
+        if of and (split or stem != entry.name):
+            partials.setdefault((of.kind, of.key), []).append(Leftover(folder, entry))
+            continue
         foreign.append(entry.name)
     grouped: dict[tuple[str, str], list[Backup]] = {}
     for key, backup in backups.values():
         grouped.setdefault(key, []).append(backup)
     for items in grouped.values():
         items.sort(key=lambda b: (b.when, b.name), reverse=True)
-    return FolderIndex(store_name, folder, grouped, partials, sorted(foreign))
+    return FolderIndex(store_name, folder, grouped, partials, sorted(foreign + links),
+                       {e.name for e in entries if e.is_dir})
+
+
+def _recorded_time(name: str, day: datetime, by_name: dict[str, Entry]) -> datetime:
+    """A daily name (`rsync-T-2026-12-01`) carries no time: bak sets its checksum sidecar's mtime to
+    the real creation time. A sidecar dated another day (copied without its times) is not trusted."""
+    for suffix in (naming.MANIFEST_SUFFIX, ".sha256"):
+        sidecar = by_name.get(name + suffix)
+        if sidecar is not None:
+            try:
+                recorded = datetime.fromtimestamp(sidecar.mtime)
+            except (OSError, OverflowError, ValueError):
+                return day
+            return recorded.replace(microsecond=0) if recorded.date() == day.date() else day
+    return day
 
 
 def _owner(name: str, backups: dict) -> str | None:
@@ -139,8 +202,37 @@ def _owner(name: str, backups: dict) -> str | None:
     return None
 
 
-def scan(store: Store, target: Target, entries: list[Entry] | None = None) -> Listing:
-    """One target's view of one store's folder."""
-    folder = folder_of(target)
-    entries = store.list(folder) if entries is None else entries
-    return index_folder(store.name, folder, entries).listing_for(target)
+def folders_to_read(target: Target, store: Store) -> list[str]:
+    """The target's own folder, and the shared kind folder when its old flat names are the target's alone."""
+    if not store.per_target_folders:
+        return [shared_folder_of(target)]
+    own = [folder_of(target)]
+    return own + [shared_folder_of(target)] if target.owns_flat_names else own
+
+
+def listing_from(target: Target, store: Store, indexes: dict[str, FolderIndex]) -> Listing:
+    """One target's view of the folders `folders_to_read` names, already indexed."""
+    kind, key = kind_of(target), target_key(target)
+    backups: list[Backup] = []
+    partials: list[Leftover] = []
+    foreign: list[str] = []
+    for folder in folders_to_read(target, store):
+        index = indexes.get(folder)
+        if index is None:
+            continue
+        own = store.per_target_folders and folder == folder_of(target)
+        found, leftovers = index.of_kind(kind) if own else index.of_key(kind, key)
+        backups += found
+        partials += leftovers
+        # In a shared kind folder, folders that are not backups are the targets' own folders.
+        foreign += [f"{folder}/{name}" for name in index.foreign if own or name not in index.folders]
+    for backup in backups:
+        backup.target = target.name
+    backups.sort(key=lambda b: (b.when, b.name), reverse=True)
+    return Listing(store.name, folder_of(target), backups, partials, foreign)
+
+
+def scan(store: Store, target: Target) -> Listing:
+    """One target's view of one store."""
+    indexes = {folder: index_folder(store.name, folder, store.list(folder)) for folder in folders_to_read(target, store)}
+    return listing_from(target, store, indexes)

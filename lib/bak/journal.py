@@ -125,6 +125,14 @@ class Journal:
         args.append(limit)
         return self._rows(sql, args)
 
+    def names_created(self, target: str) -> set[str]:
+        """Every backup name a create of this target made (a failed one made nothing: its partial is resumed)."""
+        with self._lock:
+            rows = self.db.execute("SELECT json_extract(details, '$.name') FROM operations WHERE kind = 'create' "
+                                   "AND target = ? AND status IN ('ok', 'partial') AND json_valid(details)",
+                                   (target,)).fetchall()
+        return {row[0] for row in rows if isinstance(row[0], str)}
+
     def latest(self, kind: str, status: str | None = None) -> dict[str, dict]:
         """The newest operation of a kind for each target (optionally only with that status)."""
         where = "kind = ?" + (" AND status = ?" if status else "")

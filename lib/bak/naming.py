@@ -11,8 +11,14 @@ import re
 from datetime import datetime
 from typing import NamedTuple
 
-SIDECAR_SUFFIXES = (".sha256", ".meta.json", ".protected", ".notes", ".globals.sql", ".manifest")
+MANIFEST_SUFFIX = ".manifest"
+SIDECAR_SUFFIXES = (".sha256", ".meta.json", ".protected", ".notes", ".globals.sql", MANIFEST_SUFFIX)
 PARTIAL_SUFFIX = ".partial"
+# The seed's destination tree: one folder per kind of backup (each target writes in a subfolder).
+FOLDERS = {"vzdump": "proxmox", "pg_dump": "postgresql", "rsync": "rsync", "vault": "rsync",
+           "config": "config", "docker_volume": "docker-volumes"}
+# Safety copies taken before a forced restore live under this folder of a store, apart from backups.
+SAFETY_FOLDER = "safety"
 
 # One path component that cannot climb, hide, expand or split a shell word.
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -41,17 +47,18 @@ class ParsedName(NamedTuple):
     when: datetime     # local time from the name
     ext: str           # ".vma.zst", ".dump", ".sql.gz", "" (rsync folder), ".tar.gz"
     guest: str | None = None  # qemu | lxc for vzdump
+    timed: bool = True  # False for the seed's daily names, which carry no time of day
 
 
 def is_safe_name(name: str) -> bool:
-    return bool(_SAFE.match(name))
+    return bool(_SAFE.fullmatch(name))
 
 
 def parse(name: str) -> ParsedName | None:
     kind = _KIND_BY_PREFIX.get(name[:3])
     if kind is None or name.endswith(SIDECAR_SUFFIXES):
         return None
-    match = _PATTERNS[kind].match(name)
+    match = _PATTERNS[kind].fullmatch(name)
     if match:
         group = match.group
         try:
@@ -59,7 +66,8 @@ def parse(name: str) -> ParsedName | None:
                             int(group("H") or 0), int(group("M") or 0), int(group("S") or 0))
         except ValueError:
             return None  # 2026-02-30 and the like: not one of ours
-        return ParsedName(kind, group("key"), when, group("ext"), group("guest") if kind == "vzdump" else None)
+        return ParsedName(kind, group("key"), when, group("ext"), group("guest") if kind == "vzdump" else None,
+                          group("H") is not None)
     return None
 
 

@@ -36,13 +36,13 @@ class StorePlan:
             "decisions": [{"name": d.name, "when": d.when.isoformat(), "keep": d.keep, "reason": d.reason,
                            "size": by_name[d.name].size, "sidecars": sorted(by_name[d.name].sidecars)}
                           for d in self.decisions],
-            "stale_partials": [p.name for p in self.stale_partials],
+            "stale_partials": [f"{p.folder}/{p.name}" for p in self.stale_partials],
             "foreign": self.listing.foreign,
         }
 
 
-def newest_time(listings: list[catalog.Listing]) -> datetime | None:
-    times = [l.backups[0].when for l in listings if l.backups]
+def newest_time(listings: list[catalog.Listing], now: datetime) -> datetime | None:
+    times = [b.when for b in (l.newest_good(now) for l in listings) if b]
     return max(times) if times else None
 
 
@@ -89,7 +89,15 @@ def prune(config: Config, targets: list[Target], *, dry_run: bool, force: bool, 
 def _prune_target(config, target, hosts, now, entry, dry_run, force, journal) -> None:
     plans = plan_target(config, target, hosts, now)
     entry["stores"] = [p.as_dict() for p in plans]
-    newest = newest_time([p.listing for p in plans])
+    ahead = [b for p in plans for b in p.listing.backups if b.in_future(now)]
+    if ahead and not force:
+        first = ahead[0]
+        raise Refused(f"{first.store}:{first.folder}/{first.name} is dated {first.when:%Y-%m-%d %H:%M}, in the future: "
+                      f"with a wrong clock, retention would keep it and remove real backups", where=target.name,
+                      code="backup_in_future",
+                      hint="Check the clocks of this machine and the hosts, and remove or rename that backup; "
+                           "or pass --force to prune anyway.")
+    newest = newest_time([p.listing for p in plans], now)
     if newest is not None and now - newest > 2 * target.interval and not force:
         age = now - newest
         raise Refused(f"target {target.name} is stale: its newest backup is {_age(age)} old (interval {_age(target.interval)}); "
@@ -108,7 +116,7 @@ def _prune_target(config, target, hosts, now, entry, dry_run, force, journal) ->
         if not dry_run:
             # We hold the target's lock, so no running backup owns these leftovers.
             for partial in store_plan.stale_partials:
-                store_plan.store.remove(store_plan.listing.folder, partial.name)
+                store_plan.store.remove(partial.folder, partial.name)
 
 
 def _remove(store, backup: catalog.Backup, reason: str, journal: Journal, target: Target) -> None:

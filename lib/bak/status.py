@@ -23,15 +23,16 @@ CRITICAL_PERCENT = 90
 FAILED = ("failed", "partial", "interrupted")
 
 
-def _scan_host(config: Config, hosts: Hosts, dest_names: list[str], folders: dict[str, set[str]]) -> dict:
+def _scan_host(config: Config, hosts: Hosts, dest_names: list[str], targets_by_dest: dict[str, list[Target]]) -> dict:
     """Everything one host can tell: usage and folder indexes of its destinations."""
     found = {}
     for name in dest_names:
-        row: dict = {"indexes": {}, "usage": None, "error": None}
+        row: dict = {"store": None, "indexes": {}, "usage": None, "error": None}
         try:
-            store = open_store(config.destinations[name], hosts)
+            store = row["store"] = open_store(config.destinations[name], hosts)
             row["usage"] = store.usage()
-            for folder in sorted(folders[name]):
+            folders = sorted({f for t in targets_by_dest[name] for f in catalog.folders_to_read(t, store)})
+            for folder in folders:
                 row["indexes"][folder] = catalog.index_folder(name, folder, store.list(folder))
         except BakError as exc:
             row["error"] = exc
@@ -40,21 +41,27 @@ def _scan_host(config: Config, hosts: Hosts, dest_names: list[str], folders: dic
 
 
 def gather(config: Config, hosts: Hosts) -> dict[str, dict]:
-    folders: dict[str, set[str]] = {}
+    targets_by_dest: dict[str, list[Target]] = {}
     for target in config.targets:
         for dest in target.destinations:
-            folders.setdefault(dest, set()).add(catalog.folder_of(target))
+            targets_by_dest.setdefault(dest, []).append(target)
     by_host: dict[str, list[str]] = {}
-    for dest in folders:
+    for dest in targets_by_dest:
         by_host.setdefault(config.destinations[dest].host, []).append(dest)
     for host in by_host:
         hosts.runner(host)  # created here, used by one thread each
     with ThreadPoolExecutor(max_workers=max(1, len(by_host))) as pool:
-        futures = [pool.submit(_scan_host, config, hosts, names, folders) for names in by_host.values()]
+        futures = [pool.submit(_scan_host, config, hosts, names, targets_by_dest) for names in by_host.values()]
         results: dict[str, dict] = {}
         for future in futures:
             results.update(future.result())
     return results
+
+
+def first_line(text: str | None) -> str:
+    """The first non-blank line of an error tail, or a note that none was recorded."""
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[0][:200] if lines else "(no error recorded)"
 
 
 def _age_text(delta: timedelta) -> str:
@@ -67,14 +74,16 @@ def _when(text: str | None) -> datetime | None:
 
 
 def target_health(config: Config, target: Target, scanned: dict, journal: dict, now: datetime) -> dict:
-    listings = []
-    for dest in target.destinations:
-        index = scanned[dest]["indexes"].get(catalog.folder_of(target))
-        if index is not None:
-            listings.append(index.listing_for(target))
+    listings = [catalog.listing_from(target, scanned[dest]["store"], scanned[dest]["indexes"])
+                for dest in target.destinations if scanned[dest]["store"] is not None]
     backups = sorted((b for l in listings for b in l.backups), key=lambda b: (b.when, b.name), reverse=True)
-    newest = backups[0] if backups else None
     problems: list[str] = []
+    ahead = [b for b in backups if b.in_future(now)]
+    for backup in ahead[:5]:
+        problems.append(f"{backup.store}:{backup.name} is dated {_age_text(backup.when - now)} in the future "
+                        "(clock skew?): it does not count as the newest backup")
+    backups = [b for b in backups if not b.in_future(now)]
+    newest = backups[0] if backups else None
     entry: dict = {"target": target.name, "method": target.method, "interval_h": target.interval.total_seconds() / 3600}
 
     last_create = journal["create"].get(target.name)
@@ -93,7 +102,7 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
         started = _when(last_create["started_at"])
         if newest is None or started.astimezone().replace(tzinfo=None) > newest.when:
             state = "FAILING"
-            problems.append(f"last backup {last_create['status']}: {(last_create['error_tail'] or '').splitlines()[0][:200]}")
+            problems.append(f"last backup {last_create['status']}: {first_line(last_create['error_tail'])}")
     if state in ("LATE", "STALE"):
         problems.append(f"newest backup is {_age_text(now - newest.when)} old (interval {_age_text(target.interval)})")
     elif state == "MISSING":
@@ -114,7 +123,7 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
     verify = journal["verify"].get(target.name)
     entry["last_verify"] = {"at": verify["started_at"], "status": verify["status"]} if verify else None
     if verify and verify["status"] in FAILED:
-        problems.append(f"last verify failed: {(verify['error_tail'] or '').splitlines()[0][:200]}")
+        problems.append(f"last verify failed: {first_line(verify['error_tail'])}")
     drill = journal["drill"].get(target.name)
     entry["last_drill"] = ({"at": drill["started_at"], "status": drill["status"],
                             "restore_s": (drill["details"] or {}).get("restore_duration_s")} if drill else None)

@@ -177,9 +177,13 @@ def measure(config: Config) -> dict[str, dict]:
                     continue
                 if target.method in HARD_LINKED:
                     newest = read_manifest(store, backups[0].folder, backups[0].name)
-                    before = read_manifest(store, backups[1].folder, backups[1].name) if len(backups) > 1 else {}
-                    size = sum(r["size"] for r in newest.values())
-                    changed = sum(r["size"] for p, r in newest.items() if before.get(p, {}).get("sha256") != r["sha256"])
+                    before = read_manifest(store, backups[1].folder, backups[1].name) if len(backups) > 1 else None
+                    if newest is None:
+                        continue
+                    files, key = newest.files(), newest.algorithm
+                    earlier = before.files() if before and before.algorithm == key else {}
+                    size = sum(r.get("size", 0) for r in files.values())
+                    changed = sum(r.get("size", 0) for p, r in files.items() if earlier.get(p, {}).get(key) != r.get(key))
                 else:
                     size = backups[0].size
                     changed = size

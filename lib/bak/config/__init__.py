@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from bak.errors import BadInput, ConfigError
-from bak.naming import SAFE_NAME
+from bak.naming import FOLDERS, SAFE_NAME, SAFETY_FOLDER
+from bak.naming import parse as parse_name
 
 LOCAL = "local"
 _HERE = Path(__file__).parent
@@ -85,6 +86,9 @@ class Target:
     enabled: bool
     options: dict = field(default_factory=dict, hash=False, compare=False)
     description: str | None = None
+    # Whether backups named in the shared kind folder by older versions (no per-target folder)
+    # are this target's: only when no other target on one of its destinations makes the same names.
+    owns_flat_names: bool = True
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,10 @@ def _cross_references(data: dict) -> list[dict]:
         if tname in seen:
             problems.append({"where": f"targets[{i}].name", "message": f"duplicate target name {tname!r} (also targets[{seen[tname]}])"})
         seen.setdefault(tname, i)
+        if parse_name(tname) or tname == SAFETY_FOLDER:
+            problems.append({"where": f"targets[{i}].name",
+                             "message": f"target name {tname!r} could be mistaken for a backup name",
+                             "hint": "Pick a name that does not look like a backup file or folder (e.g. no date in it)."})
         if target.get("host", LOCAL) not in hosts:
             missing(f"targets[{i}].host", "host", target["host"], hosts)
         for j, dname in enumerate(target["destinations"]):
@@ -237,10 +245,51 @@ def _cross_references(data: dict) -> list[dict]:
                 missing(f"targets[{i}].destinations[{j}]", "destination", dname, dests)
         if "policy" in target and target["policy"] not in policies:
             missing(f"targets[{i}].policy", "policy", target["policy"], policies)
+    problems.extend(_same_guest_same_storage(data.get("targets") or [], dests))
     for i, sched in enumerate(data.get("schedules") or []):
         for j, tname in enumerate(sched["targets"]):
             if tname not in seen:
                 missing(f"schedules[{i}].targets[{j}]", "target", tname, seen)
+    return problems
+
+
+def flat_name_key(target: dict) -> tuple[str, str, str]:
+    """(kind folder, file prefix, key): two targets with the same triple make the same file names."""
+    method, options = target["method"], target.get(target["method"]) or {}
+    if method == "vzdump":
+        return FOLDERS[method], "vzdump", str(options.get("vmid"))
+    if method == "pg_dump":
+        return FOLDERS[method], "pg", str(options.get("database"))
+    if method == "docker_volume":
+        return FOLDERS[method], "docker-vol", f"{options.get('container')}-{options.get('volume')}"
+    return FOLDERS[method], "rsync", target["name"]
+
+
+def _shared_flat_names(targets: list[dict]) -> set[str]:
+    """Targets whose flat file names another target on a common destination makes too."""
+    claims: dict[tuple, set[str]] = {}
+    for target in targets:
+        for dest in target["destinations"]:
+            claims.setdefault((dest, *flat_name_key(target)), set()).add(target["name"])
+    return {name for names in claims.values() if len(names) > 1 for name in names}
+
+
+def _same_guest_same_storage(targets: list[dict], dests: dict) -> list[dict]:
+    """Proxmox storage is one flat folder named by VMID: two targets there for one VMID would share archives."""
+    problems, first = [], {}
+    for i, target in enumerate(targets):
+        if target["method"] != "vzdump":
+            continue
+        for dname in target["destinations"]:
+            if (dests.get(dname) or {}).get("kind") != "proxmox":
+                continue
+            key = (dname, target["vzdump"]["vmid"])
+            if key in first:
+                problems.append({"where": f"targets[{i}].vzdump.vmid",
+                                 "message": f"VMID {key[1]} is backed up to Proxmox storage destination {dname!r} by "
+                                            f"targets[{first[key]}] too: their archives would be indistinguishable",
+                                 "hint": "Keep one target per guest on a Proxmox storage."})
+            first.setdefault(key, i)
     return problems
 
 
@@ -270,9 +319,11 @@ def _build(data: dict, source: str) -> Config:
     destinations = {name: Destination(name=name, **{k: v for k, v in d.items() if k != "description"})
                     for name, d in (data.get("destinations") or {}).items()}
     policies = {name: {k: v for k, v in p.items() if k != "description"} for name, p in (data.get("policies") or {}).items()}
+    shared = _shared_flat_names(data.get("targets") or [])
     targets = [Target(name=t["name"], method=t["method"], host=t["host"], destinations=tuple(t["destinations"]),
                       policy=t.get("policy"), interval=parse_duration(t["interval"]), timeout=parse_duration(t["timeout"]),
-                      enabled=t["enabled"], options=t[t["method"]], description=t.get("description"))
+                      enabled=t["enabled"], options=t[t["method"]], description=t.get("description"),
+                      owns_flat_names=t["name"] not in shared)
                for t in data.get("targets") or []]
     schedules = [Schedule(name=s["name"], targets=tuple(s["targets"]), cron=s.get("cron"), on_commit=s["on_commit"],
                           backend=s["backend"], ping_url=s.get("ping_url"))

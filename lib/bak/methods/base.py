@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
 
-from bak.catalog import Backup
+from bak import naming
+from bak.catalog import Backup, Listing
 from bak.config import Config, Target
+from bak.errors import Refused
 from bak.journal import Journal, Operation
 from bak.run import Hosts
 from bak.stores import Store
@@ -41,3 +43,42 @@ class Method:
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
         """Restore somewhere scratch, check what came back, remove it; raises VerifyFailed on a mismatch."""
         raise NotImplementedError
+
+
+def clear_leftovers(ctx: Context, store: Store, listing: Listing, keep: str | None = None) -> None:
+    """Remove what interrupted runs of this target left on a store (call it holding the target's lock).
+
+    The lock says no bak runs this target, not that nothing writes: an orphaned child of a killed
+    run could still be filling a partial. Then nothing is touched and the run is refused.
+    """
+    for leftover in listing.partials:
+        if store.kind in ("local", "ssh"):
+            path = store.path_of(leftover.folder, leftover.name)
+            writers = ctx.hosts.runner(store.host_name).processes_using(path)
+            if writers:
+                pid, command = writers[0]
+                raise Refused(f"{leftover.name} on {store.name} is still being written by pid {pid} ({command[:200]})",
+                              where=f"{store.name}:{leftover.folder}/{leftover.name}", code="partial_in_use",
+                              hint=f"Wait for that process to end, or stop it (kill {pid}), then run again.",
+                              details={"pid": pid, "command": command})
+        if leftover.name == keep:
+            continue
+        store.remove(leftover.folder, leftover.name)
+        ctx.warnings.append(f"removed {leftover.folder}/{leftover.name} on {store.name}, left by an interrupted run")
+
+
+def fresh_name(ctx: Context, target: Target, listings: list[Listing], daily: str, timed: str) -> str:
+    """The seed's daily name for the day's first backup, else the name with its time of day.
+
+    A name is never used twice: not while a backup of that day exists (a pruned daily snapshot
+    must not come back as the "oldest" of its day), not if the journal shows it was made before.
+    """
+    same_day = any(b.when.date() == ctx.now.date() and not b.name.endswith(naming.PARTIAL_SUFFIX)
+                   for listing in listings for b in listing.backups)
+    used = ctx.journal.names_created(target.name)
+    if not same_day and daily not in used:
+        return daily
+    if timed in used or any(b.name == timed for listing in listings for b in listing.backups):
+        raise Refused(f"{timed} was already made once; a backup name is never reused", where=target.name,
+                      code="name_taken", hint="Wait a second and run again; check the clock if this repeats.")
+    return timed

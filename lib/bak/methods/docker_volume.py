@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 
 from bak import naming
-from bak.catalog import Backup, folder_of
+from bak.catalog import Backup, folder_of, safety_folder_of, scan
 from bak.config import Target
 from bak.errors import BadInput, CommandFailed, Refused, VerifyFailed
 from bak.journal import Operation
-from bak.methods.base import Context, Method
+from bak.methods.base import Context, Method, clear_leftovers, fresh_name
 from bak.stores import Store
 from bak.stores.fanout import FanOut
 from bak.verify import HashingReader, check_file, recorded_sha256
@@ -43,26 +44,27 @@ class DockerVolume(Method):
         return json.loads(out.stdout_text)[0]["Mountpoint"]
 
     def create(self, ctx: Context, target: Target, stores: list[Store], op: Operation) -> dict:
-        result = self._backup(ctx, target, stores)
+        options = target.options
+        listings = [scan(store, target) for store in stores]
+        for store, listing in zip(stores, listings):
+            clear_leftovers(ctx, store, listing)
+        name = fresh_name(ctx, target, listings,
+                          naming.docker_volume_name(options["container"], options["volume"], ctx.now),
+                          naming.docker_volume_name(options["container"], options["volume"], ctx.now, with_time=True))
+        result = self._backup(ctx, target, stores, folder_of(target), name, options["volume"])
         op.bytes, op.checksum = result["size"], result["sha256"]
-        if not all(copy["ok"] for copy in result["copies"]):
-            op.status = "partial"
         return result
 
-    def _backup(self, ctx: Context, target: Target, stores: list[Store]) -> dict:
-        """The tarball itself; also the safety copy a forced restore takes first."""
+    def _backup(self, ctx: Context, target: Target, stores: list[Store], folder: str, name: str, volume: str,
+                sidecars: dict[str, bytes] | None = None) -> dict:
+        """A volume's tarball, streamed to every store; also the safety copy a forced restore takes first.
+        A name that carries only the day gets its time from its .sha256, written as the tarball ends (catalog)."""
         options = target.options
         runner = ctx.hosts.runner(target.host)
-        folder = folder_of(target)
-        name = naming.docker_volume_name(options["container"], options["volume"], ctx.now)
         for store in stores:
-            for leftover in store.remove_partials(folder, f"docker-vol-{options['container']}-{options['volume']}-"):
-                ctx.warnings.append(f"removed {leftover} on {store.name}, left by an interrupted run")
-            if any(e.name == name for e in store.list(folder)):
-                name = naming.docker_volume_name(options["container"], options["volume"], ctx.now, with_time=True)
             store.refuse_existing(folder, name)
-        mountpoint = self.mountpoint(runner, options["volume"])
-        users = runner.run(users_argv(options["volume"])).stdout_text.split()
+        mountpoint = self.mountpoint(runner, volume)
+        users = runner.run(users_argv(volume)).stdout_text.split()
         stopped = []
         started = time.monotonic()
         try:
@@ -75,7 +77,7 @@ class DockerVolume(Method):
             except BaseException:
                 fan.abort()
                 raise
-            written = fan.commit()
+            written = fan.commit(sidecars)
         finally:
             if stopped:
                 restart = runner.run(["docker", "start", *stopped], check=False)
@@ -102,8 +104,7 @@ class DockerVolume(Method):
                           code="would_overwrite", hint="Omit --into to restore into a new volume, or pass --force.")
         safety = None
         if exists:
-            copy = self._backup(ctx, target, [store]) if volume == original else None
-            safety = copy and copy["name"]
+            safety = self._safety_copy(ctx, target, store, volume)
         else:
             runner.run(["docker", "volume", "create", volume])
         mountpoint = self.mountpoint(runner, volume)
@@ -121,6 +122,18 @@ class DockerVolume(Method):
                                 where=volume, code="verify_failed", hint="Remove that volume and restore another copy.")
         return {"target": target.name, "backup": backup.name, "store": store.name, "volume": volume,
                 "replaced": exists, "safety_backup": safety, "duration_s": round(time.monotonic() - started, 3)}
+
+    def _safety_copy(self, ctx: Context, target: Target, store: Store, volume: str) -> str:
+        """The volume about to be emptied and refilled, tarred apart from the backups (protected, never picked)."""
+        folder = safety_folder_of(target)
+        name = naming.docker_volume_name(target.options["container"], volume, datetime.now(), with_time=True)
+        copy = self._backup(ctx, target, [store], folder, name, volume, {name + ".protected": b""})
+        if not all(c["ok"] for c in copy["copies"]):
+            raise Refused(f"the safety copy of volume {volume} failed, so it was not replaced", where=target.name,
+                          code="safety_copy_failed", hint=copy["copies"][0]["error"]["message"])
+        where = f"{store.name}:{folder}/{name}"
+        ctx.warnings.append(f"safety copy of volume {volume} before replacing it: {where} (kept apart, protected)")
+        return where
 
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
         """Restore into a scratch volume, compare its files with the tarball's listing, remove it."""

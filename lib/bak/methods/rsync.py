@@ -1,29 +1,29 @@
 """File trees as dated rsync snapshots, hard-linked to the previous one (--link-dest).
 
-Names: `rsync-{target}-{YYYY-MM-DD}` (the seed's daily name); a second snapshot the same day
-is `rsync-{target}-{YYYY-MM-DD_HHMMSS}`. A snapshot is written into `NAME.partial/` and renamed
-when complete; a killed run's partial folder is resumed by the next run (rsync --partial).
-Each snapshot gets a `NAME.manifest` (JSON lines: path, size, mtime, sha256); files that rsync
-did not transfer keep the previous manifest's hash, so only changed bytes are hashed.
+Names: `rsync-{target}-{YYYY-MM-DD}` (the seed's daily name) for the first snapshot of a day, whose
+real time is recorded as its manifest's mtime (see catalog); later ones the same day are
+`rsync-{target}-{YYYY-MM-DD_HHMMSS}`. A snapshot is written into `NAME.partial/`, its manifest
+written, then renamed: a killed run's partial is resumed by the next run (rsync --partial).
+Each snapshot's `NAME.manifest` (see bak.manifest) comes from rsync's own listing of the copy.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import posixpath
 import re
 import shlex
 import time
 from datetime import datetime
 from pathlib import Path
 
-from bak import naming
-from bak.catalog import Backup, folder_of, scan
+from bak import manifest, naming
+from bak.catalog import Backup, Listing, folder_of, safety_folder_of, scan
 from bak.config import LOCAL, Host, Target
-from bak.errors import BadInput, CommandFailed, Refused, TransportError, VerifyFailed
+from bak.errors import BadInput, BakError, CommandFailed, Refused, TransportError, VerifyFailed
 from bak.journal import Operation
-from bak.methods.base import Context, Method
+from bak.methods.base import Context, Method, clear_leftovers, fresh_name
 from bak.run.base import Runner
 from bak.stores import Store
 from bak.verify import passed
@@ -31,7 +31,9 @@ from bak.verify import passed
 TRANSPORT_FAILURES = {10, 12, 30, 35, 255}
 RETRIES = 3
 BACKOFF_S = 2.0
-MANIFEST = ".manifest"
+MANIFEST = naming.MANIFEST_SUFFIX
+# rsync prints times in its local zone: the same zone everywhere makes listings of two hosts comparable.
+RSYNC_ENV = {"TZ": "UTC"}
 STATS = {"Number of files": "files", "Number of regular files transferred": "files_transferred",
          "Total file size": "total_size", "Total transferred file size": "transferred_size",
          "Literal data": "literal_data", "Matched data": "matched_data", "Total bytes sent": "bytes_sent",
@@ -40,10 +42,10 @@ STATS = {"Number of files": "files", "Number of regular files transferred": "fil
 
 # --- argv builders (pure) ------------------------------------------------------------------
 def ssh_transport(host: Host, known_hosts: Path) -> str:
-    """rsync's -e: our key, our known_hosts, never a prompt or an auto-accepted key."""
-    argv = ["ssh", "-p", str(host.port), "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(host.connect_timeout)}", "-o", "ServerAliveInterval=15",
-            "-o", "ServerAliveCountMax=3"]
+    """rsync's -e: our key, our known_hosts only (no global ones), never a prompt or an auto-accepted key."""
+    argv = ["ssh", "-p", str(host.port), "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(host.connect_timeout)}",
+            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3"]
     if host.key_file:
         argv += ["-i", str(Path(host.key_file).expanduser()), "-o", "IdentitiesOnly=yes"]
     return shlex.join(argv)
@@ -55,12 +57,18 @@ def remote_spec(host: Host, path: str) -> str:
 
 
 def rsync_argv(source: str, dest: str, *, link_dest: str | None = None, excludes: list[str] | tuple = (),
-               bwlimit: int = 0, checksum: bool = False, ssh: str | None = None, delete: bool = False) -> list[str]:
-    # -ii lists unchanged files too, with size and mtime: the manifest needs no second walk of the tree.
-    argv = ["rsync", "-a", "--partial", "--numeric-ids", "--stats", "--no-human-readable", "-ii",
-            "--out-format=%i %l %M %n"]
+               bwlimit: int = 0, checksum: bool = False, ssh: str | None = None, delete: bool = False,
+               algorithm: str = "md5", dry_run: bool = False, relative: bool = False) -> list[str]:
+    # -ii lists every entry, unchanged ones too, with its metadata: the manifest needs no second walk.
+    # -8 leaves non-ASCII names as they are in any locale; control characters come escaped as \#ooo.
+    argv = ["rsync", "-a", "-8", "--partial", "--numeric-ids", "--stats", "--no-human-readable", "-ii",
+            f"--out-format={manifest.OUT_FORMAT}", f"--checksum-choice={algorithm}"]
     if ssh:
         argv += ["-e", ssh, "--secluded-args"]
+    if dry_run:
+        argv.append("--dry-run")
+    if relative:
+        argv.append("--relative")
     if checksum:
         argv.append("--checksum")
     if bwlimit:
@@ -85,21 +93,6 @@ def parse_stats(stdout: str) -> dict:
     return stats
 
 
-_ITEM = re.compile(r"^([<>ch.*]f.{9}) (\d+) (\d{4})/(\d\d)/(\d\d)-(\d\d):(\d\d):(\d\d) (.+)$")
-
-
-def listed_files(stdout: str) -> dict[str, tuple[bool, int, int]]:
-    """Regular files in rsync's -ii listing: {path: (written now, size, mtime)}."""
-    files = {}
-    for line in stdout.splitlines():
-        match = _ITEM.match(line)
-        if match:
-            y, mo, d, h, mi, sec = (int(match.group(i)) for i in range(3, 9))
-            mtime = int(datetime(y, mo, d, h, mi, sec).timestamp())
-            files[match.group(9)] = (match.group(1)[0] in ">c", int(match.group(2)), mtime)
-    return files
-
-
 def failed_files(stderr: str) -> list[str]:
     return re.findall(r'rsync: \[[a-z]+\] [^"]*"([^"]+)"', stderr)
 
@@ -108,39 +101,94 @@ def vanished_files(stderr: str) -> list[str]:
     return re.findall(r'file has vanished: "([^"]+)"', stderr)
 
 
+def checksum_list(version_text: str) -> list[str]:
+    """The whole-file checksums an rsync offers (`rsync --version`'s "Checksum list:" line)."""
+    lines = version_text.splitlines()
+    for index, line in enumerate(lines):
+        if line.strip().startswith("Checksum list"):
+            return [w for w in (lines[index + 1] if index + 1 < len(lines) else "").split() if not w.startswith("(")]
+    return ["md5"]  # rsync 3.1 and older print no list and only know md4/md5
+
+
 # --- the transport ---------------------------------------------------------------------------
-def transfer(ctx: Context, src_host: str, src: str, dst_host: str, dst: str) -> tuple[Runner, str, str, str | None]:
-    """Where rsync runs and how it names both ends: (runner, source, dest, ssh -e or None)."""
+def transfer(ctx: Context, src_host: str, src: str, dst_host: str, dst: str) -> tuple[Runner, str, str, str | None, str]:
+    """Where rsync runs and how it names both ends: (runner, source, dest, ssh -e or None, the far host)."""
     from bak.run.hosts import known_hosts_path
 
     if src_host == dst_host:
-        return ctx.hosts.runner(src_host), src, dst, None
+        return ctx.hosts.runner(src_host), src, dst, None, src_host
     if src_host == LOCAL:
         host = ctx.config.host(dst_host)
-        return ctx.hosts.runner(LOCAL), src, remote_spec(host, dst), ssh_transport(host, known_hosts_path(host))
+        return ctx.hosts.runner(LOCAL), src, remote_spec(host, dst), ssh_transport(host, known_hosts_path(host)), dst_host
     if dst_host == LOCAL:
         host = ctx.config.host(src_host)
-        return ctx.hosts.runner(LOCAL), remote_spec(host, src), dst, ssh_transport(host, known_hosts_path(host))
+        return ctx.hosts.runner(LOCAL), remote_spec(host, src), dst, ssh_transport(host, known_hosts_path(host)), src_host
     raise BadInput(f"rsync between two remote hosts ({src_host} -> {dst_host}) is not supported",
                    where="destinations", hint="Put the destination on the source's host or on this machine.")
 
 
-def run_rsync(runner: Runner, argv: list[str], timeout: float, progress) -> tuple[int, str, str]:
-    """rsync with bounded retries on transport failures; returns (code, stdout, stderr)."""
+def _offered(runner: Runner) -> set[str]:
+    """Asked once per host and command."""
+    if not hasattr(runner, "rsync_checksums"):
+        runner.rsync_checksums = set(checksum_list(runner.run(["rsync", "--version"]).stdout_text))
+    return runner.rsync_checksums
+
+
+def algorithm_for(ctx: Context, *hosts: str) -> str:
+    """xxh128 when every rsync involved has it (3.2+ with xxhash), else md5 (every rsync since 3.0)."""
+    return "xxh128" if all("xxh128" in _offered(ctx.hosts.runner(h)) for h in dict.fromkeys(hosts)) else "md5"
+
+
+def run_rsync(runner: Runner, argv: list[str], timeout: float, progress, width: int, on_item=None):
+    """rsync with bounded retries on transport failures, its listing parsed while it runs.
+
+    Returns (exit code, ListingReader, stderr). A refused host key is never retried."""
     for attempt in range(1, RETRIES + 1):
+        reader = manifest.ListingReader(width, on_item)
         try:
-            out = runner.run(argv, check=False, timeout=timeout)
+            out = runner.run(argv, check=False, timeout=timeout, stdout=reader.feed, env=RSYNC_ENV)
         except TransportError:
             if attempt == RETRIES:
                 raise
-            code, stdout, stderr = 255, "", "connection dropped"
+            code, stderr = 255, "connection dropped"
         else:
-            code, stdout, stderr = out.returncode, out.stdout_text, out.stderr_text
-            if code not in TRANSPORT_FAILURES or attempt == RETRIES:
-                return code, stdout, stderr
+            reader.close()
+            code, stderr = out.returncode, out.stderr_text
+            if code not in TRANSPORT_FAILURES or attempt == RETRIES or host_key_problem(stderr):
+                return code, reader, stderr
         progress(f"rsync transport failure (exit {code}), retry {attempt} of {RETRIES - 1} in {BACKOFF_S * attempt:.0f}s")
         time.sleep(BACKOFF_S * attempt)
-    return code, stdout, stderr
+    return code, reader, stderr
+
+
+def host_key_problem(stderr: str) -> bool:
+    return "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr
+
+
+def raise_for_exit(code: int, stderr: str, where: str, ctx: Context, what: str) -> None:
+    """rsync's exit codes as bak's errors: 24 (vanished files) is a warning, the rest fail."""
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    if code in (0, 24):
+        if code == 24:
+            ctx.warnings.append(f"{what}: files vanished during the copy (normal for a live tree): "
+                                + ", ".join(vanished_files(stderr)[:10]))
+        return
+    if host_key_problem(stderr):
+        from bak.errors import HostKeyUnknown
+
+        raise HostKeyUnknown(f"rsync's ssh refused the host key of {where}: {last}", where=where,
+                             hint="Check the host's key, then record it with: bak ssh trust HOST --fingerprint SHA256:...")
+    if code == 23:
+        raise CommandFailed(f"rsync could not copy some files: {', '.join(failed_files(stderr)[:20]) or stderr[-300:]}",
+                            returncode=23, stderr_tail=stderr[-2000:], where=where, code="rsync_partial",
+                            hint="Check permissions on the listed files; the snapshot was not finalised.")
+    if code in TRANSPORT_FAILURES:
+        raise TransportError(f"rsync transport to {where} failed after {RETRIES} attempts (exit {code}): {last}",
+                             where=where, hint="The partial snapshot is kept; the next run resumes it.")
+    nospace = "No space left" in stderr
+    raise CommandFailed(f"rsync exited {code}: {last}", returncode=code, stderr_tail=stderr[-2000:], where=where,
+                        code="disk_full" if nospace else "rsync_failed",
+                        hint="Free space on the destination, then run again." if nospace else None)
 
 
 def source_path(target: Target) -> str:
@@ -150,26 +198,27 @@ def source_path(target: Target) -> str:
     return path[2:] if path.startswith("~/") else path  # relative paths are relative to the remote home
 
 
-# --- listing and hashing a tree, where it lives --------------------------------------------
-def list_tree(runner: Runner, root: str) -> dict[str, tuple[int, int]]:
-    """{relative path: (size, mtime)} of the regular files under root."""
-    if runner.host_name == LOCAL:
-        files: dict[str, tuple[int, int]] = {}
-        pending = [root]
-        while pending:
-            with os.scandir(pending.pop()) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        files[os.path.relpath(entry.path, root)] = (st.st_size, int(st.st_mtime))
-        return files
-    out = runner.run(["find", root, "-type", "f", "-printf", "%P\\0%s\\0%T@\\0"]).stdout.split(b"\0")
-    return {out[i].decode(): (int(out[i + 1]), int(float(out[i + 2]))) for i in range(0, len(out) - 2, 3)}
+# --- listing a tree where it lives ------------------------------------------------------------
+def tree_items(runner: Runner, root: str, algorithm: str, *, checksums: bool = True) -> list[manifest.Item]:
+    """rsync's listing of a tree, run on the host that holds it (a dry run into a path it never creates):
+    every entry's type, mode, owner, size, mtime, link target and, with `checksums`, each file's checksum."""
+    probe = root.rstrip("/") + ".bak-listing"
+    argv = rsync_argv(root.rstrip("/") + "/", probe + "/", algorithm=algorithm, dry_run=True, checksum=checksums)
+    reader = manifest.ListingReader(manifest.CHECKSUM_WIDTH[algorithm])
+    out = runner.run(argv, check=False, stdout=reader.feed, env=RSYNC_ENV)
+    reader.close()
+    if out.returncode not in (0, 24):
+        raise CommandFailed(f"rsync could not read {root}: {out.stderr_text.strip()[-300:]}", returncode=out.returncode,
+                            stderr_tail=out.stderr_text[-2000:], where=runner.host_name)
+    for item in reader.items:
+        if item.link_unclear:
+            item.target = runner.run(["readlink", "--", posixpath.join(root, item.path)]).stdout.rstrip(b"\n").decode(
+                "utf-8", "surrogateescape")
+    return reader.items
 
 
-def hash_files(runner: Runner, root: str, paths: list[str]) -> dict[str, str]:
+def sha256_of(runner: Runner, root: str, paths: list[str]) -> dict[str, str]:
+    """sha256 of files, for manifests written by bak 0.1 (which recorded sha256)."""
     if not paths:
         return {}
     if runner.host_name == LOCAL:
@@ -182,21 +231,26 @@ def hash_files(runner: Runner, root: str, paths: list[str]) -> dict[str, str]:
             digests[rel] = digest.hexdigest()
         return digests
     out = runner.run(["xargs", "-0", "sha256sum", "-z", "--"],
-                     stdin=b"\0".join(f"{root}/{p}".encode() for p in paths) + b"\0").stdout
+                     stdin=b"\0".join(os.fsencode(f"{root}/{p}") for p in paths) + b"\0").stdout
     digests = {}
     for record in out.split(b"\0"):
         if record:
-            digest, _, path = record.decode().partition("  ")
-            digests[os.path.relpath(path, root)] = digest
+            digest, _, path = record.partition(b"  ")
+            digests[posixpath.relpath(path.decode("utf-8", "surrogateescape"), root)] = digest.decode()
     return digests
 
 
-def read_manifest(store: Store, folder: str, name: str) -> dict[str, dict]:
+def read_manifest(store: Store, folder: str, name: str) -> manifest.Manifest | None:
     try:
-        text = store.read_small(folder, name + MANIFEST, 1 << 30).decode()
-    except (OSError, FileNotFoundError):
-        return {}
-    return {row["path"]: row for row in map(json.loads, filter(None, text.splitlines()))}
+        return manifest.loads(store.read_small(folder, name + MANIFEST, 1 << 34))
+    except (OSError, ValueError, BakError):
+        return None
+
+
+def inside(runner: Runner, root: str, relative: str) -> bool:
+    """Whether root/relative, resolved on its host, is still under root: no symlink on the way leads out."""
+    out = runner.run(["realpath", "-m", "--", root, posixpath.join(root, relative)]).stdout_text.splitlines()
+    return len(out) == 2 and out[1] == posixpath.normpath(posixpath.join(out[0], relative))
 
 
 class RsyncSnapshot(Method):
@@ -209,30 +263,27 @@ class RsyncSnapshot(Method):
         return source_path(target)
 
     def create(self, ctx: Context, target: Target, stores: list[Store], op: Operation) -> dict:
-        copies = []
-        for store in stores:
-            copies.append(self._snapshot(ctx, target, store))
-        total = sum(c.get("stats", {}).get("transferred_size", 0) for c in copies)
-        op.bytes = total
-        if not all(c["ok"] for c in copies):
-            op.status = "partial"
-        first = next((c for c in copies if c["ok"]), copies[0])
-        return {"target": target.name, "name": first.get("name"), "size": total, "copies": copies}
+        listings = {store.name: scan(store, target) for store in stores}
+        name = fresh_name(ctx, target, list(listings.values()), naming.rsync_name(self.key(target), ctx.now),
+                          naming.rsync_name(self.key(target), ctx.now, with_time=True))
+        copies = [self._snapshot(ctx, target, store, listings[store.name], name) for store in stores]
+        good = next((c for c in copies if c["ok"]), {})
+        op.bytes = good.get("size")
+        return {"target": target.name, "name": name, "size": good.get("size"), "added_bytes": good.get("added_bytes"),
+                "copies": copies}
 
-    def _snapshot(self, ctx: Context, target: Target, store: Store) -> dict:
-        folder = folder_of(target)
-        listing = scan(store, target)
-        final_names = {b.name for b in listing.backups}
-        name = naming.rsync_name(self.key(target), ctx.now)
-        if name in final_names:
-            name = naming.rsync_name(self.key(target), ctx.now, with_time=True)
+    def _snapshot(self, ctx: Context, target: Target, store: Store, listing: Listing, name: str) -> dict:
         partial = name + naming.PARTIAL_SUFFIX
-        for leftover in listing.partials:
-            if leftover.name != partial:
-                store.remove(folder, leftover.name)
-                ctx.warnings.append(f"removed {leftover.name} on {store.name}, left by an interrupted run")
-        resumed = any(p.name == partial for p in listing.partials)
-        previous = listing.backups[0] if listing.backups else None
+        clear_leftovers(ctx, store, listing, keep=partial)
+        return self._copy_tree(ctx, target, store, folder_of(target), name, source_host=target.host,
+                               source=self.source(target).rstrip("/") + "/", previous=listing.newest_good(ctx.now),
+                               resumed=any(p.name == partial for p in listing.partials))
+
+    def _copy_tree(self, ctx: Context, target: Target, store: Store, folder: str, name: str, *, source_host: str,
+                   source: str, previous: Backup | None, resumed: bool = False, relative: bool = False) -> dict:
+        """rsync `source` into folder/NAME.partial on the store, write its manifest, rename it to NAME."""
+        partial = name + naming.PARTIAL_SUFFIX
+        started_at = datetime.now()
         copy = {"store": store.name, "location": store.location(folder, name), "ok": False, "error": None,
                 "name": name, "resumed": resumed, "link_dest": previous.name if previous else None}
         try:
@@ -240,138 +291,180 @@ class RsyncSnapshot(Method):
                 Path(store.path_of(folder)).mkdir(parents=True, exist_ok=True, mode=0o700)
             else:
                 store.makedirs(store.path_of(folder))
-            runner, src, dst, ssh = transfer(ctx, target.host, self.source(target).rstrip("/") + "/",
-                                             store.host_name, store.path_of(folder, partial) + "/")
+            runner, src, dst, ssh, far = transfer(ctx, source_host, source, store.host_name, store.path_of(folder, partial) + "/")
+            algorithm = algorithm_for(ctx, runner.host_name, far)
             options = target.options
-            argv = rsync_argv(src, dst, link_dest=store.path_of(folder, previous.name) if previous else None,
+            argv = rsync_argv(src, dst, link_dest=store.path_of(previous.folder, previous.name) if previous else None,
                               excludes=options.get("excludes") or [], bwlimit=options.get("bwlimit_kib") or 0,
-                              checksum=options.get("checksum", False), ssh=ssh)
+                              checksum=options.get("checksum", False), ssh=ssh, algorithm=algorithm, relative=relative)
             ctx.progress(f"{target.name}: rsync to {store.name} ({'resuming ' if resumed else ''}{name})")
-            code, stdout, stderr = run_rsync(runner, argv, target.timeout.total_seconds(), ctx.progress)
-            copy["stats"] = parse_stats(stdout)
-            if code == 24:
-                ctx.warnings.append(f"{target.name}: files vanished during the copy (normal for a live tree): "
-                                    + ", ".join(vanished_files(stderr)[:10]))
-            elif code == 23:
-                raise CommandFailed(f"rsync could not copy some files: {', '.join(failed_files(stderr)[:20]) or stderr[-300:]}",
-                                    returncode=23, stderr_tail=stderr[-2000:], where=store.name, code="rsync_partial",
-                                    hint="Check permissions on the listed files; the snapshot was not finalised.")
-            elif code in TRANSPORT_FAILURES:
-                raise TransportError(f"rsync transport to {store.name} failed after {RETRIES} attempts (exit {code}): "
-                                     f"{stderr.strip().splitlines()[-1] if stderr.strip() else ''}", where=store.name,
-                                     hint="The partial snapshot is kept; the next run resumes it.")
-            elif code != 0:
-                text = stderr.strip().splitlines()[-1] if stderr.strip() else ""
-                nospace = "No space left" in stderr
-                raise CommandFailed(f"rsync exited {code}: {text}", returncode=code, stderr_tail=stderr[-2000:],
-                                    where=store.name, code="disk_full" if nospace else "rsync_failed",
-                                    hint="Free space on the destination, then run again." if nospace else None)
-            manifest = self._manifest(ctx, store, folder, partial, previous, listed_files(stdout))
-            store.rename(folder, partial, name)
-            store.write_small(folder, name + MANIFEST,
-                              "".join(json.dumps(row, sort_keys=True) + "\n" for row in manifest).encode())
-            copy.update(ok=True, files=len(manifest))
-        except (CommandFailed, TransportError, BadInput) as exc:
+            code, reader, stderr = run_rsync(runner, argv, target.timeout.total_seconds(), ctx.progress,
+                                             manifest.CHECKSUM_WIDTH[algorithm])
+            raise_for_exit(code, stderr, store.name, ctx, target.name)
+            stats = parse_stats(reader.text())
+            rows = self._rows(ctx, store, folder, partial, previous, reader.items, algorithm)
+            owners = _writes_owners(ctx, store)
+            data = manifest.dumps(manifest.header(started_at, algorithm, owners), rows)
+            store.write_small(folder, name + MANIFEST, data, mtime=started_at.timestamp())
+            try:
+                store.rename(folder, partial, name)
+            except BaseException:
+                store.remove(folder, name + MANIFEST)
+                raise
+            copy.update(ok=True, files=sum(1 for r in rows if r["type"] == "f"),
+                        size=sum(r.get("size", 0) for r in rows if r["type"] == "f"),
+                        added_bytes=stats.get("transferred_size"), stats=stats)
+        except (CommandFailed, TransportError, BadInput, Refused) as exc:
             copy["error"] = exc.to_error()
             if exc.code == "disk_full":
                 store.remove(folder, partial)
         return copy
 
-    def _manifest(self, ctx, store: Store, folder: str, partial: str, previous: Backup | None,
-                  files: dict[str, tuple[bool, int, int]]) -> list[dict]:
-        """Hashes only what rsync wrote; the rest keeps the previous manifest's hash."""
-        runner = ctx.hosts.runner(store.host_name)
+    def _rows(self, ctx: Context, store: Store, folder: str, partial: str, previous: Backup | None,
+              items: list[manifest.Item], algorithm: str) -> list[dict]:
+        """Checksums come from the transfer; unchanged files keep the previous manifest's; the rest
+        (a resumed partial's files) are asked of rsync on the store's host."""
+        before = read_manifest(store, previous.folder, previous.name) if previous else None
+        known = before.files() if before and before.algorithm == algorithm else {}
         root = store.path_of(folder, partial)
-        before = read_manifest(store, folder, previous.name) if previous else {}
-        rows, to_hash = [], []
-        for path, (written, size, mtime) in sorted(files.items()):
-            old = before.get(path)
-            if not written and old and old["size"] == size and old["mtime"] == mtime:
-                rows.append(old)
-            else:
-                to_hash.append(path)
-                rows.append({"path": path, "size": size, "mtime": mtime, "sha256": None})
-        digests = hash_files(runner, root, to_hash)
-        for row in rows:
-            if row["sha256"] is None:
-                row["sha256"] = digests[row["path"]]
-        return rows
+        runner = ctx.hosts.runner(store.host_name)
+        unknown = []
+        for item in items:
+            if item.type == "f" and not item.checksum:
+                old = known.get(item.path)
+                if not item.written and old and old.get("size") == item.size and old.get("mtime") == item.mtime:
+                    item.checksum = old.get(algorithm)
+                if not item.checksum:
+                    unknown.append(item)
+            if item.link_unclear:
+                item.target = runner.run(["readlink", "--", posixpath.join(root, item.path)]).stdout.rstrip(b"\n").decode(
+                    "utf-8", "surrogateescape")
+        if unknown:
+            listed = {i.path: i.checksum for i in tree_items(runner, root, algorithm)}
+            for item in unknown:
+                item.checksum = listed.get(item.path)
+        return [item.row(algorithm) for item in items]
+
+    def _check_tree(self, runner: Runner, root: str, expected: manifest.Manifest, owners: bool) -> tuple[list, dict]:
+        items = tree_items(runner, root, expected.algorithm if expected.version >= 2 else "md5")
+        if expected.version < 2:
+            digests = sha256_of(runner, root, [i.path for i in items if i.type == "f"])
+            for item in items:
+                item.checksum = digests.get(item.path)
+        return items, manifest.differences(expected, items, owners=owners and expected.head.get("owners", False))
 
     def verify(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
         runner = ctx.hosts.runner(store.host_name)
         root = store.path_of(backup.folder, backup.name)
-        manifest = read_manifest(store, backup.folder, backup.name)
-        files = list_tree(runner, root)
-        digests = hash_files(runner, root, sorted(files))
-        missing = sorted(set(manifest) - set(files))
-        extra = sorted(set(files) - set(manifest))
-        changed = sorted(p for p in set(files) & set(manifest) if digests[p] != manifest[p]["sha256"])
-        result = {"store": store.name, "name": backup.name, "size": sum(size for size, _ in files.values()),
-                  "sha256": None, "files": len(files), "checksum": "ok", "format": None}
+        expected = read_manifest(store, backup.folder, backup.name)
+        result = {"store": store.name, "name": backup.name, "size": None, "sha256": None, "files": None,
+                  "checksum": "ok", "format": None}
         problems = []
-        if not manifest:
-            problems.append("no manifest")
+        if expected is None:
             result["checksum"] = "missing"
-        elif missing or extra or changed:
+            return passed(store, backup, result, ["no manifest (or not readable)"])
+        items, diff = self._check_tree(runner, root, expected, _writes_owners(ctx, store))
+        files = [i for i in items if i.type == "f"]
+        result.update(files=len(files), size=sum(i.size for i in files), entries=len(items))
+        if any(diff.values()):
             result["checksum"] = "mismatch"
-            for label, items in (("missing", missing), ("unexpected", extra), ("changed", changed)):
-                if items:
-                    problems.append(f"{len(items)} {label}: {', '.join(items[:5])}")
+            result["differences"] = {k: v[:20] for k, v in diff.items() if v}
+            problems += [f"{len(v)} {k}: {', '.join(v[:5])}" for k, v in diff.items() if v]
         return passed(store, backup, result, problems)
 
     def restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
                 force: bool, options: dict) -> dict:
         original = self.source(target).rstrip("/")
-        destination = into or f"{original}.restored-{ctx.now:%Y%m%d_%H%M%S}"
+        destination = (into or f"{original}.restored-{ctx.now:%Y%m%d_%H%M%S}").rstrip("/") or "/"
         runner = ctx.hosts.runner(target.host)
-        exists = runner.run(["test", "-e", destination], check=False).returncode == 0
-        safety = None
-        if exists and not force:
-            raise Refused(f"{destination} already exists; restore never overwrites", where="--into", code="would_overwrite",
-                          hint="Omit --into to restore beside it, pick a new folder, or pass --force (after a safety snapshot).")
-        if exists and destination == original:
-            safety = self._snapshot(ctx, target, store)
-            if not safety["ok"]:
-                raise Refused(f"the safety snapshot of {original} failed, so it was not replaced", where=target.name,
-                              code="safety_snapshot_failed", hint=safety["error"]["message"] if safety["error"] else None)
-            ctx.warnings.append(f"safety snapshot of {original} before replacing it: {store.name}:{safety['name']}")
         single = options.get("file")
-        source = store.path_of(backup.folder, backup.name) + "/" + (single or "")
-        if single and (single.startswith("/") or ".." in Path(single).parts):
-            raise BadInput(f"--file {single!r} must be a path inside the snapshot", where="--file")
-        runner_, src, dst, ssh = transfer(ctx, store.host_name, source, target.host,
-                                          destination + ("/" + str(Path(single).parent) if single else "") + "/")
-        if not exists or single:
-            ctx.hosts.runner(target.host).run(["mkdir", "-p", "--", destination + ("/" + str(Path(single).parent) if single else "")])
+        snapshot = store.path_of(backup.folder, backup.name)
+        if single is not None:
+            parts = Path(single).parts
+            if not single or single.startswith("/") or ".." in parts or "\n" in single:
+                raise BadInput(f"--file {single!r} must be a path inside the snapshot", where="--file")
+            if not inside(ctx.hosts.runner(store.host_name), snapshot, single):
+                raise Refused(f"{single} leads out of the snapshot through a symbolic link; nothing was restored",
+                              where="--file", code="symlink_in_path")
+        replaced = posixpath.join(destination, single) if single else destination
+        exists = runner.run(["test", "-e", replaced], check=False).returncode == 0 or \
+            runner.run(["test", "-L", replaced], check=False).returncode == 0
+        if single and not inside(runner, destination, posixpath.dirname(single) or "."):
+            raise Refused(f"{posixpath.dirname(single)} under {destination} is a symbolic link: restoring through it would "
+                          "write outside the restore target", where="--file", code="symlink_in_path",
+                          hint="Restore beside it (omit --into) or remove the link first.")
+        if exists and not force:
+            raise Refused(f"{replaced} already exists; restore never overwrites", where="--into", code="would_overwrite",
+                          hint="Omit --into to restore beside it, pick a new folder, or pass --force (after a safety snapshot).")
+        safety = self._safety_copy(ctx, target, store, destination, single) if exists else None
+        source = snapshot + "/" + (single or "")
+        parent = posixpath.join(destination, posixpath.dirname(single)) if single else destination
+        runner_, src, dst, ssh, _ = transfer(ctx, store.host_name, source, target.host, parent + "/")
+        runner.run(["mkdir", "-p", "--", parent])
         started = time.monotonic()
-        code, stdout, stderr = run_rsync(runner_, rsync_argv(src, dst, ssh=ssh, delete=force and not single),
-                                         target.timeout.total_seconds(), ctx.progress)
+        argv = rsync_argv(src, dst, ssh=ssh, delete=exists and not single,
+                          excludes=[] if single else target.options.get("excludes") or [])
+        code, reader, stderr = run_rsync(runner_, argv, target.timeout.total_seconds(), ctx.progress,
+                                         manifest.CHECKSUM_WIDTH["md5"])
         if code not in (0, 24):
             raise CommandFailed(f"restore rsync exited {code}: {stderr.strip().splitlines()[-1] if stderr.strip() else ''}",
-                                returncode=code, stderr_tail=stderr[-2000:], where=target.name)
+                                returncode=code, stderr_tail=stderr[-2000:], where=target.name,
+                                hint=f"The replaced state is in the safety snapshot {safety}." if safety else None)
         return {"target": target.name, "backup": backup.name, "store": store.name, "path": destination,
-                "file": single, "replaced": exists and not single, "safety_snapshot": safety and safety["name"],
-                "duration_s": round(time.monotonic() - started, 3), "files": parse_stats(stdout).get("files_transferred")}
+                "file": single, "replaced": exists, "safety_snapshot": safety,
+                "duration_s": round(time.monotonic() - started, 3), "files": parse_stats(reader.text()).get("files_transferred")}
+
+    def _safety_copy(self, ctx: Context, target: Target, store: Store, destination: str, single: str | None) -> str:
+        """Everything a forced restore may replace or delete, snapshotted apart from the backups first.
+        Excluded paths are left out, as in the backups: the restore leaves them in place."""
+        listing = scan(store, target)
+        name = naming.rsync_name(self.key(target), datetime.now(), with_time=True)
+        source = f"{destination}/./{single}" if single else destination + "/"
+        copy = self._copy_tree(ctx, target, store, safety_folder_of(target), name, source_host=target.host,
+                               source=source, previous=listing.newest_good(ctx.now), relative=bool(single))
+        if not copy["ok"]:
+            raise Refused(f"the safety snapshot of {destination} failed, so nothing was replaced", where=target.name,
+                          code="safety_snapshot_failed", hint=copy["error"]["message"] if copy["error"] else None)
+        store.write_small(safety_folder_of(target), name + ".protected", b"")
+        where = f"{store.name}:{safety_folder_of(target)}/{name}"
+        ctx.warnings.append(f"safety snapshot of {destination} before replacing it: {where} (kept apart, protected)")
+        return where
 
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
-        """Restore the snapshot into a scratch folder on the target's host, check every file, remove it."""
+        """Restore the snapshot into a scratch folder on the target's host, compare every entry, remove it."""
         runner = ctx.hosts.runner(target.host)
         scratch = runner.run(["mktemp", "-d", "-t", "bak-drill.XXXXXXXX"]).stdout_text.strip()
         tree = f"{scratch}/tree"
         result = {"target": target.name, "backup": backup.name, "store": store.name, "checks": []}
+        diff: dict = {}
         try:
+            expected = read_manifest(store, backup.folder, backup.name)
+            if expected is None:
+                raise VerifyFailed(f"drill of {backup.name}: it has no readable manifest to check a restore against",
+                                   where=f"{store.name}:{backup.name}", code="drill_failed", details={"result": result})
             restored = self.restore(ctx, target, store, backup, into=tree, force=False, options={})
             result["restore_duration_s"] = restored["duration_s"]
-            manifest = read_manifest(store, backup.folder, backup.name)
-            files = list_tree(runner, tree)
-            digests = hash_files(runner, tree, sorted(files))
-            wrong = sorted(p for p in set(manifest) | set(files) if digests.get(p) != manifest.get(p, {}).get("sha256"))
-            result["checks"].append({"check": f"{len(manifest)} files match the manifest", "ok": bool(manifest) and not wrong,
-                                     "differences": wrong[:20]})
+            _, diff = self._check_tree(runner, tree, expected, _is_root(runner))
+            result["checks"].append({"check": f"{len(expected.rows)} entries match the manifest",
+                                     "ok": bool(expected.rows) and not any(diff.values()),
+                                     "differences": [p for k in ("missing", "unexpected", "changed") for p in diff[k]][:20]})
         finally:
             runner.run(["rm", "-rf", "--", scratch], check=False)
         result["passed"] = all(c["ok"] for c in result["checks"])
         if not result["passed"]:
-            raise VerifyFailed(f"drill of {backup.name}: restored tree differs from its manifest ({len(wrong)} files)",
-                               where=target.name, code="drill_failed", details={"result": result})
+            count = sum(len(v) for v in diff.values())
+            raise VerifyFailed(f"drill of {backup.name} from {store.name}: the restored tree differs from its manifest "
+                               f"({count} entries)", where=f"{store.name}:{backup.name}", code="drill_failed",
+                               details={"result": result})
         return result
+
+
+def _is_root(runner: Runner) -> bool:
+    if runner.host_name == LOCAL:
+        return hasattr(os, "geteuid") and os.geteuid() == 0
+    return runner.host.user == "root"
+
+
+def _writes_owners(ctx: Context, store: Store) -> bool:
+    """rsync keeps owners only when it writes as root: only then is a changed owner a finding."""
+    return store.kind in ("local", "ssh") and _is_root(ctx.hosts.runner(store.host_name))

@@ -60,6 +60,11 @@ class StderrTail:
         return b"".join(self._chunks)[-STDERR_TAIL_BYTES:]
 
 
+def ere_escape(text: str) -> str:
+    """`text` as a POSIX extended regular expression matching itself (for pgrep -f)."""
+    return "".join("\\" + c if c in ".[]()*+?{}|^$\\" else c for c in text)
+
+
 def tail_text(data: bytes, lines: int = 20) -> str:
     return "\n".join(data.decode("utf-8", "replace").strip().splitlines()[-lines:])
 
@@ -84,6 +89,11 @@ class Runner:
         return shlex.join(argv)
 
     def has_tool(self, tool: str) -> bool:
+        raise NotImplementedError
+
+    def processes_using(self, path: str) -> list[tuple[int, str]]:
+        """(pid, command line) of the processes on this host whose command line names `path`:
+        an orphaned writer of a killed run (rsync still filling a partial) shows up here."""
         raise NotImplementedError
 
     @contextmanager

@@ -20,7 +20,7 @@ import paramiko
 
 from bak.config import Host
 from bak.errors import CommandFailed, HostKeyMismatch, HostKeyUnknown, Refused, ToolMissing, TransportError
-from bak.run.base import CHUNK, Completed, Runner, Sink, StderrTail
+from bak.run.base import CHUNK, Completed, Runner, Sink, StderrTail, ere_escape
 
 # What a remote shell reports for a command it cannot find.
 _NOT_FOUND = 127
@@ -61,7 +61,10 @@ class SSHRunner(Runner):
         self.host_name = host.name
         self.known_hosts = known_hosts
         self._client: paramiko.SSHClient | None = None
-        self._sftp: paramiko.SFTPClient | None = None
+        # One SFTP session per thread on the one connection: paramiko's SFTPClient mixes up replies
+        # when threads share it (parallel verify hung, or read "Garbage packet received").
+        self._sftp_of_thread = threading.local()
+        self._sftp_sessions: list[paramiko.SFTPClient] = []
         self._lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------------------
@@ -108,11 +111,15 @@ class SSHRunner(Runner):
         return client
 
     def sftp(self) -> paramiko.SFTPClient:
+        """This thread's SFTP session (opened on first use, reused after)."""
         client = self.client()
-        with self._lock:
-            if self._sftp is None or self._sftp.sock.closed:
-                self._sftp = client.open_sftp()
-            return self._sftp
+        session = getattr(self._sftp_of_thread, "session", None)
+        if session is None or session.sock.closed:
+            session = client.open_sftp()
+            self._sftp_of_thread.session = session
+            with self._lock:
+                self._sftp_sessions.append(session)
+        return session
 
     def open_remote_file(self, path: str) -> "ChannelFile":
         """A remote file read on its own SFTP channel (prefetched), so parallel reads never share one session."""
@@ -132,11 +139,13 @@ class SSHRunner(Runner):
 
     def close(self) -> None:
         with self._lock:
-            if self._sftp is not None:
-                self._sftp.close()
+            for session in self._sftp_sessions:
+                session.close()
+            self._sftp_sessions.clear()
+            self._sftp_of_thread = threading.local()
             if self._client is not None:
                 self._client.close()
-            self._client = self._sftp = None
+            self._client = None
 
     # -- processes ----------------------------------------------------------------------
     def command_line(self, argv: list[str], env: dict[str, str] | None = None) -> str:
@@ -215,6 +224,15 @@ class SSHRunner(Runner):
 
     def has_tool(self, tool: str) -> bool:
         return self.run(["sh", "-c", 'command -v "$1"', "sh", tool], check=False).returncode == 0
+
+    def processes_using(self, path: str) -> list[tuple[int, str]]:
+        out = self.run(["pgrep", "-a", "-f", "--", ere_escape(path)], check=False)
+        found = []
+        for line in out.stdout_text.splitlines():
+            pid, _, command = line.partition(" ")
+            if pid.isdigit() and "pgrep" not in command:  # the login shell that runs pgrep names the path too
+                found.append((int(pid), command))
+        return found
 
     @contextmanager
     def secret_file(self, content: bytes) -> Iterator[str]:

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from bak.config import Config, Destination
 from bak.errors import BadInput
+from bak.naming import FOLDERS
 from bak.run import Hosts
 from bak.stores.base import Entry, Store, Usage
-
-# The seed's destination tree: one folder per kind of backup.
-FOLDERS = {"vzdump": "proxmox", "pg_dump": "postgresql", "rsync": "rsync", "vault": "rsync",
-           "config": "config", "docker_volume": "docker-volumes"}
 
 
 def open_store(destination: Destination, hosts: Hosts) -> Store:

@@ -6,17 +6,17 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from bak.errors import NoSpace, Refused
-from bak.naming import PARTIAL_SUFFIX
 
 
 class Entry:
     """A name in a store folder. Size and mtime are read on first use: a status over 50,000
     backups needs them for a hundred files, not for all of them."""
 
-    __slots__ = ("name", "is_dir", "_size", "_mtime", "_stat")
+    __slots__ = ("name", "is_dir", "is_link", "_size", "_mtime", "_stat")
 
-    def __init__(self, name: str, size: int | None, mtime: float | None, is_dir: bool, dir_entry=None):
-        self.name, self.is_dir = name, is_dir
+    def __init__(self, name: str, size: int | None, mtime: float | None, is_dir: bool, dir_entry=None,
+                 is_link: bool = False):
+        self.name, self.is_dir, self.is_link = name, is_dir, is_link
         self._size, self._mtime, self._stat = size, mtime, dir_entry
 
     def _load(self) -> None:
@@ -55,8 +55,9 @@ def sha256_line(digest: str, name: str) -> bytes:
 
 
 class ArtifactWriter:
-    """Bytes of one artifact on one store. write() streams into NAME.partial;
-    commit() fsyncs, renames to NAME and writes the NAME.sha256 sidecar; abort() removes the partial."""
+    """Bytes of one artifact on one store. write() streams into NAME.partial; commit() fsyncs, writes
+    the NAME.sha256 sidecar, then renames the partial to NAME: a final name never lacks its sidecar.
+    abort() removes the partial (and a sidecar already written)."""
 
     name: str
     location: str
@@ -65,17 +66,24 @@ class ArtifactWriter:
     def write(self, chunk: bytes) -> None:
         raise NotImplementedError
 
-    def commit(self, sha256: str) -> None:
+    def commit(self, sha256: str, sidecars: dict[str, bytes] | None = None) -> None:
+        """`sidecars` (name -> bytes, e.g. `NAME.meta.json`) are written before the .sha256 and the rename."""
         raise NotImplementedError
 
     def abort(self) -> None:
         raise NotImplementedError
 
 
+def symlink_refused(store: str, path: str) -> "Refused":
+    return Refused(f"{path} on {store} is a symbolic link: bak never follows links inside a store", where=store,
+                   code="symlink_in_store", hint="Replace the link with a real folder (or point the destination's path there).")
+
+
 class Store:
     name: str
     kind: str
     host_name: str  # "local", or the SSH host the folder lives on
+    per_target_folders = True  # False where a tool owns one flat folder (Proxmox storage)
 
     def path_of(self, folder: str, name: str = "") -> str:
         """The path on the store's own host, for tools (rsync, tar) that run there or reach it."""
@@ -95,8 +103,9 @@ class Store:
     def writer(self, folder: str, name: str) -> ArtifactWriter:
         raise NotImplementedError
 
-    def write_small(self, folder: str, name: str, data: bytes) -> None:
-        """A sidecar, written atomically (partial, fsync, rename)."""
+    def write_small(self, folder: str, name: str, data: bytes, mtime: float | None = None) -> None:
+        """A sidecar, written atomically (partial, fsync, rename); `mtime` records a time beside a name
+        that carries none (see catalog)."""
         raise NotImplementedError
 
     def read_small(self, folder: str, name: str, limit: int = 1 << 20) -> bytes:
@@ -111,15 +120,6 @@ class Store:
 
     def usage(self) -> Usage:
         raise NotImplementedError
-
-    def remove_partials(self, folder: str, prefix: str) -> list[str]:
-        """Leftovers of killed runs of one target; call it only while holding that target's lock."""
-        removed = []
-        for entry in self.list(folder):
-            if entry.name.startswith(prefix) and entry.name.endswith(PARTIAL_SUFFIX):
-                self.remove(folder, entry.name)
-                removed.append(entry.name)
-        return removed
 
     def require_space(self, needed: int) -> None:
         free = self.usage().free

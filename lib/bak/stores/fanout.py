@@ -74,6 +74,7 @@ class FanOut:
     def __init__(self, stores: list[Store], folder: str, name: str):
         self.name = name
         self.hash = BackgroundHash()
+        self._digest: str | None = None
         self.size = 0
         self.writers: list[tuple[Copy, ArtifactWriter | None]] = []
         for store in stores:
@@ -110,13 +111,20 @@ class FanOut:
         if lost:
             self._check_alive()
 
-    def commit(self) -> FanOutResult:
-        digest = self.hash.hexdigest()
+    def finish(self) -> str:
+        """The stream is complete: its sha256 (before commit, for sidecars that record it)."""
+        if self._digest is None:
+            self._digest = self.hash.hexdigest()
+        return self._digest
+
+    def commit(self, sidecars: dict[str, bytes] | None = None) -> FanOutResult:
+        """Each store gets `sidecars` and the .sha256, then the final name."""
+        digest = self.finish()
         result = FanOutResult(self.name, digest, self.size)
         for copy, writer in self.writers:
             if writer is not None:
                 try:
-                    writer.commit(digest)
+                    writer.commit(digest, sidecars)
                     copy.ok, copy.size = True, writer.size
                 except BakError as exc:
                     copy.error = exc.to_error()

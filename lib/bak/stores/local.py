@@ -13,7 +13,7 @@ from typing import BinaryIO
 from bak.errors import WriteFailed
 from bak.naming import PARTIAL_SUFFIX
 from bak.paths import ensure_private_dir
-from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line
+from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line, symlink_refused
 
 
 def write_failure(exc: OSError, store: str, location: str) -> WriteFailed:
@@ -82,14 +82,21 @@ class LocalWriter(ArtifactWriter):
             self._start_writeback(self.fd, self._written_back, self.size - self._written_back)
             self._written_back = self.size
 
-    def commit(self, sha256: str) -> None:
+    def commit(self, sha256: str, sidecars: dict[str, bytes] | None = None) -> None:
+        written = {**(sidecars or {}), self.name + ".sha256": sha256_line(sha256, self.name)}
+        folder = self.final.parent
         try:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
+            for name, data in written.items():
+                self.store.write_small_at(folder, name, data)
             os.replace(self.partial, self.final)
-            self.store.write_small_at(self.final.parent, self.name + ".sha256", sha256_line(sha256, self.name))
+            _fsync_dir(folder)
         except OSError as exc:
+            if not self.final.exists():
+                for name in written:
+                    (folder / name).unlink(missing_ok=True)
             raise write_failure(exc, self.store.name, self.location) from None
 
     def abort(self) -> None:
@@ -120,33 +127,53 @@ class LocalStore(Store):
         os.replace(self._dir(folder) / old, self._dir(folder) / new)
         _fsync_dir(self._dir(folder))
 
+    def _refuse_links(self, folder: str) -> None:
+        """No folder between the root and `folder` may be a symlink: a planted link would lead out of the store."""
+        path = self.root
+        for part in Path(folder).parts if folder else ():
+            path = path / part
+            if path.is_symlink():
+                raise symlink_refused(self.name, str(path))
+
     def list(self, folder: str) -> list[Entry]:
+        self._refuse_links(folder)
         path = self._dir(folder)
         if not path.is_dir():
             return []
         with os.scandir(path) as it:
-            return [Entry(item.name, None, None, item.is_dir(follow_symlinks=False), item) for item in it]
+            return [Entry(item.name, None, None, item.is_dir(follow_symlinks=False), item, item.is_symlink())
+                    for item in it]
 
     def writer(self, folder: str, name: str) -> LocalWriter:
+        self._refuse_links(folder)
         return LocalWriter(self, self._dir(folder), name)
 
-    def write_small(self, folder: str, name: str, data: bytes) -> None:
+    def write_small(self, folder: str, name: str, data: bytes, mtime: float | None = None) -> None:
+        self._refuse_links(folder)
         ensure_private_dir(self._dir(folder))
         try:
-            self.write_small_at(self._dir(folder), name, data)
+            self.write_small_at(self._dir(folder), name, data, mtime)
         except OSError as exc:
             raise write_failure(exc, self.name, str(self._dir(folder) / name)) from None
 
     @staticmethod
-    def write_small_at(folder: Path, name: str, data: bytes) -> None:
+    def write_small_at(folder: Path, name: str, data: bytes, mtime: float | None = None) -> None:
         partial = folder / (name + PARTIAL_SUFFIX)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(partial, folder / name)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if mtime is not None:
+                os.utime(partial, (mtime, mtime))
+            os.replace(partial, folder / name)
+        except OSError:
+            partial.unlink(missing_ok=True)  # a full disk must not leave a 0-byte sidecar partial behind
+            raise
         _fsync_dir(folder)
 
     def read_small(self, folder: str, name: str, limit: int = 1 << 20) -> bytes:

@@ -27,6 +27,7 @@ def content_argv(node: str, storage: str) -> list[str]:
 
 class ProxmoxStore(Store):
     kind = "proxmox"
+    per_target_folders = False  # vzdump's dump folder: a target's archives are its VMID's
 
     def __init__(self, name: str, storage: str, node: str | None, runner):
         self.name = name

@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 from bak.errors import CommandFailed, TransportError, WriteFailed
 from bak.naming import PARTIAL_SUFFIX
-from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line
+from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line, symlink_refused
 
 
 def _write_error(exc: Exception, store: str, location: str) -> WriteFailed:
@@ -43,16 +43,25 @@ class RemoteWriter(ArtifactWriter):
             raise _write_error(exc, self.store.name, self.location) from None
         self.size += len(chunk)
 
-    def commit(self, sha256: str) -> None:
+    def commit(self, sha256: str, sidecars: dict[str, bytes] | None = None) -> None:
         try:
             self.handle.close()
             self.handle = None
             self.sftp.close()
             self.store.runner.run(["sync", "--", self.partial])
-            self.store.runner.sftp().posix_rename(self.partial, self.final)
         except (OSError, EOFError, CommandFailed) as exc:
             raise _write_error(exc, self.store.name, self.location) from None
-        self.store.write_small(self.folder, self.name + ".sha256", sha256_line(sha256, self.name), absolute=True)
+        written = {**(sidecars or {}), self.name + ".sha256": sha256_line(sha256, self.name)}
+        try:
+            for name, data in written.items():
+                self.store.write_small(self.folder, name, data, absolute=True)
+            self.store.runner.sftp().posix_rename(self.partial, self.final)
+            self.store.runner.run(["sync", "--", self.folder])
+        except (OSError, EOFError, CommandFailed, WriteFailed) as exc:
+            self.store.runner.run(["rm", "-f", "--", *(posixpath.join(self.folder, n) for n in written)], check=False)
+            if isinstance(exc, WriteFailed):
+                raise
+            raise _write_error(exc, self.store.name, self.location) from None
 
     def abort(self) -> None:
         try:
@@ -112,18 +121,37 @@ class RemoteStore(Store):
         for part in reversed(parts):
             sftp.mkdir(part, 0o700)
 
+    def _refuse_links(self, folder: str) -> None:
+        """No folder between the root and `folder` may be a symlink: a planted link would lead out of the store."""
+        sftp = self.runner.sftp()
+        path = self.root
+        for part in [p for p in folder.split("/") if p] if folder and not folder.startswith("/") else []:
+            path = posixpath.join(path, part)
+            try:
+                if stat.S_ISLNK(sftp.lstat(path).st_mode or 0):
+                    raise symlink_refused(self.name, f"{self.runner.host_name}:{path}")
+            except FileNotFoundError:
+                return
+
     def list(self, folder: str) -> list[Entry]:
+        self._refuse_links(folder)
         try:
             attrs = self.runner.sftp().listdir_attr(self._dir(folder))
         except FileNotFoundError:
             return []
-        return [Entry(a.filename, a.st_size or 0, float(a.st_mtime or 0), stat.S_ISDIR(a.st_mode or 0)) for a in attrs]
+        # OpenSSH's sftp-server lists with lstat: a link is a link, not what it points to.
+        return [Entry(a.filename, a.st_size or 0, float(a.st_mtime or 0), stat.S_ISDIR(a.st_mode or 0),
+                      is_link=stat.S_ISLNK(a.st_mode or 0)) for a in attrs]
 
     def writer(self, folder: str, name: str) -> RemoteWriter:
+        self._refuse_links(folder)
         return RemoteWriter(self, self._dir(folder), name)
 
-    def write_small(self, folder: str, name: str, data: bytes, absolute: bool = False) -> None:
+    def write_small(self, folder: str, name: str, data: bytes, mtime: float | None = None,
+                    absolute: bool = False) -> None:
         directory = folder if absolute else self._dir(folder)
+        if not absolute:
+            self._refuse_links(folder)
         self.makedirs(directory)
         final = posixpath.join(directory, name)
         partial = final + PARTIAL_SUFFIX
@@ -132,10 +160,13 @@ class RemoteStore(Store):
             with sftp.open(partial, "w") as handle:
                 handle.chmod(0o600)
                 handle.write(data)
+            if mtime is not None:
+                sftp.utime(partial, (mtime, mtime))
             self.runner.run(["sync", "--", partial])
             sftp.posix_rename(partial, final)
             self.runner.run(["sync", "--", directory])
         except (OSError, EOFError, CommandFailed) as exc:
+            self.runner.run(["rm", "-f", "--", partial], check=False)  # no 0-byte partial left on a full disk
             raise _write_error(exc, self.name, f"{self.runner.host_name}:{final}") from None
 
     def read_small(self, folder: str, name: str, limit: int = 1 << 20) -> bytes:

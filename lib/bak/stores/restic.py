@@ -61,7 +61,7 @@ def backup_argv(folder: str, name: str) -> list[str]:
 
 class ResticWriter(ArtifactWriter):
     def __init__(self, store: "ResticStore", folder: str, name: str):
-        self.store, self.name = store, name
+        self.store, self.name, self.folder = store, name, folder
         self.location = store.location(folder, name)
         store.ensure_repository()
         self._pipe = _Pipe()
@@ -82,7 +82,8 @@ class ResticWriter(ArtifactWriter):
         self._pipe.put(chunk)
         self.size += len(chunk)
 
-    def commit(self, sha256: str) -> None:
+    def commit(self, sha256: str, sidecars: dict[str, bytes] | None = None) -> None:
+        """The stream's snapshot, then each sidecar's, then the tag that makes the artifact count (last)."""
         self._pipe.close()
         self._thread.join()
         if "error" in self._result:
@@ -90,6 +91,8 @@ class ResticWriter(ArtifactWriter):
                               where=self.store.name, hint="Check the repository (restic check) and its free space.")
         summary = [json.loads(line) for line in self._result["out"].stdout_text.splitlines() if '"summary"' in line]
         snapshot = summary[-1]["snapshot_id"]
+        for name, data in (sidecars or {}).items():
+            self.store.write_small(self.folder, name, data)
         self.store.run(["restic", "tag", "--add", f"size={self.size}", "--add", f"sha256={sha256}", snapshot])
         self.store._snapshots = None
 
@@ -184,7 +187,7 @@ class ResticStore(Store):
         with self.open_read(folder, name) as stream:
             return b"".join(iter(lambda: stream.read(1 << 20), b""))[:limit]
 
-    def write_small(self, folder: str, name: str, data: bytes) -> None:
+    def write_small(self, folder: str, name: str, data: bytes, mtime: float | None = None) -> None:
         """A sidecar (.meta.json, .globals.sql) is a small snapshot of its own, tagged like an artifact."""
         import hashlib
 
