@@ -70,13 +70,19 @@ class DemoCluster:
                                code="demo_folder_private", hint="Omit --dir, or pick a folder under /tmp.")
             owner = pwd.getpwnam(self.os_user)
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
-        with self.runner.secret_file(f"{self.superuser_password}\n".encode()) as pwfile:
+        # initdb runs as the postgres user and reads the throwaway superuser password from a file of the lab's.
+        pwfile = self.root / "initdb.pw"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{self.superuser_password}\n")
+        try:
             if self.os_user:
                 os.chown(pwfile, pwd.getpwnam(self.os_user).pw_uid, -1)
-                os.chmod(Path(pwfile).parent, 0o755)
             self.runner.run(self._as_owner([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
                                             "-A", "scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C",
                                             "--no-sync"]))
+        finally:
+            pwfile.unlink(missing_ok=True)
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.root}'\n")
         self.runner.run(self._as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),

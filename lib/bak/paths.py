@@ -32,8 +32,18 @@ def state_dir() -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create a folder (and parents) readable by its owner only."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if os.name == "posix":
-        os.chmod(path, 0o700)
+    """Create a folder (and missing parents) readable by its owner only. A folder that already
+    exists keeps its mode: bak never changes the mode of a folder it did not create (a 1777 /tmp)."""
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by another process: not ours to chmod
+        if os.name == "posix":
+            os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
     return path

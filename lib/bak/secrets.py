@@ -13,7 +13,17 @@ from pathlib import Path
 from bak.errors import BadInput
 
 _KNOWN: set[str] = set()
+_SECRET_ENV: set[str] = set()
 MASK = "********"
+
+
+def declare_env(names) -> None:
+    """Environment variables the config names as secrets: children of bak never inherit them."""
+    _SECRET_ENV.update(names)
+
+
+def secret_env_names() -> frozenset[str]:
+    return frozenset(_SECRET_ENV)
 
 
 def read_secret(ref: dict, where: str) -> str | None:

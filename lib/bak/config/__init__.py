@@ -152,7 +152,21 @@ def from_data(data: Any, source: str = "<config>") -> Config:
     if problems:
         raise ConfigError(problems, source=source)
     data = fill_defaults(copy.deepcopy(data), schema())
+    from bak.secrets import declare_env
+
+    declare_env(secret_env_refs(data))
     return _build(data, source)
+
+
+def secret_env_refs(node: Any) -> set[str]:
+    """Every `{env: VAR}` secret reference in the config (the only place the schema allows that shape)."""
+    if isinstance(node, dict):
+        if set(node) == {"env"} and isinstance(node["env"], str):
+            return {node["env"]}
+        return {name for value in node.values() for name in secret_env_refs(value)}
+    if isinstance(node, list):
+        return {name for value in node for name in secret_env_refs(value)}
+    return set()
 
 
 def validate(data: Any) -> list[dict]:

@@ -418,7 +418,7 @@ class PgDump(Method):
             if backup.name.endswith(".dump"):
                 jobs = int(options.get("jobs") or opts["restore_jobs"])
                 if jobs > 1:
-                    with session.runner.secret_file(b"") as staged:
+                    with session.runner.private_file() as staged:
                         session.run(["dd", f"of={staged}", "bs=1M", "status=none"], stdin=raw)
                         session.run(restore_argv(opts, database, jobs=jobs, no_owner=no_owner,
                                                  no_privileges=no_privileges, path=staged))

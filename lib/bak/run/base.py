@@ -60,6 +60,17 @@ class StderrTail:
         return b"".join(self._chunks)[-STDERR_TAIL_BYTES:]
 
 
+# A file that lives as long as bak does: sh writes stdin's first N bytes into a private temp file, prints
+# its path, then waits for its stdin to close. bak closes it when done, and so does the kernel when bak
+# dies (the pipe, or the SSH connection, goes with it): the trap removes the file either way.
+GUARDIAN = ('umask 077; d=$(mktemp -d -t bak-secret.XXXXXXXX) || exit 1; trap \'rm -rf "$d"\' EXIT HUP INT TERM; '
+            'head -c "$1" > "$d/file" && echo "$d/file" && cat > /dev/null')
+
+
+def guardian_argv(size: int) -> list[str]:
+    return ["sh", "-c", GUARDIAN, "sh", str(size)]
+
+
 def ere_escape(text: str) -> str:
     """`text` as a POSIX extended regular expression matching itself (for pgrep -f)."""
     return "".join("\\" + c if c in ".[]()*+?{}|^$\\" else c for c in text)
@@ -98,7 +109,14 @@ class Runner:
 
     @contextmanager
     def secret_file(self, content: bytes) -> Iterator[str]:
-        """A 0600 file in a 0700 folder on the host, removed afterwards; yields its path."""
+        """A path on the host that reads `content`, private to its owner, gone afterwards, and gone
+        too when bak is killed (see GUARDIAN); only the process whose env names it can read it."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    @contextmanager
+    def private_file(self) -> Iterator[str]:
+        """An empty 0600 file in a 0700 folder on the host, removed afterwards, also if bak is killed."""
         raise NotImplementedError
         yield  # pragma: no cover
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
-import threading
 import sys
+import threading
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from bak.errors import CommandFailed, ToolMissing
-from bak.run.base import CHUNK, Completed, Runner, Sink, StderrTail
+from bak.run.base import CHUNK, Completed, Runner, Sink, StderrTail, guardian_argv
+from bak.secrets import secret_env_names
 
 
 @lru_cache(maxsize=1)
@@ -33,16 +33,24 @@ def guarded_argv(argv: list[str]) -> list[str]:
 class LocalRunner(Runner):
     host_name = "local"
 
+    def __init__(self):
+        self._secret_fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
     def run(self, argv: list[str], *, stdin: bytes | BinaryIO | None = None, stdout: Sink | None = None,
             env: dict[str, str] | None = None, timeout: float | None = None, check: bool = True,
             on_stderr_line: Callable[[str], None] | None = None) -> Completed:
-        full_env = {**os.environ, **env} if env else None
+        # Secrets named by the config ({env: VAR}) reach no child: the one tool that needs one gets a file.
+        full_env = {k: v for k, v in os.environ.items() if k not in secret_env_names()}
+        full_env.update(env or {})
+        with self._lock:
+            pass_fds = tuple(fd for path, fd in self._secret_fds.items() if path in full_env.values())
         if not shutil.which(argv[0]):
             raise ToolMissing(f"{argv[0]} is not installed on this machine", where="local",
                               hint=f"Install {Path(argv[0]).name} (e.g. apt-get install ...) or set its folder in the config.")
         try:
             proc = subprocess.Popen(guarded_argv(argv), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, pass_fds=pass_fds)
         except FileNotFoundError:
             raise ToolMissing(f"{argv[0]} is not installed on this machine", where="local",
                               hint=f"Install {Path(argv[0]).name} (e.g. apt-get install ...) or set its folder in the config.") from None
@@ -97,12 +105,45 @@ class LocalRunner(Runner):
 
     @contextmanager
     def secret_file(self, content: bytes) -> Iterator[str]:
-        with tempfile.TemporaryDirectory(prefix="bak-secret-") as folder:
-            path = Path(folder) / "secret"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
-            yield str(path)
+        """On Linux an anonymous memory file (memfd), never on a disk; a child gets it as /dev/fd/N only
+        when its env names that path. Elsewhere, a guarded private file."""
+        if not hasattr(os, "memfd_create"):
+            with self._guarded(content) as path:
+                yield path
+            return
+        fd = os.memfd_create("bak-secret")  # close-on-exec: only the children we pass it to see it
+        try:
+            os.fchmod(fd, 0o600)  # libpq refuses a passfile others could read
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+            path = f"/dev/fd/{fd}"
+            with self._lock:
+                self._secret_fds[path] = fd
+            yield path
+        finally:
+            with self._lock:
+                self._secret_fds.pop(f"/dev/fd/{fd}", None)
+            os.close(fd)
+
+    @contextmanager
+    def private_file(self) -> Iterator[str]:
+        with self._guarded(b"") as path:
+            yield path
+
+    @contextmanager
+    def _guarded(self, content: bytes) -> Iterator[str]:
+        guard = subprocess.Popen(guardian_argv(len(content)), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            guard.stdin.write(content)
+            guard.stdin.flush()
+            path = guard.stdout.readline().decode().rstrip("\n")
+            if not path:
+                raise CommandFailed("could not create a private temp file", where="local")
+            yield path
+        finally:
+            guard.stdin.close()
+            guard.wait()
 
 
 def _drain(stream, sink: Sink) -> None:

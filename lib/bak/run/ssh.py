@@ -20,7 +20,7 @@ import paramiko
 
 from bak.config import Host
 from bak.errors import CommandFailed, HostKeyMismatch, HostKeyUnknown, Refused, ToolMissing, TransportError
-from bak.run.base import CHUNK, Completed, Runner, Sink, StderrTail, ere_escape
+from bak.run.base import CHUNK, Completed, Runner, Sink, StderrTail, ere_escape, guardian_argv
 
 # What a remote shell reports for a command it cannot find.
 _NOT_FOUND = 127
@@ -236,16 +236,41 @@ class SSHRunner(Runner):
 
     @contextmanager
     def secret_file(self, content: bytes) -> Iterator[str]:
-        folder = self.run(["mktemp", "-d", "-t", "bak-secret.XXXXXXXX"]).stdout_text.strip()
-        path = f"{folder}/secret"
-        sftp = self.sftp()
-        try:
-            with sftp.open(path, "wx") as handle:
-                handle.chmod(0o600)
-                handle.write(content)
+        with self._guarded(content) as path:
             yield path
+
+    @contextmanager
+    def private_file(self) -> Iterator[str]:
+        with self._guarded(b"") as path:
+            yield path
+
+    @contextmanager
+    def _guarded(self, content: bytes) -> Iterator[str]:
+        """The guardian (see base.GUARDIAN) on its own channel: when bak dies, the connection closes,
+        the guardian's stdin ends, and the file is removed on the host."""
+        transport = self.client().get_transport()
+        try:
+            channel = transport.open_session(timeout=self.host.connect_timeout)
+            channel.exec_command(shlex.join(guardian_argv(len(content))))
+            channel.sendall(content)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"lost the connection to {self.host.name}: {exc}", where=self.host.name) from None
+        try:
+            channel.settimeout(self.host.connect_timeout + 30)
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = channel.recv(1)
+                if not chunk:
+                    raise CommandFailed(f"could not create a private temp file on {self.host.name}", where=self.host.name)
+                line += chunk
+            yield line.decode().rstrip("\n")
         finally:
-            self.run(["rm", "-rf", "--", folder], check=False)
+            try:
+                channel.shutdown_write()
+                channel.recv_exit_status()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # the connection is gone: the guardian has seen its stdin end and cleaned up
+            channel.close()
 
 
 class ChannelFile:
