@@ -224,7 +224,7 @@ def listing(config: Config, targets: list[Target], filters: dict | None = None) 
               if (not filters.get("method") or t.method == filters["method"])
               and (not filters.get("host") or t.host == filters["host"])
               and (not filters.get("vmid") or t.method == "vzdump" and t.options["vmid"] == filters["vmid"])]
-    outcome = Outcome({"backups": [], "partials": [], "foreign": []})
+    outcome = Outcome({"backups": [], "partials": [], "foreign": [], "safety_copies": []})
     with Session(config) as session:
         seen_foreign = set()
         for target in chosen:
@@ -234,6 +234,7 @@ def listing(config: Config, targets: list[Target], filters: dict | None = None) 
                 try:
                     store = open_store(config.destinations[dest], session.hosts)
                     found = catalog.scan(store, target)
+                    saved = catalog.safety_copies(store, target)
                 except BakError as exc:
                     outcome.failed(exc)
                     continue
@@ -246,6 +247,9 @@ def listing(config: Config, targets: list[Target], filters: dict | None = None) 
                         "sidecars": sorted(b.sidecars)})
                 outcome.result["partials"] += [{"target": target.name, "store": dest, "folder": p.folder, "name": p.name}
                                                for p in found.partials]
+                outcome.result["safety_copies"] += [{"target": target.name, "store": dest, "folder": c.folder,
+                                                     "name": c.name, "when": c.when.isoformat(), "size": c.size}
+                                                    for c in saved]
                 for path in found.foreign:
                     if (dest, path) not in seen_foreign:
                         seen_foreign.add((dest, path))

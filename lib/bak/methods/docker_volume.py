@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 
 from bak import naming
 from bak.catalog import Backup, folder_of, safety_folder_of, scan
 from bak.config import Target
 from bak.errors import BadInput, CommandFailed, Refused, VerifyFailed
 from bak.journal import Operation
-from bak.methods.base import Context, Method, clear_leftovers, fresh_name
+from bak.methods.base import Context, Method, clear_leftovers, free_name, fresh_name
 from bak.stores import Store
 from bak.stores.fanout import FanOut
 from bak.verify import HashingReader, check_file, recorded_sha256
@@ -126,7 +125,8 @@ class DockerVolume(Method):
     def _safety_copy(self, ctx: Context, target: Target, store: Store, volume: str) -> str:
         """The volume about to be emptied and refilled, tarred apart from the backups (protected, never picked)."""
         folder = safety_folder_of(target)
-        name = naming.docker_volume_name(target.options["container"], volume, datetime.now(), with_time=True)
+        name = free_name(store, folder,
+                         lambda when: naming.docker_volume_name(target.options["container"], volume, when, with_time=True))
         copy = self._backup(ctx, target, [store], folder, name, volume, {name + ".protected": b""})
         if not all(c["ok"] for c in copy["copies"]):
             raise Refused(f"the safety copy of volume {volume} failed, so it was not replaced", where=target.name,
