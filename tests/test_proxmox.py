@@ -1,6 +1,11 @@
-"""Proxmox VMs over real SSH against the stand-in PVE tools: create, list, copy, verify, restore, drill, prune."""
+"""Proxmox VMs and containers over real SSH against the stand-in PVE tools: create, list, copy,
+verify, restore (from the Proxmox storage or from a copy), drill, prune."""
 
+import hashlib
+import io
 import json
+import os
+import tarfile
 import time
 
 import pytest
@@ -19,9 +24,11 @@ def pve(tmp_path, bak_home):
     (root / "storage-local").mkdir(parents=True)
     state = {"node": "pve", "header_style": "new",
              "storages": {"local": {"type": "dir", "path": str(root / "storage-local"), "total_kib": 400000}},
-             "vms": {"100": {"name": "web", "status": "running", "lock": None, "disk_kib": 1024},
+             "vms": {"100": {"name": "web", "status": "running", "lock": None,
+                             "disks": [{"name": "scsi0", "size": 4 << 20}, {"name": "scsi1", "size": 307712}]},
                      "101": {"name": "db", "status": "stopped", "lock": None, "disk_kib": 512},
                      "102": {"name": "stuck", "status": "running", "lock": "backup", "disk_kib": 512},
+                     "200": {"name": "proxy", "status": "running", "lock": None, "type": "lxc"},
                      "9000": {"name": "taken", "status": "stopped", "lock": None}}}
     (root / "state.json").write_text(json.dumps(state))
     server = _make_sshd(tmp_path / "sshd", path_dirs=[str(STANDINS)], env={"BAK_PVE_ROOT": str(root)})
@@ -33,7 +40,9 @@ def pve(tmp_path, bak_home):
         "policies": {"vm": {"keep_last": 1}},
         "targets": [{"name": f"vm-{vmid}", "method": "vzdump", "host": "pve", "destinations": ["pve-local", "nfs"],
                      "policy": "vm", "vzdump": {"vmid": vmid, "storage": "local", "notes_template": "{{guestname}} daily",
-                                                "restore_vmid_range": [9000, 9010]}} for vmid in (100, 101, 102)]})
+                                                "restore_vmid_range": [9000, 9010]}} for vmid in (100, 101, 102)] +
+                    [{"name": "ct-200", "method": "vzdump", "host": "pve", "destinations": ["pve-local", "nfs"],
+                      "vzdump": {"vmid": 200, "guest": "lxc", "storage": "local", "restore_vmid_range": [9000, 9010]}}]})
     yield root, tmp_path / "nfs" / "proxmox"
     server.stop()
 
@@ -66,7 +75,7 @@ def test_create_list_copy_verify_restore_drill(pve):
     assert verified.code == 0, verified.envelope
     rows = {r["store"]: r for r in verified.envelope["result"]["checked"]}
     assert rows["nfs"]["extents"] >= 1 and rows["nfs"]["configs"] == ["qemu-server.conf"]
-    assert rows["pve-local"]["devices"] == ["drive-scsi0"]
+    assert rows["pve-local"]["devices"] == ["drive-scsi0", "drive-scsi1"]
 
     refused = run_cli("restore", "--target", "vm-100", "--into", "101")
     assert refused.code == 3 and refused.envelope["errors"][0]["code"] == "would_overwrite"
@@ -85,25 +94,36 @@ def test_create_list_copy_verify_restore_drill(pve):
     assert "9002" not in state(root)["vms"]
 
 
+def replace_copy(nfs, name, data, sidecar=True):
+    """Puts `data` in place of the copy; with `sidecar`, a .sha256 that matches it, so only the format check can object."""
+    (nfs / name).write_bytes(data)
+    if sidecar:
+        (nfs / f"{name}.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
+
+
+compress = zstandard.ZstdCompressor(write_checksum=True).compress
+
+
+def decompress(data):
+    return zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 28)
+
+
 def test_corrupt_copies_are_caught(pve):
     root, nfs = pve
     name = run_cli("create", "--target", "vm-100").envelope["result"]["targets"][0]["name"]
     good = (nfs / name).read_bytes()
-    raw = zstandard.ZstdDecompressor().decompress(good, max_output_size=1 << 26)
-
-    def store_copy(data):
-        (nfs / name).write_bytes(data)
-        import hashlib
-
-        (nfs / f"{name}.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
-
-    compress = zstandard.ZstdCompressor(write_checksum=True).compress
+    raw = decompress(good)
+    header_size = int.from_bytes(raw[56:60], "big")
     for label, data, message in [
-        ("flipped header byte", compress(raw[:100] + bytes([raw[100] ^ 1]) + raw[101:]), "header checksum"),
-        ("wrong md5", compress(raw[:32] + b"\0" * 16 + raw[48:]), "header checksum"),
+        ("flipped header byte", compress(raw[:100] + bytes([raw[100] ^ 1]) + raw[101:]), "wrong main header checksum"),
+        ("wrong md5", compress(raw[:32] + b"\0" * 16 + raw[48:]), "wrong main header checksum"),
+        ("flipped extent header byte", compress(raw[:header_size + 50] + bytes([raw[header_size + 50] ^ 1])
+                                                + raw[header_size + 51:]), "extent 0 (byte"),
         ("truncated", compress(raw[: len(raw) - 4096]), "truncated"),
+        ("last extent missing", compress(raw[:header_size + 512 + int.from_bytes(raw[header_size + 6:header_size + 8], "big") * 4096]),
+         "incomplete archive: cluster"),
     ]:
-        store_copy(data)
+        replace_copy(nfs, name, data)
         result = run_cli("verify", "--target", "vm-100")
         assert result.code == 1, label
         bad = [r for r in result.envelope["result"]["checked"] if not r["ok"]]
@@ -147,6 +167,88 @@ def test_prune_removes_with_pvesm_free(pve):
     assert len(list(nfs.glob("*.vma.zst"))) == 1
 
 
+# --- containers ---------------------------------------------------------------------------------
+def tree(root, skip=()):
+    """{relative path: (kind, mode, content or link target, mtime)}: what a restore must give back."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for entry in dirs + files:
+            path = os.path.join(folder, entry)
+            relative = os.path.relpath(path, root)
+            if relative in skip:
+                continue
+            st = os.lstat(path)
+            if os.path.islink(path):
+                found[relative] = ("link", os.readlink(path))
+            elif os.path.isdir(path):
+                found[relative] = ("dir", st.st_mode & 0o7777)
+            else:
+                found[relative] = ("file", st.st_mode & 0o7777, hashlib.sha256(open(path, "rb").read()).hexdigest(),
+                                   int(st.st_mtime))
+    return found
+
+
+def test_lxc_create_verify_restore_drill(pve):
+    root, nfs = pve
+    created = run_cli("create", "--target", "ct-200")
+    assert created.code == 0, created.envelope
+    name = created.envelope["result"]["targets"][0]["name"]
+    assert name.startswith("vzdump-lxc-200-") and name.endswith(".tar.zst")
+    source = root / "ct" / "200" / "rootfs"
+
+    # Read back by Python's tarfile, not by bak: pct.conf first, every file's bytes, vzdump's excludes
+    with tarfile.open(fileobj=io.BytesIO(decompress((nfs / name).read_bytes()))) as tar:
+        members = tar.getmembers()
+        assert members[0].name == "./etc/vzdump/pct.conf"
+        assert "hostname: proxy" in tar.extractfile(members[0]).read().decode()
+        for member in members[2:]:
+            if member.isfile():
+                assert tar.extractfile(member).read() == (source / member.name).read_bytes(), member.name
+            elif member.issym():
+                assert member.linkname == os.readlink(source / member.name)
+        names = [m.name for m in members]
+        assert "./tmp" in names and "./tmp/scratch" not in names and any(m.sparse for m in members)
+
+    verified = run_cli("verify", "--target", "ct-200")
+    assert verified.code == 0, verified.envelope
+    rows = {r["store"]: r for r in verified.envelope["result"]["checked"]}
+    assert rows["nfs"]["members"] == len(members) and rows["nfs"]["configs"] == ["pct.conf"]
+    assert rows["pve-local"]["members"] == 1 and rows["pve-local"]["format"] == "ok"
+
+    restored = run_cli("restore", "--target", "ct-200")
+    assert restored.code == 0, restored.envelope
+    assert restored.envelope["result"]["vmid"] == 9001
+    assert state(root)["vms"]["9001"]["name"] == "proxy"
+    assert tree(root / "ct" / "9001" / "rootfs") == tree(source, skip={"tmp/scratch"})
+
+    drill = run_cli("drill", "--target", "ct-200")
+    assert drill.code == 0, drill.envelope
+    entry = drill.envelope["result"]["drills"][0]
+    assert entry["scratch_vmid"] == 9002 and entry["passed"]
+    assert "9002" not in state(root)["vms"] and not (root / "ct" / "9002").exists()
+
+
+def test_lxc_truncated_and_corrupted_copies_are_caught(pve):
+    root, nfs = pve
+    name = run_cli("create", "--target", "ct-200").envelope["result"]["targets"][0]["name"]
+    good = (nfs / name).read_bytes()
+    raw = decompress(good)
+    offsets = [m.offset for m in tarfile.open(fileobj=io.BytesIO(raw))]
+    middle = len(good) // 2
+    for label, data, message in [
+        ("file cut in half", good[:middle], "truncated archive"),
+        ("tar cut at a member boundary", compress(raw[:offsets[6]]), "without the end-of-archive marker"),
+        ("tar header byte flipped", compress(raw[:offsets[4] + 20] + b"#" + raw[offsets[4] + 21:]), "wrong header checksum"),
+        ("compressed byte flipped", good[:middle] + bytes([good[middle] ^ 0x55]) + good[middle + 1:], "zstd: "),
+    ]:
+        replace_copy(nfs, name, data)
+        result = run_cli("verify", "--target", "ct-200")
+        assert result.code == 1, label
+        bad = [r for r in result.envelope["result"]["checked"] if not r["ok"]]
+        assert [(r["store"], r["format"]) for r in bad] == [("nfs", "failed")], label
+        assert message in result.envelope["errors"][0]["message"], (label, result.envelope["errors"])
+
+
 # --- parsing the reference's exact output -----------------------------------------------------
 def test_pvesm_status_both_headers():
     new = ("Name             Type     Status           Total (KiB)      Used (KiB) Available (KiB)        %\n"
@@ -176,6 +278,7 @@ def test_vzdump_output_parsing():
     run = vzdump.parse_vzdump(failed)
     assert not run.ok and run.reason == "VM is locked (backup)"
     assert "qm unlock 100" in vzdump.hint_for(run.reason, 100)
+    assert "pct unlock 200" in vzdump.hint_for(run.reason, 200, "lxc")
     assert "unable to find VM" in vzdump.parse_vzdump("ERROR: Backup of VM 999 failed - unable to find VM '999'\n").reason
 
 
@@ -194,6 +297,10 @@ def test_guest_lists_and_argv():
         "qmrestore", "local:backup/x.vma.zst", "9001", "--unique", "1"]
     assert vzdump.restore_argv("lxc", "a.tar.zst", 9001, storage="local-lvm", force=True) == [
         "pct", "restore", "9001", "a.tar.zst", "--unique", "1", "--storage", "local-lvm", "--force", "1"]
+    assert vzdump.guest_of("vzdump-lxc-200-2024_01_31-02_00_03.tar.zst") == "lxc"
+    assert vzdump.host_test_argv("x.vma.zst", "/d/x.vma.zst") == ["zstd", "-t", "-q", "/d/x.vma.zst"]
+    assert vzdump.host_test_argv("x.tar.gz", "/d/x.tar.gz") == ["gzip", "-t", "/d/x.tar.gz"]
+    assert vzdump.host_test_argv("x.vma", "/d/x.vma") is None
 
 
 def test_doctor_finds_the_locked_vm_and_says_how_to_fix_it(pve):
@@ -204,5 +311,6 @@ def test_doctor_finds_the_locked_vm_and_says_how_to_fix_it(pve):
     assert rows[("tools", "pve")]["level"] == "ok"
     assert rows[("proxmox lock", "vm-102")]["level"] == "fail" and rows[("proxmox lock", "vm-102")]["fix"].endswith("qm unlock 102")
     assert rows[("proxmox lock", "vm-100")]["level"] == "ok"
+    assert rows[("proxmox lock", "ct-200")]["level"] == "ok" and rows[("proxmox lock", "ct-200")]["detail"].startswith("CT 200")
     assert rows[("space", "pve-local")]["level"] == "ok"
     assert [e["where"] for e in result.envelope["errors"]] == ["vm-102"]

@@ -228,3 +228,24 @@ def test_walking_a_2gib_sparse_device_keeps_memory_flat(tmp_path):
     # 32768 clusters tracked in a 4 KiB bitmap; the data is skipped in pieces, never held
     assert peaks[2 << 30] < 2 << 20, peaks
     assert peaks[2 << 30] - peaks[64 << 20] < 64 << 10, peaks
+
+
+# --- every compression vzdump writes ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["vzdump-qemu-100-2024_01_31-02_00_03.vma.zst", "vzdump-qemu-100-2024_01_31-02_00_03.vma.gz",
+                                  "vzdump-qemu-100-2024_01_31-02_00_03.vma"])
+def test_every_compression_is_read_whole_and_a_cut_is_caught(two_disks, name):
+    import gzip
+
+    import zstandard
+
+    from bak.errors import VerifyFailed
+    from bak.methods.vzdump import Decompressed, check_archive
+
+    archive, _ = two_disks
+    pack = {"zst": zstandard.ZstdCompressor(write_checksum=True).compress, "gz": gzip.compress, "vma": bytes}
+    data = pack[name.rsplit(".", 1)[1]](archive)
+    assert check_archive(name, Decompressed(name, io.BytesIO(data)), True)["extents"] == 2
+    with pytest.raises(VerifyFailed, match="truncated|incomplete|gzip: "):
+        check_archive(name, Decompressed(name, io.BytesIO(data[:len(data) * 2 // 3])), True)
+    with pytest.raises(VerifyFailed, match="lzo archives cannot be decompressed"):
+        Decompressed(name + ".lzo", io.BytesIO(data))

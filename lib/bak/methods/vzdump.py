@@ -1,11 +1,12 @@
 """Proxmox VMs and containers: vzdump on the PVE host, copies streamed to other destinations,
-VMA verification, restore to a new VMID, restore drills."""
+VMA and container-tar verification, restore to a new VMID, restore drills."""
 
 from __future__ import annotations
 
 import re
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from bak.catalog import Backup, folder_of, scan
 from bak.config import Target
@@ -35,6 +36,10 @@ def vzdump_argv(options: dict) -> list[str]:
     return argv
 
 
+def guest_of(name: str) -> str:
+    return "lxc" if name.startswith("vzdump-lxc-") else "qemu"
+
+
 def restore_argv(guest: str, archive: str, vmid: int, *, storage: str | None, force: bool) -> list[str]:
     tail = (["--storage", storage] if storage else []) + (["--force", "1"] if force else [])
     if guest == "lxc":
@@ -59,14 +64,24 @@ def parse_vzdump(stderr: str) -> VzdumpRun:
                      failure.group(1).strip() if failure else None)
 
 
-def hint_for(reason: str, vmid: int) -> str | None:
+def hint_for(reason: str, vmid: int, guest: str = "qemu") -> str | None:
     if "locked" in reason:
-        return f"If no backup of VM {vmid} is running, clear the stale lock: qm unlock {vmid}"
+        tool = "pct" if guest == "lxc" else "qm"
+        return f"If no backup of guest {vmid} is running, clear the stale lock: {tool} unlock {vmid}"
     if "No space" in reason or "space" in reason:
         return "Check the storage: pvesm status; prune old archives (bak prune --dry-run)."
     if "unable to find VM" in reason:
         return f"VM {vmid} does not exist on this node: check vzdump.vmid (qm list)."
     return "See the task log: /var/log/vzdump/ and the archive's .log file."
+
+
+def host_test_argv(name: str, path: str) -> list[str] | None:
+    """The compressor's own integrity test, run on the PVE host beside the archive."""
+    if name.endswith(".zst"):
+        return ["zstd", "-t", "-q", path]
+    if name.endswith(".gz"):
+        return ["gzip", "-t", path]
+    return None
 
 
 def parse_guest_list(text: str) -> dict[int, dict]:
@@ -114,7 +129,7 @@ class Vzdump(Method):
             raise CommandFailed(f"vzdump of VM {options['vmid']} failed: {reason}", returncode=out.returncode,
                                 stderr_tail=out.stderr_text[-2000:], where=target.name,
                                 code="vzdump_locked" if "locked" in reason else "vzdump_failed",
-                                hint=hint_for(reason, options["vmid"]))
+                                hint=hint_for(reason, options["vmid"], options.get("guest", "qemu")))
         name = run.archive.rsplit("/", 1)[-1]
         size = next((b.size for b in scan(primary, target).backups if b.name == name), None)
         copies = [{"store": primary.name, "location": primary.location("", name), "ok": True, "error": None}]
@@ -139,35 +154,30 @@ class Vzdump(Method):
                 "duration_s": round(time.monotonic() - started, 3), "copies": copies}
 
     def verify(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
-        """On the PVE storage: `zstd -t` there plus the VMA header. A copy: sha256, zstd and the
-        whole VMA (header md5, every extent's md5) in one streamed read."""
-        import zstandard
-
-        from bak import vma
-
+        """On the PVE storage: the compressor's test there plus the archive's head (VMA header, or the
+        tar's pct.conf). A copy: sha256, decompression and the whole archive (every VMA extent and
+        cluster, or every tar member) in one streamed read."""
         result = {"store": store.name, "name": backup.name, "size": backup.size, "sha256": None,
                   "checksum": "missing", "format": None}
         deep = store.kind != "proxmox"
         try:
-            if not deep:
-                test = ctx.hosts.runner(store.host_name).run(["zstd", "-t", "-q", store.path_of("", backup.name)],
-                                                             check=False)
-                if test.returncode != 0:
-                    raise VerifyFailed(f"zstd -t: {test.stderr_text.strip().splitlines()[-1] if test.stderr_text.strip() else 'failed'}")
+            test = host_test_argv(backup.name, store.path_of("", backup.name)) if not deep else None
+            if test:
+                tested = ctx.hosts.runner(store.host_name).run(test, check=False)
+                if tested.returncode != 0:
+                    raise VerifyFailed(f"{test[0]} -t: " + (tested.stderr_text.strip().splitlines() or ["failed"])[-1])
             with store.open_read(backup.folder, backup.name) as raw:
                 reader = HashingReader(raw)
-                stream = zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True)
-                info = vma.read(stream, walk_extents=deep)
+                stream = Decompressed(backup.name, reader)
+                found = check_archive(backup.name, stream, deep)
                 if deep:
                     while stream.read(CHUNK):
                         pass
                     reader.drain()
-            result.update(format="ok", configs=sorted(info.configs), devices=[d["name"] for d in info.devices.values()],
-                          extents=info.extents)
-        except (VerifyFailed, zstandard.ZstdError) as exc:
+            result.update(format="ok", **found)
+        except VerifyFailed as exc:
             result["format"] = "failed"
-            message = exc.message if isinstance(exc, VerifyFailed) else f"zstd: {exc}"
-            raise VerifyFailed(f"{backup.name} on {store.name}: {message}", where=f"{store.name}:{backup.name}",
+            raise VerifyFailed(f"{backup.name} on {store.name}: {exc.message}", where=f"{store.name}:{backup.name}",
                                details={"result": result}) from None
         if deep:
             result["sha256"] = reader.hash.hexdigest()
@@ -177,7 +187,7 @@ class Vzdump(Method):
                 raise VerifyFailed(f"{backup.name} on {store.name}: sha256 {result['checksum']}",
                                    where=f"{store.name}:{backup.name}", details={"result": result})
         else:
-            result["checksum"] = "ok"  # vzdump writes no sidecar there; zstd -t checked the frame checksums
+            result["checksum"] = "ok"  # vzdump writes no sidecar there; the compressor's test checked its checksums
         return result
 
     def _guests(self, runner) -> dict[int, dict]:
@@ -210,7 +220,7 @@ class Vzdump(Method):
         if exists and guests[vmid]["status"] == "running":
             raise Refused(f"VM {vmid} is running; bak never restores over a running guest", where="--into",
                           code="guest_running", hint=f"Stop it first (qm shutdown {vmid}), or restore to a new VMID.")
-        guest = "lxc" if ".tar" in backup.name else "qemu"
+        guest = guest_of(backup.name)
         started = time.monotonic()
         runner.run(restore_argv(guest, store.volid(backup.name), vmid,
                                 storage=target.options.get("restore_storage"), force=exists),
@@ -228,10 +238,53 @@ class Vzdump(Method):
             listed = vmid in self._guests(runner)
             result["checks"].append({"check": f"VM {vmid} listed after restore", "ok": listed})
         finally:
-            destroy = ["pct", "destroy", str(vmid)] if ".tar" in backup.name else ["qm", "destroy", str(vmid)]
+            destroy = ["pct", "destroy", str(vmid)] if guest_of(backup.name) == "lxc" else ["qm", "destroy", str(vmid)]
             runner.run(destroy, check=False)
         result["passed"] = listed
         if not listed:
             raise VerifyFailed(f"drill of {backup.name}: VM {vmid} did not appear after restore", where=target.name,
                                code="drill_failed", details={"result": result})
         return result
+
+
+# --- archive formats ---------------------------------------------------------------------------
+class Decompressed:
+    """The archive's bytes as vzdump wrote them before compressing (.zst, .gz or none); a
+    decompression error becomes a VerifyFailed that names the compressor."""
+
+    def __init__(self, name: str, raw: BinaryIO):
+        if name.endswith(".zst"):
+            import zstandard
+
+            self.tool, self.errors = "zstd", (zstandard.ZstdError,)
+            self.stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        elif name.endswith(".gz"):
+            import gzip
+            import zlib
+
+            self.tool, self.errors = "gzip", (gzip.BadGzipFile, EOFError, zlib.error)
+            self.stream = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif name.endswith(".lzo"):
+            raise VerifyFailed("lzo archives cannot be decompressed by bak; set compress: zstd for new backups",
+                               code="unsupported_compression")
+        else:
+            self.tool, self.errors, self.stream = "read", (), raw
+
+    def read(self, size: int = CHUNK) -> bytes:
+        try:
+            return self.stream.read(size)
+        except self.errors as exc:
+            raise VerifyFailed(f"{self.tool}: {exc}") from None
+
+
+def check_archive(name: str, stream: BinaryIO, whole: bool) -> dict:
+    """The format's own check: the VMA header (and, whole, every extent and cluster), or the
+    container tar's pct.conf (and, whole, every member). Returns the verify row's format fields."""
+    from bak import lxc, vma
+
+    if guest_of(name) == "lxc":
+        archive = lxc.read(stream, full=whole)
+        return {"configs": ["pct.conf"], "members": archive.members}
+    info = vma.read(stream, walk_extents=whole)
+    return {"configs": sorted(info.configs), "devices": [d["name"] for d in info.devices.values()],
+            "extents": info.extents}
