@@ -1,6 +1,7 @@
 """Proxmox VMs and containers over real SSH against the stand-in PVE tools: create, list, copy,
 verify, restore (from the Proxmox storage or from a copy), drill, prune."""
 
+import filecmp
 import hashlib
 import io
 import json
@@ -23,7 +24,9 @@ def pve(tmp_path, bak_home):
     root = tmp_path / "pve"
     (root / "storage-local").mkdir(parents=True)
     state = {"node": "pve", "header_style": "new",
-             "storages": {"local": {"type": "dir", "path": str(root / "storage-local"), "total_kib": 400000}},
+             "storages": {"local": {"type": "dir", "path": str(root / "storage-local"), "total_kib": 400000},
+                          "local-lvm": {"type": "lvmthin", "path": str(root / "lvm"), "total_kib": 10**9,
+                                        "content": ["images", "rootdir"]}},
              "vms": {"100": {"name": "web", "status": "running", "lock": None,
                              "disks": [{"name": "scsi0", "size": 4 << 20}, {"name": "scsi1", "size": 307712}]},
                      "101": {"name": "db", "status": "stopped", "lock": None, "disk_kib": 512},
@@ -217,15 +220,16 @@ def test_lxc_create_verify_restore_drill(pve):
 
     restored = run_cli("restore", "--target", "ct-200")
     assert restored.code == 0, restored.envelope
-    assert restored.envelope["result"]["vmid"] == 9001
+    assert restored.envelope["result"]["vmid"] == 9001 and "staged" not in restored.envelope["result"]
     assert state(root)["vms"]["9001"]["name"] == "proxy"
     assert tree(root / "ct" / "9001" / "rootfs") == tree(source, skip={"tmp/scratch"})
 
-    drill = run_cli("drill", "--target", "ct-200")
+    drill = run_cli("drill", "--target", "ct-200", "--from", "nfs")
     assert drill.code == 0, drill.envelope
     entry = drill.envelope["result"]["drills"][0]
-    assert entry["scratch_vmid"] == 9002 and entry["passed"]
+    assert entry["store"] == "nfs" and entry["scratch_vmid"] == 9002 and entry["passed"]
     assert "9002" not in state(root)["vms"] and not (root / "ct" / "9002").exists()
+    assert not list((root / "storage-local" / "dump").glob("bak-restore-*"))
 
 
 def test_lxc_truncated_and_corrupted_copies_are_caught(pve):
@@ -247,6 +251,93 @@ def test_lxc_truncated_and_corrupted_copies_are_caught(pve):
         bad = [r for r in result.envelope["result"]["checked"] if not r["ok"]]
         assert [(r["store"], r["format"]) for r in bad] == [("nfs", "failed")], label
         assert message in result.envelope["errors"][0]["message"], (label, result.envelope["errors"])
+
+
+# --- restore from a copy ---------------------------------------------------------------------------
+def test_restore_and_drill_from_the_copy_when_the_proxmox_archive_is_gone(pve):
+    root, nfs = pve
+    created = run_cli("create", "--target", "vm-100").envelope["result"]["targets"][0]
+    name, dump = created["name"], root / "storage-local" / "dump"
+    for path in dump.glob(name.split(".")[0] + "*"):
+        path.unlink()  # the Proxmox storage lost the archive; only the NFS copy is left
+    assert {b["store"] for b in run_cli("list", "--vmid", "100").envelope["result"]["backups"]} == {"nfs"}
+
+    restored = run_cli("restore", "--target", "vm-100", "--from", "nfs")
+    assert restored.code == 0, restored.envelope
+    result, staged = restored.envelope["result"], restored.envelope["result"]["staged"]
+    assert result["vmid"] == 9001 and result["store"] == "nfs"
+    assert staged["storage"] == "local" and staged["path"].startswith(f"{dump}/bak-restore-vm-100.")
+    assert staged["sha256"] == created["sha256"] and staged["bytes"] == (nfs / name).stat().st_size and staged["removed"]
+    assert f"qmrestore {staged['path']} 9001 --unique 1" in (root / "calls.log").read_text()
+    assert not list(dump.glob("bak-restore-*"))
+    for disk in (0, 1):  # the restored disks hold the bytes the VM's disks held
+        assert filecmp.cmp(root / "images" / f"vm-100-disk-{disk}.raw", root / "images" / f"vm-9001-disk-{disk}.raw",
+                           shallow=False)
+
+    drill = run_cli("drill", "--target", "vm-100")  # the newest backup is the copy now
+    assert drill.code == 0, drill.envelope
+    entry = drill.envelope["result"]["drills"][0]
+    assert entry["store"] == "nfs" and entry["scratch_vmid"] == 9002 and entry["passed"]
+    assert "9002" not in state(root)["vms"] and not list(dump.glob("bak-restore-*"))
+    assert not list((root / "images").glob("vm-9002-*"))
+
+
+def set_storages(root, **storages):
+    current = state(root)
+    current["storages"].update(storages)
+    (root / "state.json").write_text(json.dumps(current))
+
+
+def used_kib(folder):
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) // 1024
+
+
+def test_restore_from_a_copy_stages_where_there_is_room_or_refuses(pve):
+    root, nfs = pve
+    name = run_cli("create", "--target", "vm-101").envelope["result"]["targets"][0]["name"]
+    size_kib = (nfs / name).stat().st_size // 1024
+    stale = root / "storage-local" / "dump" / "bak-restore-vm-101.AbCd1234"
+    stale.mkdir()
+    (stale / name).write_bytes(b"what a killed restore left")
+    tight = {"type": "dir", "path": str(root / "storage-local"), "total_kib": used_kib(root / "storage-local") + size_kib // 2}
+    (root / "storage-nas" / "dump").mkdir(parents=True)  # PVE makes dump/ when it activates the storage
+    set_storages(root, local=tight, nas={"type": "nfs", "path": str(root / "storage-nas"), "total_kib": size_kib // 2})
+
+    refused = run_cli("restore", "--target", "vm-101", "--from", "nfs")
+    assert refused.code == 3 and refused.envelope["errors"][0]["code"] == "no_space", refused.envelope
+    assert "local:" in refused.envelope["errors"][0]["message"] and "nas:" in refused.envelope["errors"][0]["message"]
+    assert "qmrestore" not in (root / "calls.log").read_text() and "9001" not in state(root)["vms"]
+    assert not stale.exists()  # leftovers of a killed restore of this target are removed first
+
+    set_storages(root, nas={"type": "nfs", "path": str(root / "storage-nas"), "total_kib": 10**6})
+    restored = run_cli("restore", "--target", "vm-101", "--from", "nfs")
+    assert restored.code == 0, restored.envelope
+    staged = restored.envelope["result"]["staged"]
+    assert staged["storage"] == "nas" and staged["path"].startswith(f"{root}/storage-nas/dump/bak-restore-vm-101.")
+    assert staged["removed"] and not list((root / "storage-nas" / "dump").glob("bak-restore-*"))
+
+
+def test_restore_from_a_bad_copy_restores_nothing_and_leaves_nothing(pve):
+    root, nfs = pve
+    name = run_cli("create", "--target", "vm-101").envelope["result"]["targets"][0]["name"]
+    good = (nfs / name).read_bytes()
+    dump = root / "storage-local" / "dump"
+
+    replace_copy(nfs, name, good[:1000] + bytes([good[1000] ^ 1]) + good[1001:], sidecar=False)
+    corrupt = run_cli("restore", "--target", "vm-101", "--from", "nfs")
+    assert corrupt.code == 1 and corrupt.envelope["errors"][0]["code"] == "copy_corrupt", corrupt.envelope
+    assert "qmrestore" not in (root / "calls.log").read_text()
+
+    raw = decompress(good)
+    replace_copy(nfs, name, compress(raw[:len(raw) - 4096]))  # its sidecar matches; the VMA inside is cut
+    failed = run_cli("restore", "--target", "vm-101", "--from", "nfs")
+    assert failed.code == 1 and "command 'vma extract' failed" in failed.envelope["errors"][0]["message"], failed.envelope
+    assert "qmrestore" in (root / "calls.log").read_text()
+
+    (nfs / f"{name}.sha256").unlink()
+    unchecked = run_cli("restore", "--target", "vm-101", "--from", "nfs")
+    assert unchecked.code == 3 and unchecked.envelope["errors"][0]["code"] == "no_checksum"
+    assert not list(dump.glob("bak-restore-*")) and set(state(root)["vms"]) == {"100", "101", "102", "200", "9000"}
 
 
 # --- parsing the reference's exact output -----------------------------------------------------
@@ -301,6 +392,41 @@ def test_guest_lists_and_argv():
     assert vzdump.host_test_argv("x.vma.zst", "/d/x.vma.zst") == ["zstd", "-t", "-q", "/d/x.vma.zst"]
     assert vzdump.host_test_argv("x.tar.gz", "/d/x.tar.gz") == ["gzip", "-t", "/d/x.tar.gz"]
     assert vzdump.host_test_argv("x.vma", "/d/x.vma") is None
+    assert vzdump.stage_argv("/var/lib/vz/dump/bak-restore-vm-1.x/a b") == [
+        "dd", "of=/var/lib/vz/dump/bak-restore-vm-1.x/a b", "bs=1M"]
+    assert vzdump.parse_dd_bytes("0+9 records in\n0+9 records out\n307200 bytes (307 kB, 300 KiB) copied, 0.01 s, 30 MB/s\n") == 307200
+    assert vzdump.parse_dd_bytes("0+0 records in\n0+0 records out\n0 bytes copied, 0.0001 s, 0.0 kB/s\n") == 0
+    assert vzdump.parse_dd_bytes("dd: error writing 'x': No space left on device\n") is None
+    assert vzdump.stale_stages_argv(["/a/dump", "/b/dump"], "vm-100") == [
+        "find", "/a/dump", "/b/dump", "-maxdepth", "1", "-type", "d", "-name", "bak-restore-vm-100.*",
+        "-print", "-exec", "rm", "-rf", "--", "{}", "+"]
+
+
+def test_a_read_error_in_the_feeding_thread_ends_the_stream_and_is_kept():
+    class DroppedCopy:
+        chunks = [b"first chunk"]
+
+        def read(self, size):
+            if self.chunks:
+                return self.chunks.pop()
+            raise OSError("Socket is closed")
+
+    reader = vzdump.FeederReader(DroppedCopy())
+    assert reader.read() == b"first chunk" and reader.read() == b""  # the remote dd sees end of input
+    assert isinstance(reader.error, OSError) and reader.size == len(b"first chunk")
+
+
+def test_staging_prefers_the_targets_storage_then_the_most_free():
+    status = parse_pvesm_status(
+        "Name             Type     Status           Total (KiB)      Used (KiB) Available (KiB)        %\n"
+        "local             dir     active             1000             900             100   90.00%\n"
+        "local-lvm     lvmthin     active           100000               0          100000    0.00%\n"
+        "nas               nfs     active            10000            5000            5000   50.00%\n"
+        "old               dir     disabled              0               0               0      N/A\n"
+        "pbs               pbs     active           100000               0          100000    0.00%\n"
+        "usb               dir     active            10000            1000            9000   10.00%\n")
+    assert vzdump.staging_candidates(status, "local") == [("local", 100 * 1024), ("usb", 9000 * 1024), ("nas", 5000 * 1024)]
+    assert vzdump.staging_candidates(status, "nas")[0] == ("nas", 5000 * 1024)
 
 
 def test_doctor_finds_the_locked_vm_and_says_how_to_fix_it(pve):

@@ -1,24 +1,30 @@
 """Proxmox VMs and containers: vzdump on the PVE host, copies streamed to other destinations,
-VMA and container-tar verification, restore to a new VMID, restore drills."""
+VMA and container-tar verification, restore to a new VMID (from the Proxmox storage or straight
+from a copy), restore drills."""
 
 from __future__ import annotations
 
+import posixpath
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from bak.catalog import Backup, folder_of, scan
 from bak.config import Target
-from bak.errors import BadInput, CommandFailed, NoSpace, Refused, VerifyFailed
+from bak.errors import BadInput, BakError, CommandFailed, NoSpace, Refused, TransportError, VerifyFailed
 from bak.journal import Operation
 from bak.methods.base import Context, Method
-from bak.run.base import CHUNK
+from bak.run.base import CHUNK, Runner
 from bak.stores import Store
 from bak.stores.fanout import FanOut
+from bak.stores.proxmox import parse_pvesm_status
 from bak.verify import HashingReader, recorded_sha256
 
 DEFAULT_RESTORE_RANGE = (9000, 9999)
+# Storage types whose backups are files in a dump/ folder (PBS keeps its own chunk store).
+FILE_STORAGE_TYPES = ("dir", "nfs", "cifs", "cephfs", "glusterfs", "btrfs")
 
 
 # --- argv builders and parsers (pure) --------------------------------------------------------
@@ -82,6 +88,31 @@ def host_test_argv(name: str, path: str) -> list[str] | None:
     if name.endswith(".gz"):
         return ["gzip", "-t", path]
     return None
+
+
+def staging_candidates(status: dict[str, dict], preferred: str) -> list[tuple[str, int]]:
+    """(storage, free bytes) of the active file storages for backups: the target's own first, then most free."""
+    rows = [(name, row["available"]) for name, row in status.items()
+            if row["status"] == "active" and row["type"] in FILE_STORAGE_TYPES]
+    return sorted(rows, key=lambda row: (row[0] != preferred, -row[1]))
+
+
+def stage_argv(path: str) -> list[str]:
+    """Writes stdin to `path` on the PVE host; GNU dd reports on stderr how many bytes it wrote."""
+    return ["dd", f"of={path}", "bs=1M"]
+
+
+def parse_dd_bytes(stderr: str) -> int | None:
+    """`N bytes (...) copied, ...` (GNU dd's summary): the bytes written."""
+    match = re.search(r"^(\d+) bytes?\b.*copied", stderr, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def stale_stages_argv(folders: list[str], target: str) -> list[str]:
+    """Removes what a killed restore of `target` left in the dump folders (run under the target's lock)
+    and prints what it removed."""
+    return ["find", *folders, "-maxdepth", "1", "-type", "d", "-name", f"bak-restore-{target}.*",
+            "-print", "-exec", "rm", "-rf", "--", "{}", "+"]
 
 
 def parse_guest_list(text: str) -> dict[int, dict]:
@@ -199,9 +230,7 @@ class Vzdump(Method):
 
     def restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
                 force: bool, options: dict) -> dict:
-        if store.kind != "proxmox":
-            raise BadInput(f"restore reads archives from the Proxmox storage; {store.name} holds a copy",
-                           where="--from", hint="Restore --from the proxmox destination, or copy the archive there first.")
+        """From the Proxmox storage by volume ID; from a copy, through a staged file on the PVE host."""
         runner = ctx.hosts.runner(target.host)
         guests = self._guests(runner)
         if into:
@@ -220,13 +249,75 @@ class Vzdump(Method):
         if exists and guests[vmid]["status"] == "running":
             raise Refused(f"VM {vmid} is running; bak never restores over a running guest", where="--into",
                           code="guest_running", hint=f"Stop it first (qm shutdown {vmid}), or restore to a new VMID.")
-        guest = guest_of(backup.name)
         started = time.monotonic()
-        runner.run(restore_argv(guest, store.volid(backup.name), vmid,
-                                storage=target.options.get("restore_storage"), force=exists),
-                   timeout=target.timeout.total_seconds())
-        return {"target": target.name, "backup": backup.name, "store": store.name, "vmid": vmid, "replaced": exists,
-                "duration_s": round(time.monotonic() - started, 3)}
+        result = {"target": target.name, "backup": backup.name, "store": store.name, "vmid": vmid, "replaced": exists}
+
+        def restore_from(archive: str) -> None:
+            runner.run(restore_argv(guest_of(backup.name), archive, vmid, storage=target.options.get("restore_storage"),
+                                    force=exists), timeout=target.timeout.total_seconds())
+
+        if store.kind == "proxmox":
+            restore_from(store.volid(backup.name))
+        else:
+            with self._staged(ctx, target, store, backup, runner) as staged:
+                result["staged"] = staged
+                restore_from(staged["path"])
+        result["duration_s"] = round(time.monotonic() - started, 3)
+        return result
+
+    @contextmanager
+    def _staged(self, ctx: Context, target: Target, store: Store, backup: Backup, runner: Runner) -> Iterator[dict]:
+        """The copy streamed into a dump folder on the PVE host (the PVE storage may be gone), its
+        sha256 computed as it streams and checked once every byte has arrived; the staged file is
+        removed afterwards, whatever happened."""
+        expected = recorded_sha256(store, backup)
+        if expected is None:
+            raise Refused(f"{backup.name} on {store.name} has no .sha256 sidecar: bak restores no bytes it cannot check",
+                          where=f"{store.name}:{backup.name}", code="no_checksum",
+                          hint="Restore from another copy, or check the file by hand and restore it with qmrestore/pct.")
+        storage, dump = self._staging_folder(target, backup, runner)
+        folder = runner.run(["mktemp", "-d", "-p", dump, f"bak-restore-{target.name}.XXXXXXXX"]).stdout_text.strip()
+        staged = {"storage": storage, "path": posixpath.join(folder, backup.name), "bytes": 0, "sha256": None,
+                  "transfer_s": 0.0, "removed": False}
+        try:
+            ctx.progress(f"{target.name}: streaming {backup.name} from {store.name} to {storage} on {target.host}")
+            started = time.monotonic()
+            with store.open_read(backup.folder, backup.name) as raw:
+                reader = FeederReader(raw)
+                written = runner.run(stage_argv(staged["path"]), stdin=reader)
+            if reader.error:
+                raise reader.error if isinstance(reader.error, BakError) else TransportError(
+                    f"reading {backup.name} from {store.name} failed: {reader.error}", where=store.name)
+            arrived = parse_dd_bytes(written.stderr_text)
+            staged.update(bytes=arrived, sha256=reader.hash.hexdigest(), transfer_s=round(time.monotonic() - started, 3))
+            if arrived != reader.size or staged["sha256"] != expected:
+                raise VerifyFailed(f"{backup.name} from {store.name}: {arrived} bytes arrived on {target.host} with "
+                                   f"sha256 {staged['sha256'][:16]}..., the sidecar says {expected[:16]}... "
+                                   f"({reader.size} bytes read); nothing restored", where=f"{store.name}:{backup.name}",
+                                   code="copy_corrupt", hint="Verify the copies (bak verify --all-backups) and restore from a good one.")
+            yield staged
+        finally:
+            try:
+                staged["removed"] = runner.run(["rm", "-rf", "--", folder], check=False).returncode == 0
+            except BakError:  # the connection is gone: the next restore of this target removes the folder
+                staged["removed"] = False
+            if not staged["removed"]:
+                ctx.warnings.append(f"could not remove the staged copy {folder} on {target.host}; remove it by hand")
+
+    def _staging_folder(self, target: Target, backup: Backup, runner: Runner) -> tuple[str, str]:
+        """(storage, dump folder) with room for the copy, checked before a byte moves; the target's storage first."""
+        status = ["pvesm", "status", "--content", "backup"]
+        candidates = staging_candidates(parse_pvesm_status(runner.run(status).stdout_text), target.options["storage"])
+        dumps = {name: posixpath.dirname(runner.run(["pvesm", "path", f"{name}:backup/{backup.name}"]).stdout_text.strip())
+                 for name, _ in candidates}
+        if dumps and runner.run(stale_stages_argv(list(dumps.values()), target.name), check=False).stdout_text.strip():
+            candidates = staging_candidates(parse_pvesm_status(runner.run(status).stdout_text), target.options["storage"])
+        roomy = [name for name, free in candidates if free >= backup.size and name in dumps]
+        if not roomy:
+            free = ", ".join(f"{name}: {free} bytes free" for name, free in candidates) or "no active file storage for backups"
+            raise NoSpace(f"no Proxmox storage on {target.host} has room for {backup.name} ({backup.size} bytes); {free}",
+                          where=target.host, hint="Free space on a backup storage (pvesm status; bak prune --dry-run), then run again.")
+        return roomy[0], dumps[roomy[0]]
 
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
         restored = self.restore(ctx, target, store, backup, into=None, force=False, options={})
@@ -247,6 +338,20 @@ class Vzdump(Method):
         return result
 
 
+class FeederReader(HashingReader):
+    """A HashingReader read by a runner's stdin-feeding thread: a read error ends the stream (the
+    remote process sees end of input) and is kept, to be raised in the caller's thread."""
+
+    error: BaseException | None = None
+
+    def read(self, n: int = CHUNK) -> bytes:
+        try:
+            return super().read(n)
+        except Exception as exc:
+            self.error = exc
+            return b""
+
+
 # --- archive formats ---------------------------------------------------------------------------
 class Decompressed:
     """The archive's bytes as vzdump wrote them before compressing (.zst, .gz or none); a
@@ -265,8 +370,7 @@ class Decompressed:
             self.tool, self.errors = "gzip", (gzip.BadGzipFile, EOFError, zlib.error)
             self.stream = gzip.GzipFile(fileobj=raw, mode="rb")
         elif name.endswith(".lzo"):
-            raise VerifyFailed("lzo archives cannot be decompressed by bak; set compress: zstd for new backups",
-                               code="unsupported_compression")
+            raise VerifyFailed("lzo archives cannot be decompressed by bak; set compress: zstd for new backups")
         else:
             self.tool, self.errors, self.stream = "read", (), raw
 
