@@ -14,13 +14,14 @@ import zstandard
 
 from bak.methods import vzdump
 from bak.stores.proxmox import parse_pvesm_status
-from conftest import REPO, _make_sshd, run_cli, write_config
+from conftest import REPO, _make_sshd, need, run_cli, write_config
 
 STANDINS = REPO / "tests" / "standins" / "pve"
 
 
 @pytest.fixture
 def pve(tmp_path, bak_home):
+    need("zstd", "tar", "dd")  # the stand-ins pipe through zstd and GNU tar; a restore from a copy stages with dd
     root = tmp_path / "pve"
     (root / "storage-local").mkdir(parents=True)
     state = {"node": "pve", "header_style": "new",
