@@ -47,8 +47,13 @@ def pve(tmp_path, bak_home):
                                                 "restore_vmid_range": [9000, 9010]}} for vmid in (100, 101, 102)] +
                     [{"name": "ct-200", "method": "vzdump", "host": "pve", "destinations": ["pve-local", "nfs"],
                       "vzdump": {"vmid": 200, "guest": "lxc", "storage": "local", "restore_vmid_range": [9000, 9010]}}]})
-    yield root, tmp_path / "nfs" / "proxmox"
+    yield root, tmp_path / "nfs"
     server.stop()
+
+
+def copy_of(nfs, name):
+    """A file on the NFS destination, wherever bak's catalogue puts it under the destination's root."""
+    return next(nfs.rglob(name))
 
 
 def state(root):
@@ -64,8 +69,8 @@ def test_create_list_copy_verify_restore_drill(pve):
     assert name.startswith("vzdump-qemu-100-") and name.endswith(".vma.zst")
     assert [c["ok"] for c in entry["copies"]] == [True, True]
     archive = root / "storage-local" / "dump" / name
-    assert (nfs / name).read_bytes() == archive.read_bytes()
-    assert (nfs / f"{name}.sha256").read_text().split()[0] == entry["sha256"]
+    assert copy_of(nfs, name).read_bytes() == archive.read_bytes()
+    assert copy_of(nfs, f"{name}.sha256").read_text().split()[0] == entry["sha256"]
     assert (archive.parent / name.replace(".vma.zst", ".log")).read_text().splitlines()[-1].endswith(
         "INFO: Backup job finished successfully")
     assert state(root)["vms"]["100"]["lock"] is None
@@ -100,9 +105,9 @@ def test_create_list_copy_verify_restore_drill(pve):
 
 def replace_copy(nfs, name, data, sidecar=True):
     """Puts `data` in place of the copy; with `sidecar`, a .sha256 that matches it, so only the format check can object."""
-    (nfs / name).write_bytes(data)
+    copy_of(nfs, name).write_bytes(data)
     if sidecar:
-        (nfs / f"{name}.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
+        copy_of(nfs, f"{name}.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
 
 
 compress = zstandard.ZstdCompressor(write_checksum=True).compress
@@ -115,7 +120,7 @@ def decompress(data):
 def test_corrupt_copies_are_caught(pve):
     root, nfs = pve
     name = run_cli("create", "--target", "vm-100").envelope["result"]["targets"][0]["name"]
-    good = (nfs / name).read_bytes()
+    good = copy_of(nfs, name).read_bytes()
     raw = decompress(good)
     header_size = int.from_bytes(raw[56:60], "big")
     for label, data, message in [
@@ -133,7 +138,7 @@ def test_corrupt_copies_are_caught(pve):
         bad = [r for r in result.envelope["result"]["checked"] if not r["ok"]]
         assert [r["store"] for r in bad] == ["nfs"], label
         assert message in result.envelope["errors"][0]["message"], label
-    (nfs / name).write_bytes(good[: len(good) // 2])
+    copy_of(nfs, name).write_bytes(good[: len(good) // 2])
     truncated_file = run_cli("verify", "--target", "vm-100")
     assert truncated_file.code == 1 and truncated_file.envelope["result"]["checked"][-1]["format"] == "failed"
 
@@ -168,7 +173,7 @@ def test_prune_removes_with_pvesm_free(pve):
     frees = [line for line in (root / "calls.log").read_text().splitlines() if line.startswith("pvesm free")]
     assert len(frees) == 2
     assert len(list((root / "storage-local" / "dump").glob("*.vma.zst"))) == 1
-    assert len(list(nfs.glob("*.vma.zst"))) == 1
+    assert len(list(nfs.rglob("*.vma.zst"))) == 1
 
 
 # --- containers ---------------------------------------------------------------------------------
@@ -201,7 +206,7 @@ def test_lxc_create_verify_restore_drill(pve):
     source = root / "ct" / "200" / "rootfs"
 
     # Read back by Python's tarfile, not by bak: pct.conf first, every file's bytes, vzdump's excludes
-    with tarfile.open(fileobj=io.BytesIO(decompress((nfs / name).read_bytes()))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(decompress(copy_of(nfs, name).read_bytes()))) as tar:
         members = tar.getmembers()
         assert members[0].name == "./etc/vzdump/pct.conf"
         assert "hostname: proxy" in tar.extractfile(members[0]).read().decode()
@@ -236,7 +241,7 @@ def test_lxc_create_verify_restore_drill(pve):
 def test_lxc_truncated_and_corrupted_copies_are_caught(pve):
     root, nfs = pve
     name = run_cli("create", "--target", "ct-200").envelope["result"]["targets"][0]["name"]
-    good = (nfs / name).read_bytes()
+    good = copy_of(nfs, name).read_bytes()
     raw = decompress(good)
     offsets = [m.offset for m in tarfile.open(fileobj=io.BytesIO(raw))]
     middle = len(good) // 2
@@ -268,7 +273,7 @@ def test_restore_and_drill_from_the_copy_when_the_proxmox_archive_is_gone(pve):
     result, staged = restored.envelope["result"], restored.envelope["result"]["staged"]
     assert result["vmid"] == 9001 and result["store"] == "nfs"
     assert staged["storage"] == "local" and staged["path"].startswith(f"{dump}/bak-restore-vm-100.")
-    assert staged["sha256"] == created["sha256"] and staged["bytes"] == (nfs / name).stat().st_size and staged["removed"]
+    assert staged["sha256"] == created["sha256"] and staged["bytes"] == copy_of(nfs, name).stat().st_size and staged["removed"]
     assert f"qmrestore {staged['path']} 9001 --unique 1" in (root / "calls.log").read_text()
     assert not list(dump.glob("bak-restore-*"))
     for disk in (0, 1):  # the restored disks hold the bytes the VM's disks held
@@ -296,7 +301,7 @@ def used_kib(folder):
 def test_restore_from_a_copy_stages_where_there_is_room_or_refuses(pve):
     root, nfs = pve
     name = run_cli("create", "--target", "vm-101").envelope["result"]["targets"][0]["name"]
-    size_kib = (nfs / name).stat().st_size // 1024
+    size_kib = copy_of(nfs, name).stat().st_size // 1024
     stale = root / "storage-local" / "dump" / "bak-restore-vm-101.AbCd1234"
     stale.mkdir()
     (stale / name).write_bytes(b"what a killed restore left")
@@ -321,7 +326,7 @@ def test_restore_from_a_copy_stages_where_there_is_room_or_refuses(pve):
 def test_restore_from_a_bad_copy_restores_nothing_and_leaves_nothing(pve):
     root, nfs = pve
     name = run_cli("create", "--target", "vm-101").envelope["result"]["targets"][0]["name"]
-    good = (nfs / name).read_bytes()
+    good = copy_of(nfs, name).read_bytes()
     dump = root / "storage-local" / "dump"
 
     replace_copy(nfs, name, good[:1000] + bytes([good[1000] ^ 1]) + good[1001:], sidecar=False)
@@ -335,7 +340,7 @@ def test_restore_from_a_bad_copy_restores_nothing_and_leaves_nothing(pve):
     assert failed.code == 1 and "command 'vma extract' failed" in failed.envelope["errors"][0]["message"], failed.envelope
     assert "qmrestore" in (root / "calls.log").read_text()
 
-    (nfs / f"{name}.sha256").unlink()
+    copy_of(nfs, f"{name}.sha256").unlink()
     unchecked = run_cli("restore", "--target", "vm-101", "--from", "nfs")
     assert unchecked.code == 3 and unchecked.envelope["errors"][0]["code"] == "no_checksum"
     assert not list(dump.glob("bak-restore-*")) and set(state(root)["vms"]) == {"100", "101", "102", "200", "9000"}
