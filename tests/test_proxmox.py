@@ -11,6 +11,7 @@ import time
 
 import pytest
 import zstandard
+from dissect.archive.vma import VMA  # another project's VMA reader: what the stand-in writes, Proxmox would write
 
 from bak.methods import vzdump
 from bak.stores.proxmox import parse_pvesm_status
@@ -74,6 +75,10 @@ def test_create_list_copy_verify_restore_drill(pve):
     assert (archive.parent / name.replace(".vma.zst", ".log")).read_text().splitlines()[-1].endswith(
         "INFO: Backup job finished successfully")
     assert state(root)["vms"]["100"]["lock"] is None
+    written = VMA(io.BytesIO(decompress(archive.read_bytes())))
+    assert b"name: web" in written.config("qemu-server.conf")
+    assert [(d.name, d.open().read()) for d in written.devices()] == [
+        (f"drive-scsi{i}", (root / "images" / f"vm-100-disk-{i}.raw").read_bytes()) for i in (0, 1)]
 
     listed = run_cli("list", "--vmid", "100").envelope["result"]["backups"]
     assert {(b["store"], b["name"]) for b in listed} == {("pve-local", name), ("nfs", name)}

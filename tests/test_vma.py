@@ -11,6 +11,7 @@ import time
 import tracemalloc
 
 import pytest
+from dissect.archive.vma import VMA  # an independent reader: the stand-in and bak cannot share a mistake
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,8 +57,6 @@ def two_disks(tmp_path_factory):
 # --- the stand-in against an independent reader ------------------------------------------------
 @pytest.mark.parametrize("sizes", [[1 << 20], [4 << 20, 307712], [65536 * 58], [65536 * 58 + 4096, 512 * 3]])
 def test_dissect_reads_every_standin_archive_and_the_bytes_match(tmp_path, sizes):
-    from dissect.archive.vma import VMA
-
     archive, images = build(tmp_path, sizes)
     reader = VMA(io.BytesIO(archive))  # checks the header md5
     assert reader.config("qemu-server.conf") == CONFIG[0][1]
