@@ -196,13 +196,14 @@ def restore(config: Config, target: Target, *, name: str | None, store_name: str
         return outcome
 
 
-def drill(config: Config, targets: list[Target]) -> Outcome:
+def drill(config: Config, targets: list[Target], store_name: str | None = None) -> Outcome:
+    """`store_name` drills the newest backup on that destination (a copy, in a disaster exercise)."""
     outcome = Outcome({"drills": []})
     with Session(config) as session:
         for target in targets:
             try:
                 method = method_for(target.method)
-                store, backup = pick(session, target, None, None)
+                store, backup = pick(session, target, None, store_name)
                 with target_lock(target.name, "drill"):
                     with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op:
                         result = method.drill(session.ctx, target, store, backup)

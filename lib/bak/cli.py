@@ -620,12 +620,13 @@ def demo_command(folder):
 
 @cli.command("drill", context_settings=CONTEXT)
 @target_options
+@click.option("--from", "store_name", help="Drill the newest backup on this destination (default: the newest anywhere).")
 @action("drill", human=_human_drill)
-def drill_command(targets, all_targets, config):
+def drill_command(targets, all_targets, store_name, config):
     """Restore drill for any target: restore the newest backup somewhere scratch, check it, remove it."""
     from bak import actions
 
-    return actions.drill(config, config.select(targets))
+    return actions.drill(config, config.select(targets), store_name)
 
 
 # --- schedule ------------------------------------------------------------------------------
