@@ -7,7 +7,7 @@ from datetime import datetime
 from bak import catalog
 from bak.catalog import Backup
 from bak.config import Config, Target
-from bak.errors import BadInput, BakError
+from bak.errors import BadInput, BakError, VerifyFailed
 from bak.journal import Journal
 from bak.locks import target_lock
 from bak.methods import Context, method_for
@@ -115,17 +115,6 @@ def backups_of(session: Session, target: Target, store_name: str | None = None) 
     return sorted(found, key=lambda pair: (pair[1].when, pair[1].name), reverse=True)
 
 
-def pick(session: Session, target: Target, name: str | None, store_name: str | None):
-    pairs = backups_of(session, target, store_name)
-    if name:
-        pairs = [p for p in pairs if p[1].name == name]
-    if not pairs:
-        what = f"backup {name!r}" if name else "any backup"
-        raise BadInput(f"no {what} of {target.name} found" + (f" on {store_name}" if store_name else ""),
-                       where=target.name, code="no_backup", hint="List them with: bak list --target " + target.name)
-    return pairs[0]
-
-
 def verify(config: Config, targets: list[Target], *, every: bool = False, names: tuple[str, ...] = (),
            progress=None) -> Outcome:
     """Files are checked in parallel (hashlib and the format checkers release the GIL)."""
@@ -178,20 +167,48 @@ def verify(config: Config, targets: list[Target], *, every: bool = False, names:
     return outcome
 
 
+def copies_of(session: Session, target: Target, name: str | None, store_name: str | None) -> list[tuple[object, Backup]]:
+    """The copies of the backup to restore (the newest, or `name`), in the order of the target's destinations."""
+    pairs = backups_of(session, target, store_name)
+    ahead = [p for p in pairs if p[1].in_future(session.ctx.now)]
+    pairs = [p for p in pairs if p[1].name == name] if name else [p for p in pairs if p not in ahead]
+    if not pairs:
+        what = f"backup {name!r}" if name else "backup"
+        raise BadInput(f"{target.name} has no {what}" + (f" on {store_name}" if store_name else ""),
+                       where=target.name, code="no_backup", hint="List them with: bak list --target " + target.name)
+    chosen = pairs[0][1].name
+    order = {dest: i for i, dest in enumerate(target.destinations)}
+    return sorted((p for p in pairs if p[1].name == chosen), key=lambda p: order.get(p[0].name, len(order)))
+
+
 def restore(config: Config, target: Target, *, name: str | None, store_name: str | None, into: str | None,
             force: bool, dry_run: bool, options: dict) -> Outcome:
+    """From the first copy that proves intact while it is read; a damaged copy is skipped (and said),
+    unless --from chose it. The dry run checks rights and what would be replaced, and refuses as the run would."""
     with Session(config) as session:
         method = method_for(target.method)
-        store, backup = pick(session, target, name, store_name)
+        candidates = copies_of(session, target, name, store_name)
+        store, backup = candidates[0]
         plan = {"target": target.name, "backup": backup.name, "store": store.name, "into": into, "force": force}
+        checks = method.check_restore(session.ctx, target, store, backup, into=into, force=force, options=options)
         if dry_run:
-            return Outcome({"dry_run": True, **plan})
+            return Outcome({"dry_run": True, **plan, **({"checks": checks} if checks else {})})
+        skipped = []
         with target_lock(target.name, "restore"):
-            with session.journal.operation("restore", target.name, plan) as op:
-                result = method.restore(session.ctx, target, store, backup, into=into, force=force, options=options)
-                op.bytes = backup.size
-                op.details.update(result)
-        outcome = Outcome({"dry_run": False, **result})
+            for store, backup in candidates:
+                plan.update(store=store.name)
+                try:
+                    with session.journal.operation("restore", target.name, dict(plan)) as op:
+                        result = method.restore(session.ctx, target, store, backup, into=into, force=force, options=options)
+                        op.bytes = backup.size
+                        op.details.update(result)
+                    break
+                except VerifyFailed as exc:
+                    if store_name or (store, backup) == candidates[-1]:
+                        raise
+                    skipped.append({"store": store.name, "reason": exc.message})
+                    session.ctx.warnings.append(f"skipped the copy on {store.name}: {exc.message}")
+        outcome = Outcome({"dry_run": False, **result, **({"skipped": skipped} if skipped else {})})
         outcome.warnings.extend(session.ctx.warnings)
         return outcome
 
@@ -201,9 +218,10 @@ def drill(config: Config, targets: list[Target], store_name: str | None = None) 
     outcome = Outcome({"drills": []})
     with Session(config) as session:
         for target in targets:
+            store = backup = None
             try:
                 method = method_for(target.method)
-                store, backup = pick(session, target, None, store_name)
+                store, backup = copies_of(session, target, None, store_name)[0]
                 with target_lock(target.name, "drill"):
                     with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op:
                         result = method.drill(session.ctx, target, store, backup)
@@ -211,8 +229,9 @@ def drill(config: Config, targets: list[Target], store_name: str | None = None) 
                         op.bytes = backup.size
                 outcome.result["drills"].append(result)
             except BakError as exc:
-                outcome.result["drills"].append(exc.details.get("result") or {"target": target.name, "passed": False,
-                                                                              "error": exc.message})
+                row = {"target": target.name, "backup": backup and backup.name, "store": store and store.name,
+                       "passed": False, **(exc.details.get("result") or {}), "error": exc.message}
+                outcome.result["drills"].append(row)
                 outcome.failed(exc)
         outcome.warnings.extend(session.ctx.warnings)
     return outcome
@@ -244,7 +263,8 @@ def listing(config: Config, targets: list[Target], filters: dict | None = None) 
                         continue
                     outcome.result["backups"].append({
                         "target": target.name, "method": target.method, "store": dest, "name": b.name,
-                        "when": b.when.isoformat(), "size": b.size, "checksum": b.has_checksum, "protected": b.protected,
+                        "when": b.when.isoformat(), "size": b.size, "added": b.added, "checksum": b.has_checksum,
+                        "protected": b.protected,
                         "sidecars": sorted(b.sidecars)})
                 outcome.result["partials"] += [{"target": target.name, "store": dest, "folder": p.folder, "name": p.name}
                                                for p in found.partials]

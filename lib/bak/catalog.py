@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from bak import naming
 from bak.config import Target
+from bak.errors import BakError
 from bak.stores import FOLDERS, Store
 from bak.stores.base import Entry
 
@@ -66,10 +67,23 @@ class Backup:
     when: datetime
     entry: Entry
     sidecars: list[str] = field(default_factory=list)
+    reader: Store | None = None          # where a snapshot folder's manifest is read from, for its sizes
+    _sizes: tuple[int, int | None] | None = None
 
     @property
     def size(self) -> int:
-        return self.entry.size
+        """The bytes a restore gives back: a file's length, a snapshot folder's files (not its folder entry)."""
+        return self._snapshot_sizes()[0] if self.entry.is_dir else self.entry.size
+
+    @property
+    def added(self) -> int | None:
+        """Bytes this backup added on its destination: a hard-linked snapshot shares the rest with the one before."""
+        return self._snapshot_sizes()[1] if self.entry.is_dir else self.entry.size
+
+    def _snapshot_sizes(self) -> tuple[int, int | None]:
+        if self._sizes is None:
+            self._sizes = snapshot_sizes(self.reader, self.folder, self.name)
+        return self._sizes
 
     @property
     def is_dir(self) -> bool:
@@ -230,9 +244,26 @@ def listing_from(target: Target, store: Store, indexes: dict[str, FolderIndex]) 
         # In a shared kind folder, folders that are not backups are the targets' own folders.
         foreign += [f"{folder}/{name}" for name in index.foreign if own or name not in index.folders]
     for backup in backups:
-        backup.target = target.name
+        backup.target, backup.reader = target.name, store
     backups.sort(key=lambda b: (b.when, b.name), reverse=True)
     return Listing(store.name, folder_of(target), backups, partials, foreign)
+
+
+def snapshot_sizes(store: Store | None, folder: str, name: str) -> tuple[int, int | None]:
+    """(size, added) from a snapshot's manifest: its header line, or (bak 0.1) the sum of its rows."""
+    if store is None:
+        return 0, None
+    from bak import manifest
+
+    try:
+        head = store.read_small(folder, name + naming.MANIFEST_SUFFIX, 4096).split(b"\n", 1)[0]
+        first = manifest.loads(head)
+        if first.version >= 2 and "size" in first.head:
+            return int(first.head["size"]), first.head.get("added")
+        whole = manifest.loads(store.read_small(folder, name + naming.MANIFEST_SUFFIX, 1 << 34))
+        return sum(int(r.get("size") or 0) for r in whole.files().values()), None
+    except (OSError, ValueError, TypeError, BakError):
+        return 0, None
 
 
 def scan(store: Store, target: Target) -> Listing:
@@ -249,5 +280,5 @@ def safety_copies(store: Store, target: Target) -> list[Backup]:
     index = index_folder(store.name, folder, store.list(folder))
     copies = [b for items in index.backups.values() for b in items]
     for copy in copies:
-        copy.target = target.name
+        copy.target, copy.reader = target.name, store
     return sorted(copies, key=lambda b: (b.when, b.name), reverse=True)

@@ -24,6 +24,7 @@ class Checks:
 
 def doctor(config: Config) -> Outcome:
     checks = Checks()
+    _journal(checks)
     with Hosts(config) as hosts:
         reachable = _ssh(config, hosts, checks)
         _tools(config, hosts, checks, reachable)
@@ -39,6 +40,36 @@ def doctor(config: Config) -> Outcome:
         elif row["level"] == "warn":
             outcome.warnings.append(text + (f" (fix: {row['fix']})" if row["fix"] else ""))
     return outcome
+
+
+def _journal(checks: Checks) -> None:
+    """The journal opens and passes SQLite's own check; a copy set aside earlier is pointed out."""
+    import sqlite3
+
+    from bak.journal import Journal
+    from bak.paths import state_dir
+
+    path = state_dir() / "journal.sqlite"
+    aside = sorted(p.name for p in path.parent.glob(path.name + ".damaged-*") if not p.name.endswith(("-wal", "-shm")))
+    try:
+        journal = Journal(path)
+    except BakError as exc:
+        checks.add("journal", str(path), "fail", exc.message, exc.hint)
+        return
+    try:
+        verdict = journal.db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        verdict = str(exc)
+    finally:
+        journal.close()
+    if verdict != "ok":
+        checks.add("journal", str(path), "fail", f"SQLite reports: {verdict}",
+                   f"Move {path} aside; bak starts a new journal (history stays in the old file).")
+    elif aside:
+        checks.add("journal", str(path), "warn", f"damaged journals kept aside: {', '.join(aside)}",
+                   f"Read them with sqlite3 if the history matters, then remove them from {path.parent}.")
+    else:
+        checks.add("journal", str(path), "ok", "readable, SQLite's quick_check passes")
 
 
 def _ssh(config: Config, hosts: Hosts, checks: Checks) -> set[str]:

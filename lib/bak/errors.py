@@ -65,6 +65,10 @@ class LockHeld(Refused):
     code = "lock_held"
 
 
+class JournalBusy(Refused):
+    code = "journal_busy"
+
+
 class HostKeyUnknown(Refused):
     code = "host_key_unknown"
 

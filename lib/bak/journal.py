@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from bak.errors import BakError
+from bak.errors import BakError, JournalBusy
 from bak.secrets import scrub, scrub_obj
 
 SCHEMA = """
@@ -34,6 +34,7 @@ CREATE INDEX IF NOT EXISTS operations_target ON operations(target, started_at);
 """
 
 ERROR_TAIL_CHARS = 4000
+HELD_WAIT_S = 10.0
 
 
 def utcnow() -> str:
@@ -54,16 +55,17 @@ class Operation:
 
 
 class Journal:
+    """One connection, one lock (parallel verifies journal from worker threads).
+
+    A damaged journal never stops a backup: it is set aside (`journal.sqlite.damaged-...`), a new one
+    is started, and the envelope says so. One held by another process is waited for HELD_WAIT_S, then
+    refused, naming who holds it.
+    """
+
     def __init__(self, path: Path):
         self.path = path
-        new = not path.exists()
-        # Parallel verifies journal from worker threads: one connection, one lock.
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
-        if new and os.name == "posix":
-            os.chmod(path, 0o600)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+        self.db = self._open_or_recover()
 
     @classmethod
     def default(cls) -> "Journal":
@@ -74,27 +76,82 @@ class Journal:
     def close(self) -> None:
         self.db.close()
 
-    def start(self, kind: str, target: str | None, details: dict | None = None) -> int:
-        with self._lock:
-            return self._start(kind, target, details)
+    def _open_or_recover(self) -> sqlite3.Connection:
+        try:
+            return self._open()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            self._set_aside(exc)
+            return self._open()
 
-    def _start(self, kind: str, target: str | None, details: dict | None) -> int:
-        cur = self.db.execute(
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder")
+        if path.exists() and path.stat().st_size == 0:
+            raise sqlite3.DatabaseError("the file is empty (bak never leaves a journal empty: its history was lost)")
+        new = not path.exists()
+        db = sqlite3.connect(path, timeout=HELD_WAIT_S, isolation_level=None, check_same_thread=False)
+        try:
+            if new and os.name == "posix":
+                os.chmod(path, 0o600)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+            db.execute("SELECT max(id) FROM operations").fetchone()
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            self._raise_if_held(exc)
+            raise
+        return db
+
+    def _raise_if_held(self, exc: sqlite3.DatabaseError) -> None:
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+            from bak.run.local import processes_holding
+
+            holders = processes_holding(str(self.path))
+            who = ", ".join(f"pid {pid} ({command[:80]})" for pid, command in holders) or "another process"
+            raise JournalBusy(f"the journal {self.path} is held by {who}; waited {HELD_WAIT_S:.0f}s", where=str(self.path),
+                              hint="Wait for that process to finish (or stop it), then run again.") from None
+
+    def _set_aside(self, exc: BaseException) -> None:
+        from bak.report import notice
+
+        aside = self.path.with_name(f"{self.path.name}.damaged-{datetime.now():%Y%m%d-%H%M%S}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(str(self.path) + suffix)
+            if part.exists() or part.is_symlink():
+                os.replace(part, Path(str(aside) + suffix))
+        notice(f"the journal {self.path} could not be read ({exc}); it was kept as {aside} and a new one was started: "
+               "earlier history is in that file")
+
+    def _run(self, work):
+        """work(db) under the lock; a journal found damaged midway is set aside and the work done on a new one."""
+        with self._lock:
+            try:
+                return work(self.db)
+            except sqlite3.DatabaseError as exc:
+                self._raise_if_held(exc)
+                self.db.close()
+                self._set_aside(exc)
+                self.db = self._open()
+                return work(self.db)
+
+    def start(self, kind: str, target: str | None, details: dict | None = None) -> int:
+        row = (kind, target, utcnow(), "running", json.dumps(scrub_obj(details or {}), default=str), os.getpid(),
+               socket.gethostname())
+        return self._run(lambda db: db.execute(
             "INSERT INTO operations(kind, target, started_at, status, details, pid, hostname) VALUES (?,?,?,?,?,?,?)",
-            (kind, target, utcnow(), "running", json.dumps(scrub_obj(details or {})), os.getpid(), socket.gethostname()))
-        return cur.lastrowid
+            row).lastrowid)
 
     def finish(self, op_id: int, status: str, *, bytes_: int | None = None, checksum: str | None = None,
                error_tail: str | None = None, details: dict | None = None) -> None:
         tail = scrub(error_tail)[-ERROR_TAIL_CHARS:] if error_tail else None
-        with self._lock:
-            self._finish(op_id, status, bytes_, checksum, tail, details)
 
-    def _finish(self, op_id, status, bytes_, checksum, tail, details) -> None:
-        if details is not None:
-            self.db.execute("UPDATE operations SET details=? WHERE id=?", (json.dumps(scrub_obj(details), default=str), op_id))
-        self.db.execute("UPDATE operations SET ended_at=?, status=?, bytes=?, checksum=?, error_tail=? WHERE id=?",
-                        (utcnow(), status, bytes_, checksum, tail, op_id))
+        def update(db):
+            if details is not None:
+                db.execute("UPDATE operations SET details=? WHERE id=?", (json.dumps(scrub_obj(details), default=str), op_id))
+            db.execute("UPDATE operations SET ended_at=?, status=?, bytes=?, checksum=?, error_tail=? WHERE id=?",
+                       (utcnow(), status, bytes_, checksum, tail, op_id))
+        self._run(update)
 
     @contextmanager
     def operation(self, kind: str, target: str | None, details: dict | None = None) -> Iterator[Operation]:
@@ -127,10 +184,9 @@ class Journal:
 
     def names_created(self, target: str) -> set[str]:
         """Every backup name a create of this target made (a failed one made nothing: its partial is resumed)."""
-        with self._lock:
-            rows = self.db.execute("SELECT json_extract(details, '$.name') FROM operations WHERE kind = 'create' "
-                                   "AND target = ? AND status IN ('ok', 'partial') AND json_valid(details)",
-                                   (target,)).fetchall()
+        rows = self._run(lambda db: db.execute(
+            "SELECT json_extract(details, '$.name') FROM operations WHERE kind = 'create' "
+            "AND target = ? AND status IN ('ok', 'partial') AND json_valid(details)", (target,)).fetchall())
         return {row[0] for row in rows if isinstance(row[0], str)}
 
     def latest(self, kind: str, status: str | None = None) -> dict[str, dict]:
@@ -141,16 +197,26 @@ class Journal:
         return {row["target"]: row for row in self._rows(sql, args)}
 
     def _rows(self, sql: str, args: list) -> list[dict]:
-        with self._lock:
-            cursor = self.db.execute(sql, args)
+        def read(db):
+            cursor = db.execute(sql, args)
             columns = [c[0] for c in cursor.description]
-            rows = [dict(zip(columns, values)) for values in cursor]
+            return [dict(zip(columns, values)) for values in cursor]
+        rows = self._run(read)
         host = socket.gethostname()
         for row in rows:
-            row["details"] = json.loads(row["details"]) if row["details"] else {}
+            row["details"] = _details(row["details"])
             if row["status"] == "running" and row["hostname"] == host and row["pid"] and not _alive(row["pid"]):
                 row["status"] = "interrupted"
         return rows
+
+
+def _details(text) -> dict:
+    """A row's details, whatever a damaged or hand-edited journal holds there."""
+    try:
+        value = json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        return {"unreadable": str(text)[:200]}
+    return value if isinstance(value, dict) else {"value": value}
 
 
 def _error_tail(exc: BaseException) -> str:

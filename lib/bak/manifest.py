@@ -138,8 +138,11 @@ class ListingReader:
         return b"\n".join(self.other).decode("utf-8", "replace")
 
 
-def header(created_at: datetime, algorithm: str, owners: bool) -> dict:
-    return {"bak_manifest": VERSION, "created_at": created_at.isoformat(), "checksum": algorithm, "owners": owners}
+def header(created_at: datetime, algorithm: str, owners: bool, rows: list[dict], added: int | None) -> dict:
+    """What a listing needs without reading the rows: the snapshot's time, sizes and checksum."""
+    files = [r for r in rows if r["type"] == "f"]
+    return {"bak_manifest": VERSION, "created_at": created_at.isoformat(), "checksum": algorithm, "owners": owners,
+            "files": len(files), "entries": len(rows), "size": sum(r["size"] for r in files), "added": added}
 
 
 def dumps(head: dict, rows: list[dict]) -> bytes:

@@ -34,7 +34,8 @@ class StorePlan:
             "store": self.listing.store,
             "folder": self.listing.folder,
             "decisions": [{"name": d.name, "when": d.when.isoformat(), "keep": d.keep, "reason": d.reason,
-                           "size": by_name[d.name].size, "sidecars": sorted(by_name[d.name].sidecars)}
+                           "size": by_name[d.name].size, "added": by_name[d.name].added,
+                           "sidecars": sorted(by_name[d.name].sidecars)}
                           for d in self.decisions],
             "stale_partials": [f"{p.folder}/{p.name}" for p in self.stale_partials],
             "foreign": self.listing.foreign,
@@ -113,7 +114,7 @@ def _prune_target(config, target, hosts, now, entry, dry_run, force, journal, sa
                 continue
             backup = store_plan.by_name[decision.name]
             entry["removed"] += 1
-            entry["removed_bytes"] += backup.size
+            entry["removed_bytes"] += backup.added or 0  # a hard-linked snapshot frees about what it added
             if not dry_run:
                 _remove(store_plan.store, backup, decision.reason, journal, target)
         if not dry_run:

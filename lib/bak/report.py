@@ -39,8 +39,18 @@ class Outcome:
         return max(self.worst_exit, EXIT_PROBLEMS if self.errors else EXIT_OK)
 
 
+_NOTICES: list[str] = []
+
+
+def notice(text: str) -> None:
+    """A warning found deep in the library (a journal set aside) for this command's envelope."""
+    _NOTICES.append(text)
+
+
 def envelope(command: str, started: datetime, duration_s: float, result: Any,
              warnings: list[str], errors: list[dict]) -> dict:
+    warnings = [*_NOTICES, *warnings]
+    _NOTICES.clear()
     return scrub_obj({
         "command": command,
         "ok": not errors,

@@ -27,10 +27,11 @@ def _scan_host(config: Config, hosts: Hosts, dest_names: list[str], targets_by_d
     """Everything one host can tell: usage and folder indexes of its destinations."""
     found = {}
     for name in dest_names:
-        row: dict = {"store": None, "indexes": {}, "usage": None, "error": None}
+        row: dict = {"store": None, "indexes": {}, "usage": None, "error": None, "exists": True}
         try:
             store = row["store"] = open_store(config.destinations[name], hosts)
             row["usage"] = store.usage()
+            row["exists"] = store.exists()
             folders = sorted({f for t in targets_by_dest[name] for f in catalog.folders_to_read(t, store)})
             for folder in folders:
                 row["indexes"][folder] = catalog.index_folder(name, folder, store.list(folder))
@@ -94,7 +95,7 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
         age = now - newest.when
         state = "OK" if age <= target.interval else ("LATE" if age <= 2 * target.interval else "STALE")
         entry["newest"] = {"name": newest.name, "when": newest.when.isoformat(), "age_h": round(age.total_seconds() / 3600, 2),
-                           "size": newest.size}
+                           "size": newest.size, "added": newest.added}
         previous = next((b for b in backups if b.when < newest.when), None)
         if previous is not None and previous.size:
             entry["size_change_pct"] = round(100.0 * (newest.size - previous.size) / previous.size, 1)
@@ -146,6 +147,8 @@ def destination_health(config: Config, name: str, scanned: dict) -> dict:
     usage = scanned["usage"]
     percent = round(usage.used_percent, 1)
     level = "critical" if percent >= CRITICAL_PERCENT else ("warn" if percent >= dest.warn_percent else "ok")
+    if not scanned["exists"]:
+        level = "missing"  # the usage shown would be its parent's: say so instead
     return {**row, "level": level, "total": usage.total, "free": usage.free, "used_percent": percent}
 
 
@@ -169,6 +172,9 @@ def status(config: Config, now: datetime | None = None) -> Outcome:
     for dest in destinations:
         if dest["level"] == "unreachable":
             outcome.problem("destination_unreachable", dest["error"], dest["destination"])
+        elif dest["level"] == "missing":
+            outcome.problem("destination_missing", f"{dest['destination']}: its folder does not exist", dest["destination"],
+                            "Check the path and that its disk or share is mounted; the first backup creates it.")
         elif dest["level"] != "ok":
             outcome.problem(f"destination_{dest['level']}", f"{dest['destination']} is {dest['used_percent']}% full",
                             dest["destination"], "Prune (bak prune --dry-run) or add space.")

@@ -40,6 +40,11 @@ class Method:
                 force: bool, options: dict) -> dict:
         raise NotImplementedError
 
+    def check_restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
+                      force: bool, options: dict) -> dict:
+        """What a restore would meet, checked without changing anything; raises what the restore would."""
+        return {}
+
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
         """Restore somewhere scratch, check what came back, remove it; raises VerifyFailed on a mismatch."""
         raise NotImplementedError

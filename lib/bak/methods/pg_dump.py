@@ -506,6 +506,6 @@ class PgDump(Method):
                 session.sql("DROP DATABASE IF EXISTS :\"db\" WITH (FORCE);", "postgres", {"db": scratch})
         result["passed"] = not failures
         if failures:
-            raise VerifyFailed(f"drill of {backup.name} failed: " + "; ".join(failures), where=target.name,
-                               code="drill_failed", details={"result": result})
+            raise VerifyFailed(f"drill of {backup.name} from {store.name} failed: " + "; ".join(failures),
+                               where=f"{store.name}:{backup.name}", code="drill_failed", details={"result": result})
         return result

@@ -314,16 +314,15 @@ class RsyncSnapshot(Method):
             stats = parse_stats(reader.text())
             rows = self._rows(ctx, store, folder, partial, previous, reader.items, algorithm)
             owners = _writes_owners(ctx, store)
-            data = manifest.dumps(manifest.header(started_at, algorithm, owners), rows)
+            head = manifest.header(started_at, algorithm, owners, rows, stats.get("transferred_size"))
+            data = manifest.dumps(head, rows)
             store.write_small(folder, name + MANIFEST, data, mtime=started_at.timestamp())
             try:
                 store.rename(folder, partial, name)
             except BaseException:
                 store.remove(folder, name + MANIFEST)
                 raise
-            copy.update(ok=True, files=sum(1 for r in rows if r["type"] == "f"),
-                        size=sum(r.get("size", 0) for r in rows if r["type"] == "f"),
-                        added_bytes=stats.get("transferred_size"), stats=stats)
+            copy.update(ok=True, files=head["files"], size=head["size"], added_bytes=head["added"], stats=stats)
         except (CommandFailed, TransportError, BadInput, Refused) as exc:
             copy["error"] = exc.to_error()
             if exc.code == "disk_full":
@@ -381,8 +380,8 @@ class RsyncSnapshot(Method):
             problems += [f"{len(v)} {k}: {', '.join(v[:5])}" for k, v in diff.items() if v]
         return passed(store, backup, result, problems)
 
-    def restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
-                force: bool, options: dict) -> dict:
+    def check_restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
+                      force: bool, options: dict) -> dict:
         original = self.source(target).rstrip("/")
         destination = (into or f"{original}.restored-{ctx.now:%Y%m%d_%H%M%S}").rstrip("/") or "/"
         runner = ctx.hosts.runner(target.host)
@@ -405,8 +404,37 @@ class RsyncSnapshot(Method):
         if exists and not force:
             raise Refused(f"{replaced} already exists; restore never overwrites", where="--into", code="would_overwrite",
                           hint="Omit --into to restore beside it, pick a new folder, or pass --force (after a safety snapshot).")
+        return {"path": destination, "replaces": replaced if exists else None}
+
+    def _check_copy(self, ctx: Context, store: Store, backup: Backup, single: str | None) -> None:
+        """The copy must match its manifest before anything is restored from it (the whole tree, or one file)."""
+        expected = read_manifest(store, backup.folder, backup.name)
+        if expected is None:
+            raise VerifyFailed(f"{backup.name} on {store.name} has no readable manifest", where=f"{store.name}:{backup.name}")
+        runner = ctx.hosts.runner(store.host_name)
+        root = store.path_of(backup.folder, backup.name)
+        if single is None:
+            _, diff = self._check_tree(runner, root, expected, _writes_owners(ctx, store))
+        else:
+            wanted = {single: expected.rows[single]} if single in expected.rows else {}
+            found = [i for i in tree_items(runner, root, expected.algorithm) if i.path == single]
+            diff = manifest.differences(manifest.Manifest(expected.head, wanted), found, owners=False)
+            diff["unexpected"] = []
+        if any(diff.values()):
+            first = next(f"{k}: {v[0]}" for k, v in diff.items() if v)
+            raise VerifyFailed(f"{backup.name} on {store.name} does not match its manifest ({first})",
+                               where=f"{store.name}:{backup.name}")
+
+    def restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
+                force: bool, options: dict) -> dict:
+        plan = self.check_restore(ctx, target, store, backup, into=into, force=force, options=options)
+        destination, exists = plan["path"], plan["replaces"] is not None
+        runner = ctx.hosts.runner(target.host)
+        single = options.get("file")
+        if not options.get("drill"):  # a drill restores first and compares after
+            self._check_copy(ctx, store, backup, single)
         safety = self._safety_copy(ctx, target, store, destination, single) if exists else None
-        source = snapshot + "/" + (single or "")
+        source = store.path_of(backup.folder, backup.name) + "/" + (single or "")
         parent = posixpath.join(destination, posixpath.dirname(single)) if single else destination
         runner_, src, dst, ssh, _ = transfer(ctx, store.host_name, source, target.host, parent + "/")
         runner.run(["mkdir", "-p", "--", parent])
@@ -451,7 +479,7 @@ class RsyncSnapshot(Method):
             if expected is None:
                 raise VerifyFailed(f"drill of {backup.name}: it has no readable manifest to check a restore against",
                                    where=f"{store.name}:{backup.name}", code="drill_failed", details={"result": result})
-            restored = self.restore(ctx, target, store, backup, into=tree, force=False, options={})
+            restored = self.restore(ctx, target, store, backup, into=tree, force=False, options={"drill": True})
             result["restore_duration_s"] = restored["duration_s"]
             _, diff = self._check_tree(runner, tree, expected, _is_root(runner))
             result["checks"].append({"check": f"{len(expected.rows)} entries match the manifest",

@@ -171,3 +171,21 @@ def _feed(pipe, source: bytes | BinaryIO) -> None:
             pipe.close()
         except BrokenPipeError:
             pass
+
+
+def processes_holding(path: str) -> list[tuple[int, str]]:
+    """(pid, command line) of local processes with `path` open (Linux /proc; elsewhere none known)."""
+    found = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if any(os.readlink(fd) == path for fd in (entry / "fd").iterdir()):
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    "utf-8", "replace").strip()))
+        except OSError:
+            continue
+    return found

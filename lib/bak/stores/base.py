@@ -121,6 +121,10 @@ class Store:
     def usage(self) -> Usage:
         raise NotImplementedError
 
+    def exists(self) -> bool:
+        """Whether the destination's own folder is there (a missing one: an NFS share not mounted?)."""
+        return True
+
     def require_space(self, needed: int) -> None:
         free = self.usage().free
         if free < needed:

@@ -210,6 +210,9 @@ class LocalStore(Store):
         else:
             path.unlink(missing_ok=True)
 
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
     def usage(self) -> Usage:
         probe = self.root
         while not probe.exists() and probe != probe.parent:

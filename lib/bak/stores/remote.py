@@ -190,6 +190,12 @@ class RemoteStore(Store):
     def remove(self, folder: str, name: str) -> None:
         self.runner.run(["rm", "-rf", "--", posixpath.join(self._dir(folder), name)])
 
+    def exists(self) -> bool:
+        try:
+            return stat.S_ISDIR(self.runner.sftp().stat(self.root).st_mode or 0)
+        except FileNotFoundError:
+            return False
+
     def usage(self) -> Usage:
         probe = self.root
         out = self.runner.run(["df", "-Pk", "--", probe], check=False)

@@ -221,6 +221,9 @@ class ResticStore(Store):
             if snapshot["folder"] == folder and snapshot["name"] == wanted and snapshot["complete"] != partial:
                 self.forget(snapshot["id"])
 
+    def exists(self) -> bool:
+        return Path(self.repository).is_dir()
+
     def usage(self) -> Usage:
         probe = Path(self.repository)
         while not probe.exists() and probe != probe.parent:
