@@ -70,8 +70,13 @@ def _age_text(delta: timedelta) -> str:
     return f"{hours / 24:.1f}d" if hours >= 48 else f"{hours:.1f}h"
 
 
-def _when(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
+def _when(text) -> datetime | None:
+    """A journal time (UTC ISO as bak writes it); None for anything else a damaged journal may hold."""
+    try:
+        value = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def target_health(config: Config, target: Target, scanned: dict, journal: dict, now: datetime) -> dict:
@@ -101,7 +106,7 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
             entry["size_change_pct"] = round(100.0 * (newest.size - previous.size) / previous.size, 1)
     if last_create and last_create["status"] in FAILED:
         started = _when(last_create["started_at"])
-        if newest is None or started.astimezone().replace(tzinfo=None) > newest.when:
+        if newest is None or started is None or started.astimezone().replace(tzinfo=None) > newest.when:
             state = "FAILING"
             problems.append(f"last backup {last_create['status']}: {first_line(last_create['error_tail'])}")
     if state in ("LATE", "STALE"):
@@ -129,7 +134,8 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
     entry["last_drill"] = ({"at": drill["started_at"], "status": drill["status"],
                             "restore_s": (drill["details"] or {}).get("restore_duration_s")} if drill else None)
     good_drill = journal["drill_ok"].get(target.name)
-    entry["drill_overdue"] = not good_drill or utc_now - _when(good_drill["started_at"]) > DRILL_EVERY
+    drilled_at = _when(good_drill["started_at"]) if good_drill else None
+    entry["drill_overdue"] = drilled_at is None or utc_now - drilled_at > DRILL_EVERY
     if entry["drill_overdue"] and newest is not None:
         problems.append("no successful restore drill in 31 days" if good_drill else "never test-restored")
     entry["partials"] = [{"store": l.store, "name": p.name} for l in listings for p in l.partials]

@@ -6,7 +6,7 @@ import hashlib
 from typing import BinaryIO
 
 from bak.catalog import Backup
-from bak.errors import CommandFailed, VerifyFailed
+from bak.errors import BakError, CommandFailed, VerifyFailed
 from bak.run.base import CHUNK, Runner
 from bak.stores import Store
 
@@ -41,21 +41,28 @@ def recorded_sha256(store: Store, backup: Backup) -> str | None:
 def check_file(store: Store, backup: Backup, runner: Runner | None = None, checker: list[str] | None = None) -> dict:
     """sha256 against the sidecar, and `checker` (an argv reading the file on stdin), in one read."""
     expected = recorded_sha256(store, backup)
-    checker_error = None
+    checker_error = read_error = None
     with store.open_read(backup.folder, backup.name) as raw:
         reader = HashingReader(raw)
-        if checker:
-            try:
-                runner.run(checker, stdin=reader)
-            except CommandFailed as exc:
-                checker_error = exc.stderr_tail.strip().splitlines()[-1] if exc.stderr_tail.strip() else exc.message
-        reader.drain()  # a checker that stops early must not leave the hash short
+        try:
+            if checker:
+                try:
+                    runner.run(checker, stdin=reader)
+                except CommandFailed as exc:
+                    checker_error = exc.stderr_tail.strip().splitlines()[-1] if exc.stderr_tail.strip() else exc.message
+            reader.drain()  # a checker that stops early must not leave the hash short
+        except (BakError, OSError) as exc:  # the copy itself could not be read to its end
+            read_error = getattr(exc, "message", None) or str(exc)
     actual = reader.hash.hexdigest()
     result = {"store": store.name, "name": backup.name, "size": reader.size, "sha256": actual,
               "checksum": "missing" if expected is None else ("ok" if expected == actual else "mismatch"),
               "format": None if not checker else ("ok" if checker_error is None else "failed")}
     problems = []
-    if expected is None:
+    if read_error:
+        problems.append(f"could not be read: {read_error}")
+        checker_error = None  # the checker only saw the stream break off
+        result.update(checksum="unreadable", format=None)
+    elif expected is None:
         problems.append("no .sha256 sidecar")
     elif expected != actual:
         problems.append(f"sha256 mismatch: sidecar says {expected[:16]}..., file is {actual[:16]}...")

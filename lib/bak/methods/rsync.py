@@ -297,10 +297,7 @@ class RsyncSnapshot(Method):
         copy = {"store": store.name, "location": store.location(folder, name), "ok": False, "error": None,
                 "name": name, "resumed": resumed, "link_dest": previous.name if previous else None}
         try:
-            if store.host_name == LOCAL:
-                Path(store.path_of(folder)).mkdir(parents=True, exist_ok=True, mode=0o700)
-            else:
-                store.makedirs(store.path_of(folder))
+            store.make_folder(folder)
             runner, src, dst, ssh, far = transfer(ctx, source_host, source, store.host_name, store.path_of(folder, partial) + "/")
             algorithm = algorithm_for(ctx, runner.host_name, far)
             options = target.options
@@ -323,7 +320,7 @@ class RsyncSnapshot(Method):
                 store.remove(folder, name + MANIFEST)
                 raise
             copy.update(ok=True, files=head["files"], size=head["size"], added_bytes=head["added"], stats=stats)
-        except (CommandFailed, TransportError, BadInput, Refused) as exc:
+        except BakError as exc:
             copy["error"] = exc.to_error()
             if exc.code == "disk_full":
                 store.remove(folder, partial)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import shlex
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
@@ -74,6 +75,43 @@ def guardian_argv(size: int) -> list[str]:
 def ere_escape(text: str) -> str:
     """`text` as a POSIX extended regular expression matching itself (for pgrep -f)."""
     return "".join("\\" + c if c in ".[]()*+?{}|^$\\" else c for c in text)
+
+
+class Feeder(threading.Thread):
+    """Streams a command's stdin from `source` on its own thread. The command ending early (a closed pipe)
+    is normal; the source failing (a restic dump that breaks off) is kept and raised where the command ran,
+    never printed as a thread's traceback."""
+
+    def __init__(self, source: bytes | BinaryIO, write: Callable[[bytes], None], close: Callable[[], None]):
+        super().__init__(daemon=True)
+        self.source, self.write, self.close = source, write, close
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            if isinstance(self.source, bytes):
+                self.write(self.source)
+                return
+            while True:
+                try:
+                    chunk = self.source.read(CHUNK)
+                except BaseException as exc:  # raised again by raise_failure, in the caller's thread
+                    self.error = exc
+                    return
+                if not chunk:
+                    return
+                self.write(chunk)
+        except (OSError, EOFError):
+            pass  # the command stopped reading
+        finally:
+            try:
+                self.close()
+            except (OSError, EOFError):
+                pass
+
+    def raise_failure(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def tail_text(data: bytes, lines: int = 20) -> str:

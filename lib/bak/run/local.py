@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from bak.errors import CommandFailed, ToolMissing
-from bak.run.base import CHUNK, Completed, Runner, Sink, StderrTail, guardian_argv
+from bak.run.base import CHUNK, Completed, Feeder, Runner, Sink, StderrTail, guardian_argv
 from bak.secrets import secret_env_names
 
 
@@ -56,8 +56,10 @@ class LocalRunner(Runner):
                               hint=f"Install {Path(argv[0]).name} (e.g. apt-get install ...) or set its folder in the config.") from None
         tail = StderrTail(on_stderr_line)
         threads = [threading.Thread(target=_drain, args=(proc.stderr, tail.feed), daemon=True)]
+        feeder = None
         if stdin is not None:
-            threads.append(threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True))
+            feeder = Feeder(stdin, lambda chunk: (proc.stdin.write(chunk), proc.stdin.flush()), proc.stdin.close)
+            threads.append(feeder)
         timed_out = threading.Event()
         timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill())) if timeout else None
         for thread in threads:
@@ -77,6 +79,8 @@ class LocalRunner(Runner):
                 timer.cancel()
             for thread in threads:
                 thread.join()
+        if feeder:
+            feeder.raise_failure()
         completed = Completed(list(argv), returncode, b"".join(collected), tail.value())
         if timed_out.is_set():
             raise CommandFailed(f"{argv[0]} timed out after {timeout:.0f}s and was killed", returncode=returncode,
@@ -154,23 +158,6 @@ def _drain(stream, sink: Sink) -> None:
             break
         sink(chunk)
     stream.close()
-
-
-def _feed(pipe, source: bytes | BinaryIO) -> None:
-    try:
-        if isinstance(source, bytes):
-            pipe.write(source)
-        else:
-            while chunk := source.read(CHUNK):
-                pipe.write(chunk)
-                pipe.flush()  # a reader may be waiting for this chunk before we send the next
-    except BrokenPipeError:
-        pass
-    finally:
-        try:
-            pipe.close()
-        except BrokenPipeError:
-            pass
 
 
 def processes_holding(path: str) -> list[tuple[int, str]]:

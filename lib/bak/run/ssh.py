@@ -20,7 +20,7 @@ import paramiko
 
 from bak.config import Host
 from bak.errors import CommandFailed, HostKeyMismatch, HostKeyUnknown, Refused, ToolMissing, TransportError
-from bak.run.base import CHUNK, Completed, Runner, Sink, StderrTail, ere_escape, guardian_argv
+from bak.run.base import CHUNK, Completed, Feeder, Runner, Sink, StderrTail, ere_escape, guardian_argv
 
 # What a remote shell reports for a command it cannot find.
 _NOT_FOUND = 127
@@ -170,7 +170,7 @@ class SSHRunner(Runner):
         stderr_thread.start()
         feeder = None
         if stdin is not None:
-            feeder = threading.Thread(target=_feed_channel, args=(channel, stdin), daemon=True)
+            feeder = Feeder(stdin, channel.sendall, channel.shutdown_write)
             feeder.start()
         else:
             channel.shutdown_write()
@@ -196,6 +196,7 @@ class SSHRunner(Runner):
             stderr_thread.join()
             if feeder:
                 feeder.join()
+                feeder.raise_failure()
             returncode = channel.recv_exit_status() if transport.is_active() or channel.exit_status_ready() else -1
         finally:
             channel.close()
@@ -292,18 +293,6 @@ class ChannelFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _feed_channel(channel, source: bytes | BinaryIO) -> None:
-    try:
-        if isinstance(source, bytes):
-            channel.sendall(source)
-        else:
-            while chunk := source.read(CHUNK):
-                channel.sendall(chunk)
-        channel.shutdown_write()
-    except (OSError, EOFError):
-        pass
 
 
 def scan_host_key(host: Host) -> paramiko.PKey:

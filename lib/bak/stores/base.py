@@ -103,6 +103,10 @@ class Store:
     def writer(self, folder: str, name: str) -> ArtifactWriter:
         raise NotImplementedError
 
+    def make_folder(self, folder: str) -> None:
+        """The folder (and missing parents), private to its owner, for a tool (rsync) that writes into it."""
+        raise NotImplementedError
+
     def write_small(self, folder: str, name: str, data: bytes, mtime: float | None = None) -> None:
         """A sidecar, written atomically (partial, fsync, rename); `mtime` records a time beside a name
         that carries none (see catalog)."""

@@ -164,6 +164,13 @@ class LocalStore(Store):
             return [Entry(item.name, None, None, item.is_dir(follow_symlinks=False), item, item.is_symlink())
                     for item in it]
 
+    def make_folder(self, folder: str) -> None:
+        self._refuse_links(folder)
+        try:
+            ensure_private_dir(self._dir(folder))
+        except OSError as exc:
+            raise write_failure(exc, self.name, str(self._dir(folder))) from None
+
     def writer(self, folder: str, name: str) -> LocalWriter:
         self._refuse_links(folder)
         return LocalWriter(self, self._dir(folder), name)

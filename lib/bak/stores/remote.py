@@ -154,6 +154,13 @@ class RemoteStore(Store):
         return [Entry(a.filename, a.st_size or 0, float(a.st_mtime or 0), stat.S_ISDIR(a.st_mode or 0),
                       is_link=stat.S_ISLNK(a.st_mode or 0)) for a in attrs]
 
+    def make_folder(self, folder: str) -> None:
+        self._refuse_links(folder)
+        try:
+            self.makedirs(self._dir(folder))
+        except (OSError, EOFError) as exc:
+            raise _write_error(exc, self.name, self.location(folder)) from None
+
     def writer(self, folder: str, name: str) -> RemoteWriter:
         self._refuse_links(folder)
         return RemoteWriter(self, self._dir(folder), name)

@@ -38,12 +38,18 @@ class _Pipe:
     def close(self) -> None:
         self._queue.put(None)
 
+    def fail(self, exc: BaseException) -> None:
+        """The writer broke off: the reader gets this error instead of a quiet, short end."""
+        self._queue.put(exc)
+
     def read(self, n: int = -1) -> bytes:
         if self._done:
             return b""
         chunk = self._queue.get()
-        if chunk is None:
+        if chunk is None or isinstance(chunk, BaseException):
             self._done = True
+            if chunk is not None:
+                raise chunk
             return b""
         return chunk
 
@@ -53,6 +59,12 @@ class _Pipe:
     def __exit__(self, *exc) -> None:
         while not self._done and not self._queue.empty():
             self.read()
+
+
+def restic_message(exc: BakError) -> str:
+    """restic's own words for what failed (its last stderr lines), not just an exit status."""
+    lines = [line for line in (getattr(exc, "stderr_tail", "") or "").splitlines() if line.strip()]
+    return "; ".join(lines[-3:]) if lines else exc.message
 
 
 def backup_argv(folder: str, name: str) -> list[str]:
@@ -202,7 +214,11 @@ class ResticStore(Store):
         def dump() -> None:
             try:
                 self.run(["restic", "dump", snapshot["id"], f"/{folder}/{name}"], stdout=pipe.put)
-            finally:
+            except BakError as exc:
+                pipe.fail(WriteFailed(f"reading {folder}/{name} from restic repository {self.name} failed: "
+                                      f"{restic_message(exc)}", where=self.name, code="restic_read_failed",
+                                      hint="Check the repository: restic check --read-data"))
+            else:
                 pipe.close()
 
         threading.Thread(target=dump, daemon=True).start()
