@@ -4,7 +4,10 @@ the loopback SSH host, driven through the podman CLI and through the docker CLI.
 `docker` is the first one on PATH: Docker's own client when installed (it talks to podman's
 Docker-compatible API, `podman system service`, through DOCKER_HOST), else podman-docker's `docker`.
 The engine keeps everything in the session's temp folder (its own containers.conf and storage.conf,
-vfs storage, no network); its one image is a busybox-static rootfs imported offline.
+vfs storage, no network) but two things podman 4.3 as root does not let a config move: its image
+blob cache (/var/lib/containers/cache) and netavark's run folder (/run/containers/networks). Its
+one image is a busybox-static rootfs imported offline; containers, volumes and image are removed
+at the end.
 
 What a restore gave back is read with os.lstat and os.getxattr, what a tarball holds with Python's
 tarfile: neither is the GNU tar that wrote and extracted it. The stand-in `docker` (tests/standins)
@@ -115,7 +118,8 @@ network_config_dir = "{root}/networks"
         service.terminate()
         service.wait(timeout=30)
         found.podman("rm", "--all", "--force", "--time", "0", check=False)
-        found.podman("system", "reset", "--force", check=False)
+        found.podman("volume", "rm", "--all", "--force", check=False)
+        found.podman("rmi", "--all", "--force", check=False)  # not `system reset`: it writes to ~/.config/containers
         shutil.rmtree(root, ignore_errors=True)
 
 
