@@ -9,7 +9,7 @@ import time
 import pytest
 import xxhash
 
-from conftest import REPO, need, run_cli, write_config
+from conftest import need, run_cli, write_config
 
 
 def du_bytes(path):
