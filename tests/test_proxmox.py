@@ -1,27 +1,39 @@
-"""Proxmox VMs over real SSH against the stand-in PVE tools: create, list, copy, verify, restore, drill, prune."""
+"""Proxmox VMs and containers over real SSH against the stand-in PVE tools: create, list, copy,
+verify, restore (from the Proxmox storage or from a copy), drill, prune."""
 
+import filecmp
+import hashlib
+import io
 import json
+import os
+import tarfile
 import time
 
 import pytest
 import zstandard
+from dissect.archive.vma import VMA  # another project's VMA reader: what the stand-in writes, Proxmox would write
 
 from bak.methods import vzdump
 from bak.stores.proxmox import parse_pvesm_status
-from conftest import REPO, _make_sshd, run_cli, write_config
+from conftest import REPO, _make_sshd, need, run_cli, write_config
 
 STANDINS = REPO / "tests" / "standins" / "pve"
 
 
 @pytest.fixture
 def pve(tmp_path, bak_home):
+    need("zstd", "tar", "dd")  # the stand-ins pipe through zstd and GNU tar; a restore from a copy stages with dd
     root = tmp_path / "pve"
     (root / "storage-local").mkdir(parents=True)
     state = {"node": "pve", "header_style": "new",
-             "storages": {"local": {"type": "dir", "path": str(root / "storage-local"), "total_kib": 400000}},
-             "vms": {"100": {"name": "web", "status": "running", "lock": None, "disk_kib": 1024},
+             "storages": {"local": {"type": "dir", "path": str(root / "storage-local"), "total_kib": 400000},
+                          "local-lvm": {"type": "lvmthin", "path": str(root / "lvm"), "total_kib": 10**9,
+                                        "content": ["images", "rootdir"]}},
+             "vms": {"100": {"name": "web", "status": "running", "lock": None,
+                             "disks": [{"name": "scsi0", "size": 4 << 20}, {"name": "scsi1", "size": 307712}]},
                      "101": {"name": "db", "status": "stopped", "lock": None, "disk_kib": 512},
                      "102": {"name": "stuck", "status": "running", "lock": "backup", "disk_kib": 512},
+                     "200": {"name": "proxy", "status": "running", "lock": None, "type": "lxc"},
                      "9000": {"name": "taken", "status": "stopped", "lock": None}}}
     (root / "state.json").write_text(json.dumps(state))
     server = _make_sshd(tmp_path / "sshd", path_dirs=[str(STANDINS)], env={"BAK_PVE_ROOT": str(root)})
@@ -33,9 +45,16 @@ def pve(tmp_path, bak_home):
         "policies": {"vm": {"keep_last": 1}},
         "targets": [{"name": f"vm-{vmid}", "method": "vzdump", "host": "pve", "destinations": ["pve-local", "nfs"],
                      "policy": "vm", "vzdump": {"vmid": vmid, "storage": "local", "notes_template": "{{guestname}} daily",
-                                                "restore_vmid_range": [9000, 9010]}} for vmid in (100, 101, 102)]})
-    yield root, tmp_path / "nfs" / "proxmox" / "vm-100"  # each target writes in its own folder
+                                                "restore_vmid_range": [9000, 9010]}} for vmid in (100, 101, 102)] +
+                    [{"name": "ct-200", "method": "vzdump", "host": "pve", "destinations": ["pve-local", "nfs"],
+                      "vzdump": {"vmid": 200, "guest": "lxc", "storage": "local", "restore_vmid_range": [9000, 9010]}}]})
+    yield root, tmp_path / "nfs"
     server.stop()
+
+
+def copy_of(nfs, name):
+    """A file on the NFS destination, wherever bak's catalogue puts it under the destination's root."""
+    return next(nfs.rglob(name))
 
 
 def state(root):
@@ -51,11 +70,15 @@ def test_create_list_copy_verify_restore_drill(pve):
     assert name.startswith("vzdump-qemu-100-") and name.endswith(".vma.zst")
     assert [c["ok"] for c in entry["copies"]] == [True, True]
     archive = root / "storage-local" / "dump" / name
-    assert (nfs / name).read_bytes() == archive.read_bytes()
-    assert (nfs / f"{name}.sha256").read_text().split()[0] == entry["sha256"]
+    assert copy_of(nfs, name).read_bytes() == archive.read_bytes()
+    assert copy_of(nfs, f"{name}.sha256").read_text().split()[0] == entry["sha256"]
     assert (archive.parent / name.replace(".vma.zst", ".log")).read_text().splitlines()[-1].endswith(
         "INFO: Backup job finished successfully")
     assert state(root)["vms"]["100"]["lock"] is None
+    written = VMA(io.BytesIO(decompress(archive.read_bytes())))
+    assert b"name: web" in written.config("qemu-server.conf")
+    assert [(d.name, d.open().read()) for d in written.devices()] == [
+        (f"drive-scsi{i}", (root / "images" / f"vm-100-disk-{i}.raw").read_bytes()) for i in (0, 1)]
 
     listed = run_cli("list", "--vmid", "100").envelope["result"]["backups"]
     assert {(b["store"], b["name"]) for b in listed} == {("pve-local", name), ("nfs", name)}
@@ -66,7 +89,7 @@ def test_create_list_copy_verify_restore_drill(pve):
     assert verified.code == 0, verified.envelope
     rows = {r["store"]: r for r in verified.envelope["result"]["checked"]}
     assert rows["nfs"]["extents"] >= 1 and rows["nfs"]["configs"] == ["qemu-server.conf"]
-    assert rows["pve-local"]["devices"] == ["drive-scsi0"]
+    assert rows["pve-local"]["devices"] == ["drive-scsi0", "drive-scsi1"]
 
     refused = run_cli("restore", "--target", "vm-100", "--into", "101")
     assert refused.code == 3 and refused.envelope["errors"][0]["code"] == "would_overwrite"
@@ -85,31 +108,42 @@ def test_create_list_copy_verify_restore_drill(pve):
     assert "9002" not in state(root)["vms"]
 
 
+def replace_copy(nfs, name, data, sidecar=True):
+    """Puts `data` in place of the copy; with `sidecar`, a .sha256 that matches it, so only the format check can object."""
+    copy_of(nfs, name).write_bytes(data)
+    if sidecar:
+        copy_of(nfs, f"{name}.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
+
+
+compress = zstandard.ZstdCompressor(write_checksum=True).compress
+
+
+def decompress(data):
+    return zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 28)
+
+
 def test_corrupt_copies_are_caught(pve):
     root, nfs = pve
     name = run_cli("create", "--target", "vm-100").envelope["result"]["targets"][0]["name"]
-    good = (nfs / name).read_bytes()
-    raw = zstandard.ZstdDecompressor().decompress(good, max_output_size=1 << 26)
-
-    def store_copy(data):
-        (nfs / name).write_bytes(data)
-        import hashlib
-
-        (nfs / f"{name}.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
-
-    compress = zstandard.ZstdCompressor(write_checksum=True).compress
+    good = copy_of(nfs, name).read_bytes()
+    raw = decompress(good)
+    header_size = int.from_bytes(raw[56:60], "big")
     for label, data, message in [
-        ("flipped header byte", compress(raw[:100] + bytes([raw[100] ^ 1]) + raw[101:]), "header checksum"),
-        ("wrong md5", compress(raw[:32] + b"\0" * 16 + raw[48:]), "header checksum"),
+        ("flipped header byte", compress(raw[:100] + bytes([raw[100] ^ 1]) + raw[101:]), "wrong main header checksum"),
+        ("wrong md5", compress(raw[:32] + b"\0" * 16 + raw[48:]), "wrong main header checksum"),
+        ("flipped extent header byte", compress(raw[:header_size + 50] + bytes([raw[header_size + 50] ^ 1])
+                                                + raw[header_size + 51:]), "extent 0 (byte"),
         ("truncated", compress(raw[: len(raw) - 4096]), "truncated"),
+        ("last extent missing", compress(raw[:header_size + 512 + int.from_bytes(raw[header_size + 6:header_size + 8], "big") * 4096]),
+         "incomplete archive: cluster"),
     ]:
-        store_copy(data)
+        replace_copy(nfs, name, data)
         result = run_cli("verify", "--target", "vm-100")
         assert result.code == 1, label
         bad = [r for r in result.envelope["result"]["checked"] if not r["ok"]]
         assert [r["store"] for r in bad] == ["nfs"], label
         assert message in result.envelope["errors"][0]["message"], label
-    (nfs / name).write_bytes(good[: len(good) // 2])
+    copy_of(nfs, name).write_bytes(good[: len(good) // 2])
     truncated_file = run_cli("verify", "--target", "vm-100")
     assert truncated_file.code == 1 and truncated_file.envelope["result"]["checked"][-1]["format"] == "failed"
 
@@ -144,7 +178,177 @@ def test_prune_removes_with_pvesm_free(pve):
     frees = [line for line in (root / "calls.log").read_text().splitlines() if line.startswith("pvesm free")]
     assert len(frees) == 2
     assert len(list((root / "storage-local" / "dump").glob("*.vma.zst"))) == 1
-    assert len(list((nfs.parent / "vm-101").glob("*.vma.zst"))) == 1
+    assert len(list(nfs.rglob("*.vma.zst"))) == 1
+
+
+# --- containers ---------------------------------------------------------------------------------
+def tree(root, skip=()):
+    """{relative path: (kind, mode, content or link target, mtime)}: what a restore must give back."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for entry in dirs + files:
+            path = os.path.join(folder, entry)
+            relative = os.path.relpath(path, root)
+            if relative in skip:
+                continue
+            st = os.lstat(path)
+            if os.path.islink(path):
+                found[relative] = ("link", os.readlink(path))
+            elif os.path.isdir(path):
+                found[relative] = ("dir", st.st_mode & 0o7777)
+            else:
+                found[relative] = ("file", st.st_mode & 0o7777, hashlib.sha256(open(path, "rb").read()).hexdigest(),
+                                   int(st.st_mtime))
+    return found
+
+
+def test_lxc_create_verify_restore_drill(pve):
+    root, nfs = pve
+    created = run_cli("create", "--target", "ct-200")
+    assert created.code == 0, created.envelope
+    name = created.envelope["result"]["targets"][0]["name"]
+    assert name.startswith("vzdump-lxc-200-") and name.endswith(".tar.zst")
+    source = root / "ct" / "200" / "rootfs"
+
+    # Read back by Python's tarfile, not by bak: pct.conf first, every file's bytes, vzdump's excludes
+    with tarfile.open(fileobj=io.BytesIO(decompress(copy_of(nfs, name).read_bytes()))) as tar:
+        members = tar.getmembers()
+        assert members[0].name == "./etc/vzdump/pct.conf"
+        assert "hostname: proxy" in tar.extractfile(members[0]).read().decode()
+        for member in members[2:]:
+            if member.isfile():
+                assert tar.extractfile(member).read() == (source / member.name).read_bytes(), member.name
+            elif member.issym():
+                assert member.linkname == os.readlink(source / member.name)
+        names = [m.name for m in members]
+        assert "./tmp" in names and "./tmp/scratch" not in names and any(m.sparse for m in members)
+
+    verified = run_cli("verify", "--target", "ct-200")
+    assert verified.code == 0, verified.envelope
+    rows = {r["store"]: r for r in verified.envelope["result"]["checked"]}
+    assert rows["nfs"]["members"] == len(members) and rows["nfs"]["configs"] == ["pct.conf"]
+    assert rows["pve-local"]["members"] == 1 and rows["pve-local"]["format"] == "ok"
+
+    restored = run_cli("restore", "--target", "ct-200")
+    assert restored.code == 0, restored.envelope
+    assert restored.envelope["result"]["vmid"] == 9001 and "staged" not in restored.envelope["result"]
+    assert state(root)["vms"]["9001"]["name"] == "proxy"
+    assert tree(root / "ct" / "9001" / "rootfs") == tree(source, skip={"tmp/scratch"})
+
+    drill = run_cli("drill", "--target", "ct-200", "--from", "nfs")
+    assert drill.code == 0, drill.envelope
+    entry = drill.envelope["result"]["drills"][0]
+    assert entry["store"] == "nfs" and entry["scratch_vmid"] == 9002 and entry["passed"]
+    assert "9002" not in state(root)["vms"] and not (root / "ct" / "9002").exists()
+    assert not list((root / "storage-local" / "dump").glob("bak-restore-*"))
+
+
+def test_lxc_truncated_and_corrupted_copies_are_caught(pve):
+    root, nfs = pve
+    name = run_cli("create", "--target", "ct-200").envelope["result"]["targets"][0]["name"]
+    good = copy_of(nfs, name).read_bytes()
+    raw = decompress(good)
+    offsets = [m.offset for m in tarfile.open(fileobj=io.BytesIO(raw))]
+    middle = len(good) // 2
+    for label, data, message in [
+        ("file cut in half", good[:middle], "truncated archive"),
+        ("tar cut at a member boundary", compress(raw[:offsets[6]]), "without the end-of-archive marker"),
+        ("tar header byte flipped", compress(raw[:offsets[4] + 20] + b"#" + raw[offsets[4] + 21:]), "wrong header checksum"),
+        ("compressed byte flipped", good[:middle] + bytes([good[middle] ^ 0x55]) + good[middle + 1:], "zstd: "),
+    ]:
+        replace_copy(nfs, name, data)
+        result = run_cli("verify", "--target", "ct-200")
+        assert result.code == 1, label
+        bad = [r for r in result.envelope["result"]["checked"] if not r["ok"]]
+        assert [(r["store"], r["format"]) for r in bad] == [("nfs", "failed")], label
+        assert message in result.envelope["errors"][0]["message"], (label, result.envelope["errors"])
+
+
+# --- restore from a copy ---------------------------------------------------------------------------
+def test_restore_and_drill_from_the_copy_when_the_proxmox_archive_is_gone(pve):
+    root, nfs = pve
+    created = run_cli("create", "--target", "vm-100").envelope["result"]["targets"][0]
+    name, dump = created["name"], root / "storage-local" / "dump"
+    for path in dump.glob(name.split(".")[0] + "*"):
+        path.unlink()  # the Proxmox storage lost the archive; only the NFS copy is left
+    assert {b["store"] for b in run_cli("list", "--vmid", "100").envelope["result"]["backups"]} == {"nfs"}
+
+    restored = run_cli("restore", "--target", "vm-100", "--from", "nfs")
+    assert restored.code == 0, restored.envelope
+    result, staged = restored.envelope["result"], restored.envelope["result"]["staged"]
+    assert result["vmid"] == 9001 and result["store"] == "nfs"
+    assert staged["storage"] == "local" and staged["path"].startswith(f"{dump}/bak-restore-vm-100.")
+    assert staged["sha256"] == created["sha256"] and staged["bytes"] == copy_of(nfs, name).stat().st_size and staged["removed"]
+    assert f"qmrestore {staged['path']} 9001 --unique 1" in (root / "calls.log").read_text()
+    assert not list(dump.glob("bak-restore-*"))
+    for disk in (0, 1):  # the restored disks hold the bytes the VM's disks held
+        assert filecmp.cmp(root / "images" / f"vm-100-disk-{disk}.raw", root / "images" / f"vm-9001-disk-{disk}.raw",
+                           shallow=False)
+
+    drill = run_cli("drill", "--target", "vm-100")  # the newest backup is the copy now
+    assert drill.code == 0, drill.envelope
+    entry = drill.envelope["result"]["drills"][0]
+    assert entry["store"] == "nfs" and entry["scratch_vmid"] == 9002 and entry["passed"]
+    assert "9002" not in state(root)["vms"] and not list(dump.glob("bak-restore-*"))
+    assert not list((root / "images").glob("vm-9002-*"))
+
+
+def set_storages(root, **storages):
+    current = state(root)
+    current["storages"].update(storages)
+    (root / "state.json").write_text(json.dumps(current))
+
+
+def used_kib(folder):
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) // 1024
+
+
+def test_restore_from_a_copy_stages_where_there_is_room_or_refuses(pve):
+    root, nfs = pve
+    name = run_cli("create", "--target", "vm-101").envelope["result"]["targets"][0]["name"]
+    size_kib = copy_of(nfs, name).stat().st_size // 1024
+    stale = root / "storage-local" / "dump" / "bak-restore-vm-101.AbCd1234"
+    stale.mkdir()
+    (stale / name).write_bytes(b"what a killed restore left")
+    tight = {"type": "dir", "path": str(root / "storage-local"), "total_kib": used_kib(root / "storage-local") + size_kib // 2}
+    (root / "storage-nas" / "dump").mkdir(parents=True)  # PVE makes dump/ when it activates the storage
+    set_storages(root, local=tight, nas={"type": "nfs", "path": str(root / "storage-nas"), "total_kib": size_kib // 2})
+
+    refused = run_cli("restore", "--target", "vm-101", "--from", "nfs")
+    assert refused.code == 3 and refused.envelope["errors"][0]["code"] == "no_space", refused.envelope
+    assert "local:" in refused.envelope["errors"][0]["message"] and "nas:" in refused.envelope["errors"][0]["message"]
+    assert "qmrestore" not in (root / "calls.log").read_text() and "9001" not in state(root)["vms"]
+    assert not stale.exists()  # leftovers of a killed restore of this target are removed first
+
+    set_storages(root, nas={"type": "nfs", "path": str(root / "storage-nas"), "total_kib": 10**6})
+    restored = run_cli("restore", "--target", "vm-101", "--from", "nfs")
+    assert restored.code == 0, restored.envelope
+    staged = restored.envelope["result"]["staged"]
+    assert staged["storage"] == "nas" and staged["path"].startswith(f"{root}/storage-nas/dump/bak-restore-vm-101.")
+    assert staged["removed"] and not list((root / "storage-nas" / "dump").glob("bak-restore-*"))
+
+
+def test_restore_from_a_bad_copy_restores_nothing_and_leaves_nothing(pve):
+    root, nfs = pve
+    name = run_cli("create", "--target", "vm-101").envelope["result"]["targets"][0]["name"]
+    good = copy_of(nfs, name).read_bytes()
+    dump = root / "storage-local" / "dump"
+
+    replace_copy(nfs, name, good[:1000] + bytes([good[1000] ^ 1]) + good[1001:], sidecar=False)
+    corrupt = run_cli("restore", "--target", "vm-101", "--from", "nfs")
+    assert corrupt.code == 1 and corrupt.envelope["errors"][0]["code"] == "copy_corrupt", corrupt.envelope
+    assert "qmrestore" not in (root / "calls.log").read_text()
+
+    raw = decompress(good)
+    replace_copy(nfs, name, compress(raw[:len(raw) - 4096]))  # its sidecar matches; the VMA inside is cut
+    failed = run_cli("restore", "--target", "vm-101", "--from", "nfs")
+    assert failed.code == 1 and "command 'vma extract' failed" in failed.envelope["errors"][0]["message"], failed.envelope
+    assert "qmrestore" in (root / "calls.log").read_text()
+
+    copy_of(nfs, f"{name}.sha256").unlink()
+    unchecked = run_cli("restore", "--target", "vm-101", "--from", "nfs")
+    assert unchecked.code == 3 and unchecked.envelope["errors"][0]["code"] == "no_checksum"
+    assert not list(dump.glob("bak-restore-*")) and set(state(root)["vms"]) == {"100", "101", "102", "200", "9000"}
 
 
 # --- parsing the reference's exact output -----------------------------------------------------
@@ -176,6 +380,7 @@ def test_vzdump_output_parsing():
     run = vzdump.parse_vzdump(failed)
     assert not run.ok and run.reason == "VM is locked (backup)"
     assert "qm unlock 100" in vzdump.hint_for(run.reason, 100)
+    assert "pct unlock 200" in vzdump.hint_for(run.reason, 200, "lxc")
     assert "unable to find VM" in vzdump.parse_vzdump("ERROR: Backup of VM 999 failed - unable to find VM '999'\n").reason
 
 
@@ -194,6 +399,45 @@ def test_guest_lists_and_argv():
         "qmrestore", "local:backup/x.vma.zst", "9001", "--unique", "1"]
     assert vzdump.restore_argv("lxc", "a.tar.zst", 9001, storage="local-lvm", force=True) == [
         "pct", "restore", "9001", "a.tar.zst", "--unique", "1", "--storage", "local-lvm", "--force", "1"]
+    assert vzdump.guest_of("vzdump-lxc-200-2024_01_31-02_00_03.tar.zst") == "lxc"
+    assert vzdump.host_test_argv("x.vma.zst", "/d/x.vma.zst") == ["zstd", "-t", "-q", "/d/x.vma.zst"]
+    assert vzdump.host_test_argv("x.tar.gz", "/d/x.tar.gz") == ["gzip", "-t", "/d/x.tar.gz"]
+    assert vzdump.host_test_argv("x.vma", "/d/x.vma") is None
+    assert vzdump.stage_argv("/var/lib/vz/dump/bak-restore-vm-1.x/a b") == [
+        "dd", "of=/var/lib/vz/dump/bak-restore-vm-1.x/a b", "bs=1M"]
+    assert vzdump.parse_dd_bytes("0+9 records in\n0+9 records out\n307200 bytes (307 kB, 300 KiB) copied, 0.01 s, 30 MB/s\n") == 307200
+    assert vzdump.parse_dd_bytes("0+0 records in\n0+0 records out\n0 bytes copied, 0.0001 s, 0.0 kB/s\n") == 0
+    assert vzdump.parse_dd_bytes("dd: error writing 'x': No space left on device\n") is None
+    assert vzdump.stale_stages_argv(["/a/dump", "/b/dump"], "vm-100") == [
+        "find", "/a/dump", "/b/dump", "-maxdepth", "1", "-type", "d", "-name", "bak-restore-vm-100.*",
+        "-print", "-exec", "rm", "-rf", "--", "{}", "+"]
+
+
+def test_a_read_error_in_the_feeding_thread_ends_the_stream_and_is_kept():
+    class DroppedCopy:
+        chunks = [b"first chunk"]
+
+        def read(self, size):
+            if self.chunks:
+                return self.chunks.pop()
+            raise OSError("Socket is closed")
+
+    reader = vzdump.FeederReader(DroppedCopy())
+    assert reader.read() == b"first chunk" and reader.read() == b""  # the remote dd sees end of input
+    assert isinstance(reader.error, OSError) and reader.size == len(b"first chunk")
+
+
+def test_staging_prefers_the_targets_storage_then_the_most_free():
+    status = parse_pvesm_status(
+        "Name             Type     Status           Total (KiB)      Used (KiB) Available (KiB)        %\n"
+        "local             dir     active             1000             900             100   90.00%\n"
+        "local-lvm     lvmthin     active           100000               0          100000    0.00%\n"
+        "nas               nfs     active            10000            5000            5000   50.00%\n"
+        "old               dir     disabled              0               0               0      N/A\n"
+        "pbs               pbs     active           100000               0          100000    0.00%\n"
+        "usb               dir     active            10000            1000            9000   10.00%\n")
+    assert vzdump.staging_candidates(status, "local") == [("local", 100 * 1024), ("usb", 9000 * 1024), ("nas", 5000 * 1024)]
+    assert vzdump.staging_candidates(status, "nas")[0] == ("nas", 5000 * 1024)
 
 
 def test_doctor_finds_the_locked_vm_and_says_how_to_fix_it(pve):
@@ -204,5 +448,6 @@ def test_doctor_finds_the_locked_vm_and_says_how_to_fix_it(pve):
     assert rows[("tools", "pve")]["level"] == "ok"
     assert rows[("proxmox lock", "vm-102")]["level"] == "fail" and rows[("proxmox lock", "vm-102")]["fix"].endswith("qm unlock 102")
     assert rows[("proxmox lock", "vm-100")]["level"] == "ok"
+    assert rows[("proxmox lock", "ct-200")]["level"] == "ok" and rows[("proxmox lock", "ct-200")]["detail"].startswith("CT 200")
     assert rows[("space", "pve-local")]["level"] == "ok"
     assert [e["where"] for e in result.envelope["errors"]] == ["vm-102"]

@@ -196,13 +196,14 @@ def restore(config: Config, target: Target, *, name: str | None, store_name: str
         return outcome
 
 
-def drill(config: Config, targets: list[Target]) -> Outcome:
+def drill(config: Config, targets: list[Target], store_name: str | None = None) -> Outcome:
+    """`store_name` drills the newest backup on that destination (a copy, in a disaster exercise)."""
     outcome = Outcome({"drills": []})
     with Session(config) as session:
         for target in targets:
             try:
                 method = method_for(target.method)
-                store, backup = pick(session, target, None, None)
+                store, backup = pick(session, target, None, store_name)
                 with target_lock(target.name, "drill"):
                     with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op:
                         result = method.drill(session.ctx, target, store, backup)
@@ -224,7 +225,7 @@ def listing(config: Config, targets: list[Target], filters: dict | None = None) 
               if (not filters.get("method") or t.method == filters["method"])
               and (not filters.get("host") or t.host == filters["host"])
               and (not filters.get("vmid") or t.method == "vzdump" and t.options["vmid"] == filters["vmid"])]
-    outcome = Outcome({"backups": [], "partials": [], "foreign": []})
+    outcome = Outcome({"backups": [], "partials": [], "foreign": [], "safety_copies": []})
     with Session(config) as session:
         seen_foreign = set()
         for target in chosen:
@@ -234,6 +235,7 @@ def listing(config: Config, targets: list[Target], filters: dict | None = None) 
                 try:
                     store = open_store(config.destinations[dest], session.hosts)
                     found = catalog.scan(store, target)
+                    saved = catalog.safety_copies(store, target)
                 except BakError as exc:
                     outcome.failed(exc)
                     continue
@@ -246,6 +248,9 @@ def listing(config: Config, targets: list[Target], filters: dict | None = None) 
                         "sidecars": sorted(b.sidecars)})
                 outcome.result["partials"] += [{"target": target.name, "store": dest, "folder": p.folder, "name": p.name}
                                                for p in found.partials]
+                outcome.result["safety_copies"] += [{"target": target.name, "store": dest, "folder": c.folder,
+                                                     "name": c.name, "when": c.when.isoformat(), "size": c.size}
+                                                    for c in saved]
                 for path in found.foreign:
                     if (dest, path) not in seen_foreign:
                         seen_foreign.add((dest, path))

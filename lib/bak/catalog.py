@@ -203,11 +203,10 @@ def _owner(name: str, backups: dict) -> str | None:
 
 
 def folders_to_read(target: Target, store: Store) -> list[str]:
-    """The target's own folder, and the shared kind folder when its old flat names are the target's alone."""
+    """The target's own folder, and the shared kind folder (older versions' flat names)."""
     if not store.per_target_folders:
         return [shared_folder_of(target)]
-    own = [folder_of(target)]
-    return own + [shared_folder_of(target)] if target.owns_flat_names else own
+    return [folder_of(target), shared_folder_of(target)]
 
 
 def listing_from(target: Target, store: Store, indexes: dict[str, FolderIndex]) -> Listing:
@@ -222,8 +221,12 @@ def listing_from(target: Target, store: Store, indexes: dict[str, FolderIndex]) 
             continue
         own = store.per_target_folders and folder == folder_of(target)
         found, leftovers = index.of_kind(kind) if own else index.of_key(kind, key)
-        backups += found
-        partials += leftovers
+        if own or target.owns_flat_names or not store.per_target_folders:
+            backups += found
+            partials += leftovers
+        else:  # flat names another target makes too: whose they are cannot be told, so nobody touches them
+            foreign += [f"{folder}/{n}" for b in found for n in (b.name, *b.sidecars)] + \
+                [f"{folder}/{p.name}" for p in leftovers]
         # In a shared kind folder, folders that are not backups are the targets' own folders.
         foreign += [f"{folder}/{name}" for name in index.foreign if own or name not in index.folders]
     for backup in backups:
@@ -236,3 +239,15 @@ def scan(store: Store, target: Target) -> Listing:
     """One target's view of one store."""
     indexes = {folder: index_folder(store.name, folder, store.list(folder)) for folder in folders_to_read(target, store)}
     return listing_from(target, store, indexes)
+
+
+def safety_copies(store: Store, target: Target) -> list[Backup]:
+    """What forced restores of this target saved on a store before replacing anything, newest first."""
+    if not store.per_target_folders:
+        return []
+    folder = safety_folder_of(target)
+    index = index_folder(store.name, folder, store.list(folder))
+    copies = [b for items in index.backups.values() for b in items]
+    for copy in copies:
+        copy.target = target.name
+    return sorted(copies, key=lambda b: (b.when, b.name), reverse=True)

@@ -244,6 +244,8 @@ def _human_prune(result: dict) -> None:
                 for s in entry["stores"] for d in s["decisions"]]
         rows += [[s["store"], p, "REMOVE", "stale partial (killed run)", ""] for s in entry["stores"] for p in s["stale_partials"]]
         rows += [[s["store"], f, "keep", "foreign file (never pruned)", ""] for s in entry["stores"] for f in s["foreign"]]
+        rows += [[s["store"], c["name"], "REMOVE", c["reason"], human_size(c["size"])]
+                 for s in entry["stores"] for c in s.get("safety_copies", [])]
         table(f"{entry['target']} ({entry['status']}, policy {entry['policy'] or 'keep all'})",
               ["store", "backup", "action", "reason", "size"], rows)
     verb = "would remove" if result["dry_run"] else "removed"
@@ -294,8 +296,10 @@ def _human_simulation(result: dict) -> None:
 @click.option("--keep-yearly", type=click.IntRange(0), help="With --simulate: policy option.")
 @click.option("--every", help="With --simulate: generate a backup every DURATION (e.g. 6h) ...")
 @click.option("--days", type=click.IntRange(1, 36500), default=400, show_default=True, help="... over this many days.")
+@click.option("--safety-older-than", "safety_age", metavar="DURATION",
+              help="Also remove safety copies (taken before forced restores) older than DURATION, e.g. 30d.")
 @action("prune", needs_config="lazy", human=_human_prune)
-def prune_command(targets, all_targets, dry_run, force, simulate, policy_name, every, days, load_config, **keeps):
+def prune_command(targets, all_targets, dry_run, force, simulate, policy_name, every, days, safety_age, load_config, **keeps):
     """Remove old backups by each target's retention policy (Proxmox prune semantics).
 
     Never removes the newest good backup, a protected or foreign file, or anything of a
@@ -308,7 +312,16 @@ def prune_command(targets, all_targets, dry_run, force, simulate, policy_name, e
     if policy_name or every or any(v is not None for v in keeps.values()):
         raise _bad("--policy, --keep-* and --every only apply with --simulate", "--simulate")
     config = load_config()
-    return prune.prune(config, config.select(targets), dry_run=dry_run, force=force)
+    return prune.prune(config, config.select(targets), dry_run=dry_run, force=force,
+                       safety_age=_duration(safety_age, "--safety-older-than") if safety_age else None)
+
+
+def _duration(text: str, where: str):
+    from bak.config import DURATION, parse_duration
+
+    if not DURATION.fullmatch(text):
+        raise _bad(f"{text!r} is not a duration like 30m, 6h, 1d or 1w", where)
+    return parse_duration(text)
 
 
 def _simulation_policy(policy_name, keeps, load_config) -> dict:
@@ -457,6 +470,9 @@ def _human_list(result: dict) -> None:
     if result["foreign"]:
         table("Foreign files (never pruned)", ["store", "folder", "name"],
               [[f["store"], f["folder"], f["name"]] for f in result["foreign"]])
+    if result["safety_copies"]:
+        table("Safety copies (taken before forced restores; never restored by default)", ["target", "store", "name", "when"],
+              [[c["target"], c["store"], f"{c['folder']}/{c['name']}", c["when"]] for c in result["safety_copies"]])
 
 
 @cli.command("list", context_settings=CONTEXT)
@@ -605,12 +621,13 @@ def demo_command(folder):
 
 @cli.command("drill", context_settings=CONTEXT)
 @target_options
+@click.option("--from", "store_name", help="Drill the newest backup on this destination (default: the newest anywhere).")
 @action("drill", human=_human_drill)
-def drill_command(targets, all_targets, config):
+def drill_command(targets, all_targets, store_name, config):
     """Restore drill for any target: restore the newest backup somewhere scratch, check it, remove it."""
     from bak import actions
 
-    return actions.drill(config, config.select(targets))
+    return actions.drill(config, config.select(targets), store_name)
 
 
 # --- schedule ------------------------------------------------------------------------------

@@ -84,18 +84,20 @@ def _proxmox(config: Config, hosts: Hosts, checks: Checks, reachable: set[str]) 
             continue
         runner = hosts.runner(target.host)
         vmid = target.options["vmid"]
+        tool, label = ("pct", "CT") if target.options.get("guest") == "lxc" else ("qm", "VM")
         try:
-            guests = parse_guest_list(runner.run(["qm", "list"]).stdout_text)
+            guests = parse_guest_list(runner.run([tool, "list"]).stdout_text)
             if vmid not in guests:
-                checks.add("proxmox vm", target.name, "fail", f"VM {vmid} is not on {target.host}", "check vzdump.vmid (qm list)")
+                checks.add("proxmox vm", target.name, "fail", f"{label} {vmid} is not on {target.host}",
+                           f"check vzdump.vmid and vzdump.guest ({tool} list)")
                 continue
-            lock = next((line.split(": ", 1)[1] for line in runner.run(["qm", "config", str(vmid)]).stdout_text.splitlines()
+            lock = next((line.split(": ", 1)[1] for line in runner.run([tool, "config", str(vmid)]).stdout_text.splitlines()
                          if line.startswith("lock: ")), None)
             if lock:
-                checks.add("proxmox lock", target.name, "fail", f"VM {vmid} is locked ({lock})",
-                           f"if no backup is running: qm unlock {vmid}")
+                checks.add("proxmox lock", target.name, "fail", f"{label} {vmid} is locked ({lock})",
+                           f"if no backup is running: {tool} unlock {vmid}")
             else:
-                checks.add("proxmox lock", target.name, "ok", f"VM {vmid} ({guests[vmid]['name']}) is not locked")
+                checks.add("proxmox lock", target.name, "ok", f"{label} {vmid} ({guests[vmid]['name']}) is not locked")
         except BakError as exc:
             checks.add("proxmox vm", target.name, "fail", exc.message, exc.hint)
 

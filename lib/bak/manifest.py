@@ -66,7 +66,8 @@ class Item:
     checksum: str | None
     target: str | None   # a symlink's target
     written: bool        # transferred now (its checksum is then rsync's own)
-    link_unclear: bool = False  # a symlink whose name holds " -> ": its target must be read separately
+    # A symlink line holding " -> " more than once: where the name ends must be asked of the tree (resolve_link).
+    link_text: str | None = None
 
     def row(self, algorithm: str) -> dict:
         row = {"path": self.path, "type": self.type, "mode": self.mode, "uid": self.uid, "gid": self.gid}
@@ -87,18 +88,23 @@ def parse_item(line: bytes, width: int) -> Item | None:
     checksum = rest[:width].strip().decode() or None
     name = rest[width + 1:]
     kind = TYPES[match.group(1)[1:2]]
-    target, unclear = None, False
+    target = link_text = None
     if kind == "l":
-        name, arrow, target_raw = name.partition(b" -> ")
-        unclear = target_raw.count(b" -> ") > 0 or not arrow
+        if name.count(b" -> ") > 1:
+            link_text = fs_text(unescape(name))
+        name, _, target_raw = name.partition(b" -> ")
         target = fs_text(unescape(target_raw))
     path = fs_text(unescape(name)).rstrip("/") or "."
-    if path == "./":
-        path = "."
     y, mo, d, h, mi, s = (int(match.group(i)) for i in range(3, 9))
     mtime = int(datetime(y, mo, d, h, mi, s, tzinfo=timezone.utc).timestamp())
     return Item(kind, path, int(match.group(2)), mtime, mode_bits(match.group(9)), int(match.group(10)),
-                int(match.group(11)), checksum, target, match.group(1)[:1] in b"<>", unclear)
+                int(match.group(11)), checksum, target, match.group(1)[:1] in b"<>", link_text)
+
+
+def link_splits(text: str) -> list[tuple[str, str]]:
+    """Every (name, target) that `name -> target` could mean when " -> " occurs more than once."""
+    parts = text.split(" -> ")
+    return [(" -> ".join(parts[:k]), " -> ".join(parts[k:])) for k in range(1, len(parts))]
 
 
 class ListingReader:

@@ -62,7 +62,8 @@ def plan_target(config: Config, target: Target, hosts: Hosts, now: datetime) -> 
     return plans
 
 
-def prune(config: Config, targets: list[Target], *, dry_run: bool, force: bool, now: datetime | None = None) -> Outcome:
+def prune(config: Config, targets: list[Target], *, dry_run: bool, force: bool, now: datetime | None = None,
+          safety_age: timedelta | None = None) -> Outcome:
     now = now or datetime.now()
     outcome = Outcome({"dry_run": dry_run, "targets": []})
     journal = None if dry_run else Journal.default()
@@ -73,10 +74,10 @@ def prune(config: Config, targets: list[Target], *, dry_run: bool, force: bool, 
             outcome.result["targets"].append(entry)
             try:
                 if dry_run:
-                    _prune_target(config, target, hosts, now, entry, dry_run, force, None)
+                    _prune_target(config, target, hosts, now, entry, dry_run, force, None, safety_age)
                 else:
                     with target_lock(target.name, "prune"):
-                        _prune_target(config, target, hosts, now, entry, dry_run, force, journal)
+                        _prune_target(config, target, hosts, now, entry, dry_run, force, journal, safety_age)
             except BakError as exc:
                 entry["status"] = "refused" if isinstance(exc, Refused) else "failed"
                 entry["error"] = exc.message
@@ -86,9 +87,11 @@ def prune(config: Config, targets: list[Target], *, dry_run: bool, force: bool, 
     return outcome
 
 
-def _prune_target(config, target, hosts, now, entry, dry_run, force, journal) -> None:
+def _prune_target(config, target, hosts, now, entry, dry_run, force, journal, safety_age) -> None:
     plans = plan_target(config, target, hosts, now)
     entry["stores"] = [p.as_dict() for p in plans]
+    if safety_age is not None:
+        _prune_safety_copies(target, plans, entry, now - safety_age, dry_run, journal)
     ahead = [b for p in plans for b in p.listing.backups if b.in_future(now)]
     if ahead and not force:
         first = ahead[0]
@@ -117,6 +120,20 @@ def _prune_target(config, target, hosts, now, entry, dry_run, force, journal) ->
             # We hold the target's lock, so no running backup owns these leftovers.
             for partial in store_plan.stale_partials:
                 store_plan.store.remove(partial.folder, partial.name)
+
+
+def _prune_safety_copies(target: Target, plans: list[StorePlan], entry: dict, cutoff: datetime, dry_run: bool,
+                         journal: Journal | None) -> None:
+    """The explicit rule for safety copies: older than the cutoff goes, whatever the policy says."""
+    for store_plan, row in zip(plans, entry["stores"]):
+        old = [c for c in catalog.safety_copies(store_plan.store, target) if c.when < cutoff]
+        row["safety_copies"] = [{"name": f"{c.folder}/{c.name}", "when": c.when.isoformat(), "size": c.size,
+                                 "reason": f"safety copy older than {cutoff:%Y-%m-%d %H:%M}"} for c in old]
+        entry["removed"] += len(old)
+        entry["removed_bytes"] += sum(c.size for c in old)
+        if not dry_run:
+            for copy in old:
+                _remove(store_plan.store, copy, row["safety_copies"][0]["reason"], journal, target)
 
 
 def _remove(store, backup: catalog.Backup, reason: str, journal: Journal, target: Target) -> None:

@@ -34,6 +34,9 @@ def example_text() -> str:
     return (_HERE / "example.yaml").read_text(encoding="utf-8")
 
 
+DURATION = re.compile(r"[1-9][0-9]{0,5}[mhdw]")  # at most 999999 units: far beyond any interval, far from overflow
+
+
 def parse_duration(text: str) -> timedelta:
     number, unit = int(text[:-1]), text[-1]
     return {"m": timedelta(minutes=number), "h": timedelta(hours=number),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable
 
 from bak import naming
@@ -82,3 +82,12 @@ def fresh_name(ctx: Context, target: Target, listings: list[Listing], daily: str
         raise Refused(f"{timed} was already made once; a backup name is never reused", where=target.name,
                       code="name_taken", hint="Wait a second and run again; check the clock if this repeats.")
     return timed
+
+
+def free_name(store: Store, folder: str, make: Callable[[datetime], str]) -> str:
+    """A timed name not yet on the store (for safety copies: two forced restores within one second)."""
+    taken = {entry.name.removesuffix(naming.PARTIAL_SUFFIX) for entry in store.list(folder)}
+    when = datetime.now().replace(microsecond=0)
+    while make(when) in taken:
+        when += timedelta(seconds=1)
+    return make(when)

@@ -18,7 +18,6 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Iterator
 
 from bak import manifest, naming
@@ -27,7 +26,7 @@ from bak.config import Target
 from bak.errors import BadInput, BakError, CommandFailed, Refused, VerifyFailed
 from bak.interrupts import interrupts_deferred, sigterm_raises
 from bak.journal import Operation
-from bak.methods.base import Context, Method, clear_leftovers, fresh_name
+from bak.methods.base import Context, Method, clear_leftovers, free_name, fresh_name
 from bak.run.base import CHUNK, Runner
 from bak.stores import Store
 from bak.stores.fanout import FanOut, FanOutResult
@@ -378,8 +377,8 @@ class DockerVolume(Method):
                      mountpoint: str) -> tuple[str, dict]:
         """The volume about to be emptied, tarred apart from the backups (protected, never picked), and its index."""
         folder = safety_folder_of(target)
-        name = naming.docker_volume_name(target.options["container"], volume, datetime.now(), with_time=True)
-        store.refuse_existing(folder, name)
+        name = free_name(store, folder,
+                         lambda when: naming.docker_volume_name(target.options["container"], volume, when, with_time=True))
         indexer = Indexer()
         try:
             copy = self._tar(runner, engine, target, [store], folder, name, mountpoint,

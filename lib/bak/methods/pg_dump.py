@@ -19,7 +19,7 @@ from bak.catalog import Backup, folder_of, safety_folder_of, scan
 from bak.config import Target
 from bak.errors import BadInput, BakError, CommandFailed, Refused, VerifyFailed
 from bak.journal import Operation
-from bak.methods.base import Context, Method, clear_leftovers
+from bak.methods.base import Context, Method, clear_leftovers, free_name
 from bak.run.base import CHUNK, Runner
 from bak.secrets import read_secret
 from bak.stores import Store
@@ -445,8 +445,8 @@ class PgDump(Method):
         """A protected dump of a database about to be replaced, kept apart from the backups
         (never picked by restore or drill, never pruned by the policy): --force is never a one-way door."""
         opts = dict(session.options, database=database, format="custom")
-        name = naming.pg_dump_name(database, datetime.now())
         folder = safety_folder_of(target)
+        name = free_name(store, folder, lambda when: naming.pg_dump_name(database, when))
         fan = FanOut([store], folder, name)
         try:
             session.run(dump_argv(opts, None), stdout=fan.write)

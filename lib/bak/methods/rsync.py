@@ -23,7 +23,7 @@ from bak.catalog import Backup, Listing, folder_of, safety_folder_of, scan
 from bak.config import LOCAL, Host, Target
 from bak.errors import BadInput, BakError, CommandFailed, Refused, TransportError, VerifyFailed
 from bak.journal import Operation
-from bak.methods.base import Context, Method, clear_leftovers, fresh_name
+from bak.methods.base import Context, Method, clear_leftovers, free_name, fresh_name
 from bak.run.base import Runner
 from bak.stores import Store
 from bak.verify import passed
@@ -211,10 +211,20 @@ def tree_items(runner: Runner, root: str, algorithm: str, *, checksums: bool = T
         raise CommandFailed(f"rsync could not read {root}: {out.stderr_text.strip()[-300:]}", returncode=out.returncode,
                             stderr_tail=out.stderr_text[-2000:], where=runner.host_name)
     for item in reader.items:
-        if item.link_unclear:
-            item.target = runner.run(["readlink", "--", posixpath.join(root, item.path)]).stdout.rstrip(b"\n").decode(
-                "utf-8", "surrogateescape")
+        if item.link_text:
+            resolve_link(runner, root, item)
     return reader.items
+
+
+def resolve_link(runner: Runner, root: str, item: manifest.Item) -> None:
+    """Which " -> " of a symlink line ends its name: the split whose name is a link pointing at the rest."""
+    for name, target in manifest.link_splits(item.link_text):
+        out = runner.run(["readlink", "--", posixpath.join(root, name)], check=False)
+        if out.returncode == 0 and out.stdout.rstrip(b"\n").decode("utf-8", "surrogateescape") == target:
+            item.path, item.target, item.link_text = name, target, None
+            return
+    raise CommandFailed(f"cannot tell the name of the symbolic link {item.link_text!r} under {root}",
+                        where=runner.host_name, code="rsync_listing")
 
 
 def sha256_of(runner: Runner, root: str, paths: list[str]) -> dict[str, str]:
@@ -336,9 +346,8 @@ class RsyncSnapshot(Method):
                     item.checksum = old.get(algorithm)
                 if not item.checksum:
                     unknown.append(item)
-            if item.link_unclear:
-                item.target = runner.run(["readlink", "--", posixpath.join(root, item.path)]).stdout.rstrip(b"\n").decode(
-                    "utf-8", "surrogateescape")
+            if item.link_text:
+                resolve_link(runner, root, item)
         if unknown:
             listed = {i.path: i.checksum for i in tree_items(runner, root, algorithm)}
             for item in unknown:
@@ -418,7 +427,7 @@ class RsyncSnapshot(Method):
         """Everything a forced restore may replace or delete, snapshotted apart from the backups first.
         Excluded paths are left out, as in the backups: the restore leaves them in place."""
         listing = scan(store, target)
-        name = naming.rsync_name(self.key(target), datetime.now(), with_time=True)
+        name = free_name(store, safety_folder_of(target), lambda when: naming.rsync_name(self.key(target), when, with_time=True))
         source = f"{destination}/./{single}" if single else destination + "/"
         copy = self._copy_tree(ctx, target, store, safety_folder_of(target), name, source_host=target.host,
                                source=source, previous=listing.newest_good(ctx.now), relative=bool(single))

@@ -161,7 +161,8 @@ class SSHRunner(Runner):
         transport = self.client().get_transport()
         try:
             channel = transport.open_session(timeout=self.host.connect_timeout)
-            channel.exec_command(self.command_line(argv, env))
+            # Bytes, so a file name that is not UTF-8 (read back with surrogateescape) reaches the host as it was.
+            channel.exec_command(self.command_line(argv, env).encode("utf-8", "surrogateescape"))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"lost the connection to {self.host.name}: {exc}", where=self.host.name) from None
         tail = StderrTail(on_stderr_line)

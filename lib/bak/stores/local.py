@@ -17,6 +17,9 @@ from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line, sy
 
 
 def write_failure(exc: OSError, store: str, location: str) -> WriteFailed:
+    if exc.errno == errno.EEXIST:
+        return WriteFailed(f"{location} already exists on {store}; a backup is never overwritten", where=store,
+                           code="name_taken", hint="Wait a second and run again.")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return WriteFailed(f"destination {store} is full while writing {location}", where=store, code="disk_full",
                            hint="Free space (bak prune --dry-run shows what retention would remove) or add space, then run again.")
@@ -55,6 +58,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def rename_no_clobber(partial: Path, final: Path) -> None:
+    """The final name, never over an existing file: a backup is never replaced (link fails on EEXIST)."""
+    try:
+        os.link(partial, final)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise
+        if final.exists():  # a filesystem without hard links (FAT, some network shares)
+            raise FileExistsError(errno.EEXIST, "exists", str(final)) from None
+        os.replace(partial, final)
+        return
+    partial.unlink()
+
+
 class LocalWriter(ArtifactWriter):
     def __init__(self, store: "LocalStore", folder: Path, name: str):
         self.store = store
@@ -83,20 +100,23 @@ class LocalWriter(ArtifactWriter):
             self._written_back = self.size
 
     def commit(self, sha256: str, sidecars: dict[str, bytes] | None = None) -> None:
-        written = {**(sidecars or {}), self.name + ".sha256": sha256_line(sha256, self.name)}
+        sidecars = {**(sidecars or {}), self.name + ".sha256": sha256_line(sha256, self.name)}
         folder = self.final.parent
+        written = []
         try:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
-            for name, data in written.items():
+            if os.path.lexists(self.final):  # before any sidecar: an existing backup's must stay as they are
+                raise FileExistsError(errno.EEXIST, "exists", str(self.final))
+            for name, data in sidecars.items():
                 self.store.write_small_at(folder, name, data)
-            os.replace(self.partial, self.final)
+                written.append(name)
+            rename_no_clobber(self.partial, self.final)
             _fsync_dir(folder)
         except OSError as exc:
-            if not self.final.exists():
-                for name in written:
-                    (folder / name).unlink(missing_ok=True)
+            for name in written:
+                (folder / name).unlink(missing_ok=True)
             raise write_failure(exc, self.store.name, self.location) from None
 
     def abort(self) -> None:

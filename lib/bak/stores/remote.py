@@ -51,14 +51,25 @@ class RemoteWriter(ArtifactWriter):
             self.store.runner.run(["sync", "--", self.partial])
         except (OSError, EOFError, CommandFailed) as exc:
             raise _write_error(exc, self.store.name, self.location) from None
-        written = {**(sidecars or {}), self.name + ".sha256": sha256_line(sha256, self.name)}
+        sidecars = {**(sidecars or {}), self.name + ".sha256": sha256_line(sha256, self.name)}
+        sftp = self.store.runner.sftp()
+        written = []
         try:
-            for name, data in written.items():
+            try:
+                sftp.lstat(self.final)
+            except FileNotFoundError:
+                pass
+            else:  # before any sidecar: an existing backup's must stay as they are
+                raise WriteFailed(f"{self.location} already exists on {self.store.name}; a backup is never overwritten",
+                                  where=self.store.name, code="name_taken", hint="Wait a second and run again.")
+            for name, data in sidecars.items():
                 self.store.write_small(self.folder, name, data, absolute=True)
-            self.store.runner.sftp().posix_rename(self.partial, self.final)
+                written.append(name)
+            sftp.rename(self.partial, self.final)  # SSH_FXP_RENAME: OpenSSH links, so it never replaces a file
             self.store.runner.run(["sync", "--", self.folder])
         except (OSError, EOFError, CommandFailed, WriteFailed) as exc:
-            self.store.runner.run(["rm", "-f", "--", *(posixpath.join(self.folder, n) for n in written)], check=False)
+            if written:
+                self.store.runner.run(["rm", "-f", "--", *(posixpath.join(self.folder, n) for n in written)], check=False)
             if isinstance(exc, WriteFailed):
                 raise
             raise _write_error(exc, self.store.name, self.location) from None
