@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -51,8 +50,7 @@ class LocalRunner(Runner):
                               hint=f"Install {Path(argv[0]).name} (e.g. apt-get install ...) or set its folder in the config.")
         try:
             proc = subprocess.Popen(guarded_argv(argv), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, pass_fds=pass_fds,
-                                    **_OWN_GROUP)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, pass_fds=pass_fds)
         except FileNotFoundError:
             raise ToolMissing(f"{argv[0]} is not installed on this machine", where="local",
                               hint=f"Install {Path(argv[0]).name} (e.g. apt-get install ...) or set its folder in the config.") from None
@@ -61,7 +59,7 @@ class LocalRunner(Runner):
         if stdin is not None:
             threads.append(threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True))
         timed_out = threading.Event()
-        timer = threading.Timer(timeout, lambda: (timed_out.set(), _kill(proc))) if timeout else None
+        timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill())) if timeout else None
         for thread in threads:
             thread.start()
         if timer:
@@ -71,7 +69,10 @@ class LocalRunner(Runner):
             _drain(proc.stdout, stdout or collected.append)
             returncode = proc.wait()
         except BaseException:
-            _kill(proc)
+            proc.kill()
+            # A grandchild (tar's gzip) may still be writing into stdout and hold stderr open: closing our
+            # end ends it (EPIPE), so the stderr reader below sees its end instead of waiting forever.
+            proc.stdout.close()
             proc.wait()
             raise
         finally:
@@ -146,24 +147,6 @@ class LocalRunner(Runner):
         finally:
             guard.stdin.close()
             guard.wait()
-
-
-# Each child leads its own process group, so killing it kills what it started too: tar's gzip, left
-# alone, would block writing into a pipe nobody reads and hold our stderr pipe open forever. (Ctrl-C
-# then reaches bak only, which kills the group: a cleanup step bak runs after it is not cut short.)
-_OWN_GROUP = {"process_group": 0} if os.name == "posix" else {}
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.returncode is not None:
-        return
-    if _OWN_GROUP:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    else:
-        proc.kill()
 
 
 def _drain(stream, sink: Sink) -> None:
