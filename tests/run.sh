@@ -4,10 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(rsync openssh-server openssh-client postgresql restic zstd git gzip tar procps util-linux coreutils systemd)
+PACKAGES=(rsync openssh-server openssh-client postgresql restic zstd git gzip tar procps util-linux coreutils systemd
+          findutils podman runc conmon podman-docker busybox-static)
 have_all() {
   local tool
-  for tool in rsync /usr/sbin/sshd ssh ssh-keygen restic zstd git gzip tar pkill mount runuser sha256sum systemd-analyze; do
+  for tool in rsync /usr/sbin/sshd ssh ssh-keygen restic zstd git gzip tar pkill mount runuser sha256sum systemd-analyze \
+              find podman runc conmon docker /bin/busybox; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || return 1
   done
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || return 1

@@ -63,10 +63,27 @@ def test_rsync_output_parsing():
 
 
 def test_docker_argv():
-    assert docker_volume.inspect_argv("grafana-data") == ["docker", "volume", "inspect", "grafana-data"]
-    assert docker_volume.users_argv("v") == ["docker", "ps", "-q", "--filter", "volume=v"]
-    assert docker_volume.tar_argv("/var/lib/docker/volumes/v/_data") == [
-        "tar", "-C", "/var/lib/docker/volumes/v/_data", "--numeric-owner", "-czf", "-", "."]
+    assert docker_volume.inspect_argv("docker", "grafana-data") == ["docker", "volume", "inspect", "grafana-data"]
+    assert docker_volume.users_argv("podman", "v") == [
+        "podman", "ps", "--no-trunc", "--filter", "volume=v", "--format", "{{.ID}} {{.Names}}"]
+    assert docker_volume.stop_argv("docker", "4f1c", 30) == ["docker", "stop", "-t", "30", "4f1c"]
+    assert docker_volume.start_argv("podman", "4f1c") == ["podman", "start", "4f1c"]
+    assert docker_volume.tar_create_argv("/var/lib/docker/volumes/v/_data", full=True) == [
+        "tar", "-C", "/var/lib/docker/volumes/v/_data", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls",
+        "--sparse", "-czf", "-", "."]
+    assert docker_volume.tar_create_argv("/v", full=False) == ["tar", "-C", "/v", "--numeric-owner", "-czf", "-", "."]
+    assert docker_volume.tar_extract_argv("/v", full=True) == [
+        "tar", "-C", "/v", "--numeric-owner", "--preserve-permissions", "--xattrs", "--xattrs-include=*", "--acls",
+        "-xzf", "-"]
+    assert docker_volume.listing_argv("/v") == ["find", "/v", "-printf", "%y\\0%m\\0%U\\0%G\\0%s\\0%T@\\0%P\\0%l\\0"]
+    assert docker_volume.checksums_argv("/v") == ["find", "/v", "-type", "f", "-exec", "sha256sum", "-z", "--", "{}", "+"]
+
+
+def test_rootless_podman_reads_volume_files_in_its_user_namespace():
+    rootless = docker_volume.Engine("podman", rootless=True)
+    assert rootless.on_files(["tar", "-C", "/home/u/.local/share/containers/storage/volumes/v/_data", "-czf", "-", "."]) == [
+        "podman", "unshare", "tar", "-C", "/home/u/.local/share/containers/storage/volumes/v/_data", "-czf", "-", "."]
+    assert docker_volume.Engine("podman").on_files(["find", "/v"]) == ["find", "/v"]
 
 
 def test_ssh_command_line_is_one_shlex_join():

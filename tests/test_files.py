@@ -1,4 +1,4 @@
-"""rsync snapshots, config copies, the git vault and Docker volumes, against real rsync, sshd and git."""
+"""rsync snapshots, config copies and the git vault, against real rsync, sshd and git."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import time
 import pytest
 import xxhash
 
-from conftest import REPO, need, run_cli, write_config
+from conftest import need, run_cli, write_config
 
 
 def du_bytes(path):
@@ -252,61 +252,3 @@ def test_diverged_remote_is_reported_not_force_pushed(vault, bak_home):
     assert git("--git-dir", str(remote), "rev-parse", "main") == remote_head
     verify = run_cli("verify")
     assert verify.code == 1 and "remote origin HEAD" in verify.envelope["errors"][0]["message"]
-
-
-@pytest.fixture
-def docker(bak_home, monkeypatch):
-    root = bak_home / "docker"
-    root.mkdir()
-    monkeypatch.setenv("BAK_DOCKER_ROOT", str(root))
-    monkeypatch.setenv("PATH", f"{REPO / 'tests' / 'standins'}:{os.environ['PATH']}")
-    subprocess.run(["docker", "volume", "create", "grafana-data"], check=True, capture_output=True)
-    state = json.loads((root / "state.json").read_text())
-    data = __import__("pathlib").Path(state["volumes"]["grafana-data"]["mountpoint"])
-    (data / "grafana.db").write_bytes(os.urandom(50000))
-    (data / "plugins").mkdir()
-    (data / "plugins" / "p.json").write_text("{}")
-    state["containers"] = {"4f1c2a9b8d7e": {"name": "grafana", "volumes": ["grafana-data"], "running": True}}
-    (root / "state.json").write_text(json.dumps(state))
-    write_config(bak_home / "config.yaml", {
-        "version": 1, "destinations": {"nfs": {"kind": "local", "path": str(bak_home / "dest")}},
-        "targets": [{"name": "grafana", "method": "docker_volume", "destinations": ["nfs"], "interval": "1w",
-                     "docker_volume": {"container": "grafana", "volume": "grafana-data", "stop_containers": True}}]})
-    return root, data
-
-
-def test_docker_volume_backup_verify_restore(docker, bak_home):
-    root, data = docker
-    result = run_cli("create")
-    assert result.code == 0, result.envelope
-    entry = result.envelope["result"]["targets"][0]
-    assert entry["name"].startswith("docker-vol-grafana-grafana-data-") and entry["stopped"] == ["4f1c2a9b8d7e"]
-    calls = (root / "calls.log").read_text().splitlines()
-    assert "stop 4f1c2a9b8d7e" in calls and calls[-1] == "start 4f1c2a9b8d7e"
-    assert json.loads((root / "state.json").read_text())["containers"]["4f1c2a9b8d7e"]["running"] is True
-    assert run_cli("verify").code == 0
-    restored = run_cli("restore", "--target", "grafana")
-    assert restored.code == 0, restored.envelope
-    volume = restored.envelope["result"]["volume"]
-    assert volume.startswith("grafana-data-restored-")
-    mount = __import__("pathlib").Path(json.loads((root / "state.json").read_text())["volumes"][volume]["mountpoint"])
-    assert (mount / "grafana.db").read_bytes() == (data / "grafana.db").read_bytes()
-    refused = run_cli("restore", "--target", "grafana", "--into", "grafana-data")
-    assert refused.code == 3
-    drill = run_cli("drill")
-    assert drill.code == 0, drill.envelope
-    assert drill.envelope["result"]["drills"][0]["passed"]
-    assert not any(v.startswith("bak-drill-") for v in json.loads((root / "state.json").read_text())["volumes"])
-
-
-def test_containers_are_restarted_when_tar_fails(docker, bak_home):
-    root, data = docker
-    state = json.loads((root / "state.json").read_text())
-    state["volumes"]["grafana-data"]["mountpoint"] = str(root / "vanished-mountpoint")
-    (root / "state.json").write_text(json.dumps(state))
-    result = run_cli("create")
-    assert result.code == 1
-    calls = (root / "calls.log").read_text().splitlines()
-    assert calls[-1] == "start 4f1c2a9b8d7e"
-    assert json.loads((root / "state.json").read_text())["containers"]["4f1c2a9b8d7e"]["running"] is True
-    assert not list((bak_home / "dest" / "docker-volumes" / "grafana").glob("*.tar.gz*"))

@@ -49,8 +49,9 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
                 errors, code = exc.to_errors(), exc.exit_code
             except BakError as exc:
                 errors, code = [exc.to_error()], exc.exit_code
-            except KeyboardInterrupt:
-                errors, code = [{"code": "interrupted", "message": "interrupted", "where": None, "hint": None}], 130
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where bak must clean up (interrupts.Terminated)
+                errors = [{"code": "interrupted", "message": str(exc) or "interrupted", "where": None, "hint": None}]
+                code = getattr(exc, "exit_code", 130)
             emit(envelope(name, started, time.monotonic() - clock, result, warnings, errors), as_json, human)
             sys.exit(code)
 

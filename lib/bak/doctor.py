@@ -11,7 +11,7 @@ from bak.report import Outcome
 from bak.run import Hosts
 
 TOOLS = {"pg_dump": ["pg_dump", "pg_restore", "psql", "pg_isready"], "rsync": ["rsync"], "config": ["rsync"],
-         "vault": ["git", "rsync"], "docker_volume": ["docker", "tar"], "vzdump": ["vzdump", "qm", "pvesm", "zstd"]}
+         "vault": ["git", "rsync"], "docker_volume": ["tar", "find", "sha256sum"], "vzdump": ["vzdump", "qm", "pvesm", "zstd"]}
 
 
 class Checks:
@@ -90,6 +90,8 @@ def _tools(config: Config, hosts: Hosts, checks: Checks, reachable: set[str]) ->
         if target.method == "pg_dump" and target.options.get("bin_dir"):
             continue  # found through bin_dir, checked by the PostgreSQL check
         needed.setdefault(target.host, set()).update(TOOLS[target.method])
+        if target.method == "docker_volume":
+            needed[target.host].add(target.options["cli"])
         if target.method in ("rsync", "config", "vault"):
             for dest in target.destinations:
                 needed.setdefault(config.destinations[dest].host, set()).add("rsync")

@@ -62,13 +62,19 @@ def check_file(store: Store, backup: Backup, runner: Runner | None = None, check
         problems.append(f"could not be read: {read_error}")
         checker_error = None  # the checker only saw the stream break off
         result.update(checksum="unreadable", format=None)
-    elif expected is None:
-        problems.append("no .sha256 sidecar")
-    elif expected != actual:
-        problems.append(f"sha256 mismatch: sidecar says {expected[:16]}..., file is {actual[:16]}...")
+    else:
+        problems = sha256_problems(expected, actual)
     if checker_error:
         problems.append(f"{checker[0].rsplit('/', 1)[-1]}: {checker_error}")
     return passed(store, backup, result, problems)
+
+
+def sha256_problems(expected: str | None, actual: str) -> list[str]:
+    if expected is None:
+        return ["no .sha256 sidecar"]
+    if expected != actual:
+        return [f"sha256 mismatch: sidecar says {expected[:16]}..., file is {actual[:16]}..."]
+    return []
 
 
 def passed(store: Store, backup: Backup, result: dict, problems: list[str]) -> dict:

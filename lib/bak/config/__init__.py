@@ -172,13 +172,27 @@ def secret_env_refs(node: Any) -> set[str]:
     return set()
 
 
+def _whole_string_pattern(validator, pattern: str, instance: Any, node: dict):
+    """JSON Schema's `pattern` with ECMA-262's `$`: the end of the text. Python's `$` also matches before a
+    final newline, which let `grafana\n` pass as a plain name."""
+    from jsonschema import ValidationError
+
+    if isinstance(instance, str) and not re.search(re.sub(r"(?<!\\)\$$", r"\\Z", pattern), instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@lru_cache(maxsize=1)
+def _validator_class():
+    from jsonschema import Draft202012Validator, validators
+
+    return validators.extend(Draft202012Validator, {"pattern": _whole_string_pattern})
+
+
 def validate(data: Any) -> list[dict]:
     """Every problem at once: schema errors first, then names that point nowhere."""
-    from jsonschema import Draft202012Validator
-
     if not isinstance(data, dict):
         return [{"where": "(top)", "message": "the config must be a mapping with at least `version: 1`"}]
-    validator = Draft202012Validator(schema())
+    validator = _validator_class()(schema())
     problems: list[dict] = []
     for error in validator.iter_errors(data):
         problems.extend(_describe(error, data))

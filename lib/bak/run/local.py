@@ -72,6 +72,9 @@ class LocalRunner(Runner):
             returncode = proc.wait()
         except BaseException:
             proc.kill()
+            # A grandchild (tar's gzip) may still be writing into stdout and hold stderr open: closing our
+            # end ends it (EPIPE), so the stderr reader below sees its end instead of waiting forever.
+            proc.stdout.close()
             proc.wait()
             raise
         finally:
