@@ -44,7 +44,7 @@ def test_demo_refuses_a_non_empty_folder(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "lib")}
     out = subprocess.run([sys.executable, "-m", "bak", "demo", "--dir", str(tmp_path)], capture_output=True, text=True,
                          timeout=60, env=env)
-    assert out.returncode == 1 and "not empty" in out.stderr
+    assert out.returncode == 2 and "not empty" in out.stderr  # bad input: nothing was done
     assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
 
 

@@ -10,7 +10,7 @@ import pytest
 from bak.errors import LockHeld, WriteFailed
 from bak.journal import Journal
 from bak.locks import is_locked, target_lock
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, write_config
 
 HOLDER = """
 import sys, time
@@ -57,6 +57,7 @@ def test_journal_records_success_and_failure_with_tail(bak_home):
     assert rows[1]["ended_at"] >= rows[1]["started_at"]
     assert (bak_home / "state" / "journal.sqlite").stat().st_mode & 0o777 == 0o600
 
+    write_config(bak_home / "config.yaml", {"version": 1})
     shown = run_cli("log", "--target", "db")
     assert shown.code == 0
     assert [o["status"] for o in shown.envelope["result"]["operations"]] == ["failed", "ok"]

@@ -48,7 +48,9 @@ journal_rows = st.lists(st.fixed_dictionaries({
 def test_status_answers_whatever_the_journal_holds(bak_home, rows):
     if not (bak_home / "config.yaml").exists():
         status_lab(bak_home)
-    run_cli("log")  # creates the journal
+    from bak.journal import Journal
+
+    Journal.default().close()  # creates the journal
     db = sqlite3.connect(bak_home / "state" / "journal.sqlite")
     db.execute("DELETE FROM operations")
     for row in rows:
@@ -226,7 +228,7 @@ def test_a_held_journal_is_waited_for_then_named(bak_home, monkeypatch):
     source = bak_home / "src"
     make_tree(source, files=3)
     files_config(bak_home, source=source, dest={"kind": "local", "path": str(bak_home / "dest")})
-    assert run_cli("log").code == 0
+    bak_journal.Journal.default().close()
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(bak_home / "state" / "journal.sqlite")],
                               stdout=subprocess.PIPE)
     try:

@@ -49,6 +49,8 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
                 errors, code = exc.to_errors(), exc.exit_code
             except BakError as exc:
                 errors, code = [exc.to_error()], exc.exit_code
+            except (Exception, RecursionError) as exc:  # a bug: still one envelope, and no traceback unless asked
+                errors, code = [internal_error(exc)], 1
             except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where bak must clean up (interrupts.Terminated)
                 errors = [{"code": "interrupted", "message": str(exc) or "interrupted", "where": None, "hint": None}]
                 code = getattr(exc, "exit_code", 130)
@@ -60,13 +62,56 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
     return decorate
 
 
+def internal_error(exc: BaseException) -> dict:
+    """An unexpected exception as an envelope error; BAK_DEBUG=1 prints its traceback on stderr."""
+    import os
+    import traceback
+
+    if os.environ.get("BAK_DEBUG"):
+        traceback.print_exception(exc)
+    return {"code": "internal_error", "message": f"bak hit an internal error: {type(exc).__name__}: {str(exc)[:300]}",
+            "where": None, "hint": "This is a bug in bak: run again with BAK_DEBUG=1 for the traceback and report it."}
+
+
+class BakGroup(click.Group):
+    """Usage errors (an unknown option, a bad value) as one envelope under --json, exit 2, like every other bad input."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        try:
+            result = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                                  **extra)
+        except click.exceptions.UsageError as exc:
+            self._usage_error(exc, args)
+        except click.exceptions.Abort:
+            sys.exit(130)
+        if isinstance(result, int) and standalone_mode:  # --help, --version
+            sys.exit(result)
+        return result
+
+    def _usage_error(self, exc: click.exceptions.UsageError, args: list[str]) -> None:
+        from bak.report import emit, envelope
+
+        if "--json" in args:
+            words = [a for a in args if not a.startswith("-")][:2]
+            group = self.commands.get(words[0]) if words else None
+            command = " ".join(words[:2] if isinstance(group, click.Group) and words[1:] and words[1] in group.commands
+                               else words[:1] if group else [])
+            error = {"code": "bad_input", "message": exc.format_message()[:500], "where": command or None,
+                     "hint": f"See: bak {command} --help" if command else "See: bak --help"}
+            emit(envelope(command or "bak", datetime.now(timezone.utc), 0.0, None, [], [error]), True, None)
+        else:
+            exc.show()
+        sys.exit(EXIT_BAD_INPUT)
+
+
 def load_config(path: Path | None):
     from bak import config, paths
 
     return config.load(path or paths.config_file())
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=BakGroup, context_settings=CONTEXT)
 @click.version_option(package_name="bak")
 def cli():
     """bak: back up, verify, restore, prune and schedule a homelab's backups.
@@ -208,12 +253,15 @@ def _human_log(result: dict) -> None:
 @click.option("--kind", type=click.Choice(["create", "verify", "restore", "drill", "prune"]), help="Only this kind.")
 @click.option("--since", help="Only operations started on or after this date (YYYY-MM-DD or ISO time, UTC).")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
-@action("log", needs_config=False, human=_human_log)
-def log_command(target, kind, since, limit):
-    """Show the journal of operations, newest first."""
+@action("log", human=_human_log)
+def log_command(target, kind, since, limit, config):
+    """Show the journal of operations, newest first (--limit: how many, default 50)."""
     from bak.journal import Journal
+    from bak.paths import state_dir
     from bak.report import Outcome
 
+    if not (state_dir() / "journal.sqlite").exists():
+        return Outcome({"operations": []})  # nothing journaled yet: reading creates nothing
     journal = Journal.default()
     try:
         return Outcome({"operations": journal.query(target=target, kind=kind, since=_since(since), limit=limit)})
@@ -320,7 +368,7 @@ def _duration(text: str, where: str):
     from bak.config import DURATION, parse_duration
 
     if not DURATION.fullmatch(text):
-        raise _bad(f"{text!r} is not a duration like 30m, 6h, 1d or 1w", where)
+        raise _bad(f"{text[:40]!r} is not a duration like 30m, 6h, 1d or 1w (at most 6 digits)", where)
     return parse_duration(text)
 
 
@@ -336,21 +384,32 @@ def _simulation_policy(policy_name, keeps, load_config) -> dict:
     return given
 
 
+SIMULATED_MAX = 200_000  # backups a simulation may generate or read
+
+
 def _simulation_times(every, days):
     from bak import prune
-    from bak.config import parse_duration
 
     if every:
-        import re
-
-        if not re.fullmatch(r"[1-9][0-9]*[mhdw]", every):
-            raise _bad(f"--every {every!r} is not a duration like 6h or 1d", "--every")
+        step = _duration(every, "--every")
+        count = days * 86400 // int(step.total_seconds())
+        if count > SIMULATED_MAX:
+            raise _bad(f"a backup every {every} for {days} days is {count} backups; a simulation takes at most "
+                       f"{SIMULATED_MAX}", "--every")
         now = datetime.now().replace(second=0, microsecond=0)
-        return [(when.isoformat(), when) for when in prune.generated_times(parse_duration(every), days, now)]
-    stdin = click.get_text_stream("stdin")
+        return [(when.isoformat(), when) for when in prune.generated_times(step, days, now)]
+    stdin = click.get_binary_stream("stdin")
     if stdin.isatty():
         raise _bad("--simulate reads timestamps or file names from stdin, or give --every", "--every")
-    return prune.parse_times(stdin.read().splitlines())
+    data = stdin.read(64 * SIMULATED_MAX + 1)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _bad(f"stdin is not UTF-8 text (byte {exc.start}); give one ISO time or backup name per line", "stdin") from None
+    lines = text.splitlines()
+    if len(data) > 64 * SIMULATED_MAX or len(lines) > SIMULATED_MAX:
+        raise _bad(f"stdin holds more than {SIMULATED_MAX} lines; a simulation takes at most that many", "stdin")
+    return prune.parse_times(lines)
 
 
 def _bad(message: str, where: str):
@@ -720,21 +779,20 @@ def _human_setup(result: dict) -> None:
 
 
 @wizard_group.command("setup")
-@click.option("--answers", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--answers", type=click.Path(path_type=Path),
               help="YAML answers (for the agent and scripts: no prompts).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write (default: the config path).")
 @click.option("--force", is_flag=True, help="Replace an existing config (the old one is kept beside it).")
 @action("wizard setup", needs_config=False, human=_human_setup)
 def wizard_setup(answers, output, force):
     """Write a config for a 3-2-1 strategy from answers (a file, or prompts in a terminal)."""
-    import yaml
-
     from bak import paths
+    from bak.config import yamlfile
     from bak.errors import BadInput
     from bak.wizard import prompt_answers, write_config
 
     if answers:
-        data = yaml.safe_load(answers.read_text()) or {}
+        data = yamlfile.load(answers, "answers file")
     elif sys.stdin.isatty():
         data = prompt_answers()
     else:

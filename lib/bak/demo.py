@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from bak.errors import BakError
+from bak.errors import BadInput, BakError
 from bak.run.local import LocalRunner
 
 SAMPLE_SQL = """
@@ -167,7 +167,7 @@ def run(folder: Path | None) -> int:
     lab = Path(folder) if folder else Path(__import__("tempfile").mkdtemp(prefix="bak-demo-"))
     lab.mkdir(parents=True, exist_ok=True)
     if any(lab.iterdir()):
-        raise BakError(f"demo folder {lab} is not empty", code="demo_folder_not_empty", hint="Pass an empty or new --dir.")
+        raise BadInput(f"demo folder {lab} is not empty", code="demo_folder_not_empty", hint="Pass an empty or new --dir.")
     os.environ["BAK_STATE_DIR"] = str(lab / "state")
     os.environ["BAK_CONFIG"] = str(lab / "config.yaml")
     click.secho(f"bak demo lab: {lab}", bold=True)

@@ -178,7 +178,8 @@ def parse_times(lines: list[str]) -> list[tuple[str, datetime]]:
         try:
             parsed.append((text, datetime.fromisoformat(text).replace(tzinfo=None)))
         except ValueError:
-            raise BadInput(f"line {number}: {text!r} is neither an ISO time nor a backup file name", where=f"stdin:{number}") from None
+            raise BadInput(f"line {number}: {text[:80]!r} is neither an ISO time nor a backup file name",
+                           where=f"stdin:{number}") from None
     return parsed
 
 

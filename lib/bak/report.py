@@ -26,13 +26,18 @@ class Outcome:
     worst_exit: int = EXIT_OK
 
     def problem(self, code: str, message: str, where: str | None = None, hint: str | None = None) -> None:
-        self.errors.append({"code": code, "message": message, "where": where, "hint": hint})
+        self._add({"code": code, "message": message, "where": where, "hint": hint})
         self.worst_exit = max(self.worst_exit, EXIT_PROBLEMS)
 
     def failed(self, exc: BakError) -> None:
         """Record a library error and keep its exit code (a refusal stays 3)."""
-        self.errors.append(exc.to_error())
+        self._add(exc.to_error())
         self.worst_exit = max(self.worst_exit, exc.exit_code)
+
+    def _add(self, error: dict) -> None:
+        """Once: an unreachable host met by three targets is one error, not three."""
+        if error not in self.errors:
+            self.errors.append(error)
 
     @property
     def exit_code(self) -> int:

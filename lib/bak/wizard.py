@@ -5,18 +5,26 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from bak import config as bak_config
-from bak.errors import ConfigError, Refused
+from bak.errors import BadInput, ConfigError, Refused
 from bak.paths import ensure_private_dir
 from bak.report import Outcome
 from bak.strategy import config_from_answers
 
 
-def write_config(answers: dict, path: Path, force: bool) -> Outcome:
+def write_config(answers: Any, path: Path, force: bool) -> Outcome:
+    problems = bak_config.validate_answers(answers)
+    if problems:
+        raise ConfigError(problems, source="wizard answers")
     data = config_from_answers(answers)
+    if not data["targets"]:
+        raise BadInput("the answers name nothing to back up: no folder, database, VM, vault, config or volume",
+                       where="answers", hint="Add at least one of: folders, databases, pve.vms, vault, claude_config, "
+                                              "docker_volumes.")
     problems = bak_config.validate(data)
     if problems:
         raise ConfigError(problems, source="wizard answers")

@@ -20,7 +20,7 @@ _HERE = Path(__file__).parent
 
 _PATTERN_MEANING = {
     SAFE_NAME: "a plain name: letters, digits, '_', '.', '-', starting with a letter or digit, at most 64 characters",
-    r"^[1-9][0-9]*[mhdw]$": "a duration like 30m, 6h, 1d or 1w",
+    r"^[1-9][0-9]{0,5}[mhdw]$": "a duration like 30m, 6h, 1d or 1w (at most 6 digits)",
     r"^(~|/|[A-Za-z]:[\\/])[^\u0000\n]*$": "an absolute path (or one starting with ~)",
 }
 
@@ -28,6 +28,23 @@ _PATTERN_MEANING = {
 @lru_cache(maxsize=1)
 def schema() -> dict:
     return json.loads((_HERE / "schema.json").read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=1)
+def answers_schema() -> dict:
+    return json.loads((_HERE / "answers.schema.json").read_text(encoding="utf-8"))
+
+
+def validate_answers(data: Any) -> list[dict]:
+    """The wizard's answers file, checked like a config: every problem with its key path."""
+    if not isinstance(data, dict):
+        return [{"where": "(top)", "message": "the answers must be a mapping (hosts, destinations, folders, ...)"}]
+    problems = _non_text_keys(data)
+    if not problems:
+        validator = _validator_class()(answers_schema())
+        problems = [d for error in validator.iter_errors(data) for d in _describe(error, data)]
+    unique = {(p["where"], p["message"]): {**p, "message": _bounded(p["message"])} for p in problems}
+    return sorted(unique.values(), key=lambda p: (p["where"], p["message"]))
 
 
 def example_text() -> str:
@@ -134,20 +151,9 @@ class Config:
 
 def load(path: Path) -> Config:
     """Read, validate and type a config file; raises ConfigError listing every problem."""
-    import yaml
+    from bak.config import yamlfile
 
-    if not path.is_file():
-        raise BadInput(f"config file not found: {path}", where=str(path), code="config_missing",
-                       hint="Pass --config, set BAK_CONFIG, run `bak wizard setup`, or start from `bak config example`.")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([{"where": where, "message": f"malformed YAML: {problem}"}], source=str(path)) from None
-    return from_data(data, source=str(path))
+    return from_data(yamlfile.load(path), source=str(path))
 
 
 def from_data(data: Any, source: str = "<config>") -> Config:
@@ -192,14 +198,39 @@ def validate(data: Any) -> list[dict]:
     """Every problem at once: schema errors first, then names that point nowhere."""
     if not isinstance(data, dict):
         return [{"where": "(top)", "message": "the config must be a mapping with at least `version: 1`"}]
+    problems = _non_text_keys(data)
+    if problems:
+        return problems  # the schema speaks of text keys only
     validator = _validator_class()(schema())
-    problems: list[dict] = []
     for error in validator.iter_errors(data):
         problems.extend(_describe(error, data))
     if not problems:
         problems.extend(_cross_references(data))
-    unique = {(p["where"], p["message"]): p for p in problems}
+    unique = {(p["where"], p["message"]): {**p, "message": _bounded(p["message"])} for p in problems}
     return sorted(unique.values(), key=lambda p: (p["where"], p["message"]))
+
+
+def _bounded(text: str, limit: int = 300) -> str:
+    """A message echoes a value: never a huge one."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _non_text_keys(data: Any) -> list[dict]:
+    """`hosts: {1: ...}` or `policies: {true: ...}`: YAML makes numbers and booleans of such keys."""
+    problems, stack = [], [(data, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    problems.append({"where": key_path([*path, repr(key)]),
+                                     "message": f"key {_bounded(repr(key), 60)} is not text",
+                                     "hint": "Quote it in the YAML (e.g. '1': ... or 'true': ...)."})
+                else:
+                    stack.append((value, [*path, key]))
+        elif isinstance(node, list):
+            stack.extend((value, [*path, index]) for index, value in enumerate(node))
+    return sorted(problems, key=lambda p: p["where"])
 
 
 def key_path(parts) -> str:
@@ -212,7 +243,7 @@ def key_path(parts) -> str:
 def _describe(error, data: dict) -> list[dict]:
     where = key_path(error.absolute_path)
     if error.validator == "additionalProperties" and error.validator_value is False:
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})), key=repr)
         known = ", ".join(sorted(error.schema.get("properties", {})))
         return [{"where": key_path([*error.absolute_path, key]), "message": f"unknown key {key!r}",
                  "hint": f"Allowed here: {known}"} for key in extra]
@@ -227,7 +258,7 @@ def _describe(error, data: dict) -> list[dict]:
         return [{"where": key_path([*error.absolute_path, LOCAL]), "message": "the host name 'local' is reserved for this machine"}]
     if error.validator == "pattern":
         meaning = _PATTERN_MEANING.get(error.validator_value, f"text matching {error.validator_value}")
-        return [{"where": where, "message": f"{error.instance!r} is not {meaning}"}]
+        return [{"where": where, "message": f"{_bounded(repr(error.instance), 80)} is not {meaning}"}]
     if error.validator == "required":
         missing = re.findall(r"'([^']+)' is a required property", error.message)
         name = missing[0] if missing else error.message

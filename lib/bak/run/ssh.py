@@ -16,11 +16,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+import logging
+
 import paramiko
 
 from bak.config import Host
 from bak.errors import CommandFailed, HostKeyMismatch, HostKeyUnknown, Refused, ToolMissing, TransportError
 from bak.run.base import CHUNK, Completed, Feeder, Runner, Sink, StderrTail, ere_escape, guardian_argv
+
+# paramiko logs its own errors (and tracebacks of its transport thread) to stderr when nothing else does:
+# bak turns every failure into its own error, so that chatter never reaches the user.
+_paramiko_log = logging.getLogger("paramiko")
+_paramiko_log.addHandler(logging.NullHandler())
+_paramiko_log.propagate = False
 
 # What a remote shell reports for a command it cannot find.
 _NOT_FOUND = 127
@@ -99,10 +107,15 @@ class SSHRunner(Runner):
         except (socket.timeout, TimeoutError) as exc:
             raise TransportError(f"connecting to {host.name} ({host.address}:{host.port}) timed out", where=f"hosts.{host.name}",
                                  hint="Is the host up and the port right? Raise connect_timeout for slow links.") from exc
-        except (OSError, paramiko.SSHException) as exc:
+        except paramiko.ssh_exception.NoValidConnectionsError:
+            raise TransportError(f"cannot connect to {host.name} ({host.address}:{host.port}): connection refused",
+                                 where=f"hosts.{host.name}", hint="Is sshd running there, on that port?") from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
             if isinstance(exc, HostKeyUnknown):
                 raise
-            raise TransportError(f"cannot connect to {host.name} ({host.address}:{host.port}): {exc}",
+            reason = "the host closed the connection before speaking SSH" if "banner" in str(exc) or isinstance(
+                exc, EOFError) else str(exc)
+            raise TransportError(f"cannot connect to {host.name} ({host.address}:{host.port}): {reason}",
                                  where=f"hosts.{host.name}", hint="Check the address, port and that sshd runs.") from None
         transport = client.get_transport()
         if host.keepalive:
