@@ -29,6 +29,47 @@ from bak.demo import free_port, pg_bindir  # noqa: E402  (the demo's own helpers
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# --- the suite leaves nothing behind -------------------------------------------------------
+# Everything the suite and the tools it starts write goes under one folder of this run (removed at the
+# end): temp files (TMPDIR, also pytest's own), restic's cache, and the XDG folders a tool might use in
+# $HOME. The folder is traversable (0711) so the postgres OS user reaches the clusters kept there.
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="bak-tests-"))
+os.chmod(SESSION_TMP, 0o711)
+for _sub, _var in (("tmp", "TMPDIR"), ("cache", "XDG_CACHE_HOME"), ("config", "XDG_CONFIG_HOME"),
+                   ("data", "XDG_DATA_HOME"), ("state", "XDG_STATE_HOME"), ("restic-cache", "RESTIC_CACHE_DIR")):
+    (SESSION_TMP / _sub).mkdir()
+    os.environ[_var] = str(SESSION_TMP / _sub)
+os.chmod(SESSION_TMP / "tmp", 0o1777)
+tempfile.tempdir = None  # tempfile reads TMPDIR again
+HOME = Path.home()
+_SYSTEM_TMP = Path("/tmp")
+_HOME_SKIP = {".pyenv", ".rustup", ".cargo", ".m2", ".npm", ".cache", ".claude", ".claude.json"}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
+
+
+def _entries() -> set[str]:
+    """Top-level names in the system temp folder and in our TMPDIR, and $HOME two levels deep."""
+    found = {f"/tmp/{n}" for n in os.listdir(_SYSTEM_TMP)} | \
+        {f"TMPDIR/{n}" for n in os.listdir(SESSION_TMP / "tmp") if not n.startswith("pytest-of-")}
+    for entry in HOME.iterdir():
+        found.add(f"~/{entry.name}")
+        if entry.is_dir() and not entry.is_symlink() and entry.name not in _HOME_SKIP:
+            found |= {f"~/{entry.name}/{n}" for n in os.listdir(entry)}
+    return found
+
+
+@pytest.fixture(autouse=True)
+def leaves_nothing_behind():
+    """A test that leaves a new entry in the system temp folder, our TMPDIR or $HOME fails.
+    (Session fixtures keep their folders in SESSION_TMP itself, or in pytest's tmp_path_factory.)"""
+    before = _entries()
+    yield
+    new = sorted(_entries() - before)
+    assert not new, f"the test left files behind: {new}"
+
 
 def need(*tools: str) -> None:
     """Skip locally, fail in CI, when a system tool the test needs is missing."""
@@ -329,7 +370,7 @@ def _make_postgres() -> PostgresServer:
     bindir = pg_bindir()
     if bindir is None:
         need("initdb")
-    root = Path(tempfile.mkdtemp(prefix="bak-pg-"))
+    root = Path(tempfile.mkdtemp(prefix="bak-pg-", dir=SESSION_TMP))
     os_user = None
     if os.getuid() == 0:
         os_user = "postgres"

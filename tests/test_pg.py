@@ -1,5 +1,6 @@
 """PostgreSQL end to end against a real cluster: dump, verify, restore beside, drill, faults, secrets."""
 
+import shutil
 import subprocess
 import threading
 import time
@@ -314,6 +315,7 @@ def test_server_stopped_mid_dump_leaves_no_final_file(bak_home, monkeypatch):
         assert row["kind"] == "create" and row["status"] == "failed"
     finally:
         server.stop("immediate")
+        shutil.rmtree(server.datadir.parent, ignore_errors=True)
 
 
 def test_globals_are_kept_beside_the_dump_without_passwords_for_a_non_superuser(lab, pg):

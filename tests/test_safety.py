@@ -418,8 +418,10 @@ def test_no_secret_on_disk_or_in_a_child_environment_even_after_sigkill(bak_home
             wait_for(lambda: not Path(passfile).parent.exists(), timeout=10, what="the remote passfile removed")
         wait_for(lambda: not [p for p in processes_naming("pg_dump") if comm(p) == "pg_dump"], timeout=10,
                  what="no pg_dump left")
-    # bak's own temp files (bak-*) and shared memory: no copy of the password anywhere.
-    for path in [*Path("/tmp").glob("bak-*/**/*"), *Path("/dev/shm").rglob("*"), *bak_home.rglob("*")]:
+    # bak's private temp files (here and on the SSH host), shared memory and the lab: no copy of the password.
+    temp = Path(__import__("tempfile").gettempdir())
+    for path in [*Path("/tmp").glob("bak-secret*/**/*"), *temp.glob("bak-secret*/**/*"), *Path("/dev/shm").rglob("*"),
+                 *bak_home.rglob("*")]:
         try:
             if path.is_file() and not path.is_symlink() and path.stat().st_size < 1 << 20:
                 assert PASSWORD.encode() not in path.read_bytes(), path

@@ -51,7 +51,7 @@ def test_bad_answers_and_no_terminal_are_bad_input(bak_home):
     answers.write_text(yaml.safe_dump({"folders": [{"name": "x;y", "source": "/a"}],
                                        "destinations": {"d": {"kind": "local", "path": "/b"}}}))
     bad = run_cli("wizard", "setup", "--answers", str(answers), "--output", str(bak_home / "c.yaml"))
-    assert bad.code == 2 and "targets[0].name" in {e["where"] for e in bad.envelope["errors"]}
+    assert bad.code == 2 and "folders[0].name" in {e["where"] for e in bad.envelope["errors"]}  # the answer at fault
     assert not (bak_home / "c.yaml").exists()
     no_tty = run_cli("wizard", "setup", "--output", str(bak_home / "c.yaml"))
     assert no_tty.code == 2 and "--answers" in no_tty.envelope["errors"][0]["message"]
