@@ -28,4 +28,7 @@ fi
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# Wheels of the pinned runtime dependencies: the plugin's first-use test installs from them, offline.
+"$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+  -r scripts/requirements.lock -d tests/.wheelhouse
 exec "$PYTHON" -m pytest "$@"

@@ -15,6 +15,7 @@ from typing import Callable
 
 import click
 
+from bak import __version__
 from bak.errors import EXIT_BAD_INPUT, BakError, ConfigError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -66,7 +67,7 @@ def load_config(path: Path | None):
 
 
 @click.group(context_settings=CONTEXT)
-@click.version_option(package_name="bak")
+@click.version_option(__version__, prog_name="bak")
 def cli():
     """bak: back up, verify, restore, prune and schedule a homelab's backups.
 
