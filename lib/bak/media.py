@@ -5,6 +5,9 @@ st_dev on this machine (a local folder on an NFS or SMB mount belongs to the ser
 host and st_dev over SSH. A copy is off-site only on another host than the data's and than this
 machine. The config's `offsite: true` stays the operator's claim (facts cannot see rooms): it
 counts unless the facts contradict it, and then the contradiction is reported.
+
+Hosts are known by address, and `local` is this machine. An SSH host on a loopback address is
+taken at its word as another machine: the tests stand remote hosts up that way.
 """
 
 from __future__ import annotations
