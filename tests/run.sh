@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(rsync openssh-server openssh-client postgresql restic zstd git gzip tar procps util-linux coreutils systemd)
 have_all() {
   local tool
-  for tool in rsync /usr/sbin/sshd ssh ssh-keygen restic zstd git gzip tar pkill mount runuser sha256sum systemd-analyze; do
+  for tool in rsync /usr/sbin/sshd ssh ssh-keygen restic zstd git gzip tar pkill mount unshare runuser sha256sum systemd-analyze; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || return 1
   done
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || return 1
@@ -24,6 +24,13 @@ if ! have_all; then
     echo "missing system packages; run as root or: sudo apt-get install ${PACKAGES[*]}" >&2
     exit 1
   fi
+fi
+
+# The real Claude Code CLI (npm): the tests validate the plugin with it and read the command names it loads.
+CLAUDE_CODE=@anthropic-ai/claude-code@2.1.197
+if [ "$(claude --version 2>/dev/null | cut -d' ' -f1)" != "${CLAUDE_CODE##*@}" ]; then
+  echo "installing $CLAUDE_CODE" >&2
+  npm install -g --silent --no-fund --no-audit "$CLAUDE_CODE" >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}
