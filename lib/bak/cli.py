@@ -612,12 +612,15 @@ def pg_drill_command(targets, all_targets, config):
 @cli.command("demo", context_settings=CONTEXT)
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
               help="Empty folder for the lab (default: a new temp folder).")
-def demo_command(folder):
+@click.option("--install-missing", "install", is_flag=True,
+              help="First install what the demo uses and this machine lacks (rsync, git, PostgreSQL server) with "
+                   "apt-get, when run as root; otherwise the demo names the command.")
+def demo_command(folder, install):
     """Build a sandbox lab (loopback and one folder only) and run backups end to end in it."""
     from bak import demo
 
     try:
-        sys.exit(demo.run(folder))
+        sys.exit(demo.run(folder, install))
     except BakError as exc:
         click.echo(f"error: {exc.message}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), err=True)
         sys.exit(exc.exit_code)

@@ -79,29 +79,32 @@ def emit(env: dict, as_json: bool, human: Callable[[dict], None] | None) -> None
     import click
 
     for warning in env["warnings"]:
-        say(click.style("warning: ", fg="yellow") + warning, err=True)
+        say(warning, err=True, label="warning: ", label_style={"fg": "yellow"})
     for error in env["errors"]:
-        where = f" [{error['where']}]" if error.get("where") else ""
-        say(click.style("error:", fg="red") + f"{where} {error['message']}", err=True)
+        where = f"[{error['where']}] " if error.get("where") else ""
+        say(where + error["message"], err=True, label="error: ", label_style={"fg": "red"})
         if error.get("hint"):
-            say(click.style("  hint: ", dim=True) + error["hint"], err=True)
+            say(error["hint"], err=True, label="  hint: ", label_style={"dim": True})
 
 
-def say(text: str, err: bool = False) -> None:
-    """Plain lines for humans, wrapped between words at the terminal's width (rich only for tables)."""
+def say(text: str, err: bool = False, label: str = "", label_style: dict | None = None, **style) -> None:
+    """Plain lines for humans, wrapped between words at the terminal's width (rich only for tables).
+    `label` starts the first line, styled with `label_style`; `style` (click.style's) colours every line."""
     import shutil
     import textwrap
 
     import click
 
     width = shutil.get_terminal_size((80, 24)).columns
-    for line in text.splitlines() or [""]:
-        if len(click.unstyle(line)) <= width:
-            click.echo(line, err=err)
-            continue
+    for number, line in enumerate((label + text).splitlines() or [""]):
         indent = " " * (len(line) - len(line.lstrip()) + 2)
-        click.echo("\n".join(textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
-                                           break_on_hyphens=False)), err=err)
+        pieces = [line] if len(line) <= width else textwrap.wrap(
+            line, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
+        for index, piece in enumerate(pieces):
+            piece = click.style(piece, **style) if style else piece
+            if label and number == index == 0:
+                piece = click.style(label, **(label_style or {})) + piece[len(label):]
+            click.echo(piece, err=err)
 
 
 def stdout_console():
