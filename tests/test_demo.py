@@ -87,3 +87,24 @@ def test_demo_without_rsync_leaves_file_snapshots_out_and_still_succeeds(monkeyp
 
         _os.environ.pop("BAK_STATE_DIR", None)
         _os.environ.pop("BAK_CONFIG", None)
+
+
+def test_install_missing_asks_apt_get_for_exactly_what_is_missing(monkeypatch, tmp_path):
+    """As root with apt-get, --install-missing installs the packages of the missing tools (a stand-in apt-get
+    records what it is asked); any other way, the demo names the exact command instead."""
+    import bak.demo as demo
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "apt-get"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$DEBIAN_FRONTEND $*\" >> {calls}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(demo, "_is_root", lambda: True)
+    assert demo.install_missing({"rsync": "rsync", "PostgreSQL server": "postgresql"})
+    assert calls.read_text().splitlines() == [
+        "noninteractive update -qq", "noninteractive install -y -qq --no-install-recommends postgresql rsync"]
+    assert demo.install_command(["rsync"]) == "apt-get install rsync"
+    monkeypatch.setattr(demo, "_is_root", lambda: False)
+    assert not demo.install_missing({"rsync": "rsync"})  # not root: it only names the command
+    assert demo.install_command(["rsync"]) == "sudo apt-get install rsync"

@@ -107,7 +107,7 @@ def _human_text(result: dict) -> None:
 @config_group.command("example")
 @action("config example", needs_config=False, human=_human_text)
 def config_example():
-    """Print the spec's r2d2 homelab as a valid config (documentation; nothing connects to it)."""
+    """Print an example homelab as a valid config (documentation; nothing connects to it)."""
     from bak import config
     from bak.report import Outcome
 
