@@ -131,3 +131,35 @@ def test_human_output_fits_and_never_splits_a_word(lab, width, monkeypatch):
                 if 3 <= len(word) <= width - 20:
                     assert re.search(rf"(?<!\S){re.escape(word)}(?!\S)", flat), \
                         f"{argv} at {width} columns: {word!r} is not shown whole\n{output}"
+
+
+@pytest.mark.parametrize("argv", [
+    ["config", "example", "--config", "x.yaml"],  # prints a fixed example: no config is read
+    ["config", "reference", "--config", "x.yaml"],
+    ["log", "--config", "x.yaml"],  # the journal is in the state folder
+    ["schedule", "show", "--dry-run"],  # show never changes anything
+    ["pg", "restore", "-t", "app", "--file", "x"],  # a dump has no files to pick
+    ["create", "--all", "--target", "app"],  # --all says every target: not with --target
+    ["prune", "--all", "--target", "app"],
+])
+def test_options_that_would_do_nothing_are_not_offered(argv, bak_home):
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 2, result.output
+    assert "No such option" in result.output or "exclude each other" in result.output
+
+
+def test_help_describes_every_option_and_argument():
+    def walk(group=cli, path=()):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from walk(command, (*path, name))
+            else:
+                yield (*path, name), command
+
+    for path, command in walk():
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"bak {' '.join(path)} {param.opts[0]} has no help"
+            else:
+                assert (param.metavar or param.human_readable_name).strip("[].").upper() in (command.help or ""), \
+                    f"bak {' '.join(path)} {param.human_readable_name} is not described"

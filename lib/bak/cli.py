@@ -29,6 +29,13 @@ def output_options(fn, with_config: bool = True):
     return fn
 
 
+def _all_or_named(ctx, param, value):
+    """--all says "every enabled target" out loud; with --target it would contradict it."""
+    if value and ctx.params.get("targets"):
+        raise click.BadParameter("--all and --target exclude each other", ctx=ctx, param=param)
+    return value
+
+
 def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None] | None = None):
     """Wraps a command body that returns an Outcome: config, envelope, exit code, all in one place."""
 
@@ -162,7 +169,7 @@ def _human_ssh_check(result: dict) -> None:
 
 
 @ssh_group.command("check")
-@click.argument("hosts", nargs=-1)
+@click.argument("hosts", nargs=-1, metavar="[HOST]...")
 @action("ssh check", human=_human_ssh_check)
 def ssh_check(hosts, config):
     """Connect to each HOST (default: all) over one connection and run `uname -srn`."""
@@ -283,8 +290,10 @@ def _human_simulation(result: dict) -> None:
 
 
 @cli.command("prune", context_settings=CONTEXT)
-@click.option("--target", "-t", "targets", multiple=True, help="Target to prune (repeatable); default: all enabled targets.")
-@click.option("--all", "all_targets", is_flag=True, help="All enabled targets (the default when no --target is given).")
+@click.option("--target", "-t", "targets", multiple=True, is_eager=True,
+              help="Target to prune (repeatable); default: all enabled targets.")
+@click.option("--all", "all_targets", is_flag=True, callback=_all_or_named,
+              help="All enabled targets (the default when no --target is given).")
 @click.option("--dry-run", is_flag=True, help="Show exactly what would be removed; remove nothing.")
 @click.option("--force", is_flag=True, help="Prune even a stale target (newest backup older than 2x its interval).")
 @click.option("--simulate", is_flag=True, help="Simulate a policy on timestamps or file names read from stdin, or on --every/--days.")
@@ -373,13 +382,6 @@ def _human_create(result: dict) -> None:
           [[t["target"], t["method"], t.get("status"), t.get("name"), human_size(t.get("size")),
             ", ".join(f"{c['store']}:{'ok' if c['ok'] else 'FAILED'}" for c in t.get("copies", [])) or ", ".join(t["destinations"]),
             t.get("error")] for t in result["targets"]])
-
-
-def _all_or_named(ctx, param, value):
-    """--all says "every enabled target" out loud; with --target it would contradict it."""
-    if value and ctx.params.get("targets"):
-        raise click.BadParameter("--all and --target exclude each other", ctx=ctx, param=param)
-    return value
 
 
 def target_options(fn):
