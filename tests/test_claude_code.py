@@ -83,6 +83,9 @@ def test_readme_promises_a_name_for_every_command_in_each_way():
     assert {"backup-skill:bak-status", "backup-skill:backup-skill"} <= promised[
         "claude plugin marketplace add /path/to/bak"]
     assert "bak-status" in promised["python3 scripts/bak_skill.py install"]
+    skill = (REPO / "SKILL.md").read_text()  # the agent's own page says the same
+    assert "`/backup-skill:bak-status`" in skill and "`/backup-skill:backup-skill`" in skill
+    assert "`/bak-status` ... `/bak-wizard` and `/backup-skill`" in skill
 
 
 def test_as_a_plugin_every_command_is_namespaced_as_the_docs_say(claude):

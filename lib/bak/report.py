@@ -76,8 +76,6 @@ def emit(env: dict, as_json: bool, human: Callable[[dict], None] | None) -> None
         return
     if human and env["result"] is not None:
         human(env["result"])
-    import click
-
     for warning in env["warnings"]:
         say(warning, err=True, label="warning: ", label_style={"fg": "yellow"})
     for error in env["errors"]:
@@ -117,8 +115,9 @@ WRAPPED_MIN = 24
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """A table that stays readable at any width: columns while every word fits whole, else one
-    block of `column value` lines per row (a narrow terminal never splits a word or a header)."""
+    """A table that stays readable at any width: columns while all fit whole but the widest, which
+    wraps between words and keeps WRAPPED_MIN characters; else one block of `column value` lines per
+    row. A narrow terminal never splits a header or a word."""
     from rich.table import Table
     from rich.text import Text
 
