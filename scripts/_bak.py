@@ -134,10 +134,13 @@ def _build(env_dir: Path, wanted: dict, command: str, args: list[str], started: 
             tail = [line for line in out.stdout.decode("utf-8", "replace").splitlines() if line.strip()]
             sys.stderr.write("\n".join(tail[-20:]) + "\n")
             shutil.rmtree(env_dir, ignore_errors=True)
+            tls = any("CERTIFICATE_VERIFY_FAILED" in line for line in tail)
             _refuse(command, args, started, "environment_setup_failed",
                     f"bak could not set up its Python environment ({title} failed: "
-                    f"{tail[-1].strip() if tail else 'exit ' + str(out.returncode)})",
-                    hint or _offline_hint(args))
+                    f"{tail[-1].strip() if tail else 'exit ' + str(out.returncode)})"
+                    + ("; pip could not verify the package index's TLS certificate" if tls else ""),
+                    hint or ("Point pip at your CA bundle (PIP_CERT=/path/to/ca.pem, or `cert` in pip.conf), then "
+                             "run again. " if tls else "") + _offline_hint(args))
     marker = env_dir / "bak-env.json"
     marker.with_suffix(".partial").write_text(json.dumps(wanted), encoding="utf-8")
     os.replace(marker.with_suffix(".partial"), marker)  # written last: its presence means complete
