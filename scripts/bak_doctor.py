@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""/bak-doctor: the spec troubleshooting sections as checks, each with its fix."""
+"""/bak-doctor: the usual causes of failed backups, checked, each with its fix."""
 from _bak import run
 
 run("doctor")

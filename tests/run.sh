@@ -8,8 +8,8 @@ PACKAGES=(rsync openssh-server openssh-client postgresql restic zstd git gzip ta
           findutils podman runc conmon podman-docker busybox-static)
 have_all() {
   local tool
-  for tool in rsync /usr/sbin/sshd ssh ssh-keygen restic zstd git gzip tar pkill mount runuser sha256sum systemd-analyze \
-              find podman runc conmon docker /bin/busybox; do
+  for tool in rsync /usr/sbin/sshd ssh ssh-keygen restic zstd git gzip tar pkill mount unshare runuser sha256sum \
+              systemd-analyze find podman runc conmon docker /bin/busybox; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || return 1
   done
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || return 1
@@ -28,6 +28,16 @@ if ! have_all; then
   fi
 fi
 
+# The real Claude Code CLI (npm): the tests validate the plugin with it and read the command names it loads.
+CLAUDE_CODE=@anthropic-ai/claude-code@2.1.197
+if [ "$(claude --version 2>/dev/null | cut -d' ' -f1)" != "${CLAUDE_CODE##*@}" ]; then
+  echo "installing $CLAUDE_CODE" >&2
+  npm install -g --silent --no-fund --no-audit "$CLAUDE_CODE" >/dev/null
+fi
+
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# Wheels of the pinned runtime dependencies: the plugin's first-use test installs from them, offline.
+"$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+  -r scripts/requirements.lock -d tests/.wheelhouse
 exec "$PYTHON" -m pytest "$@"

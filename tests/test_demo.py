@@ -1,6 +1,8 @@
 """`bak demo` builds its lab in one folder, runs the whole cycle, and leaves a journal of it."""
 
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,18 @@ def _run_demo(tmp_path, lab):
                          timeout=240, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "demo finished" in out.stdout and "PASSED" in out.stdout
+    assert "simulated media" in out.stdout and "not found" not in out.stdout
+    # The closing line's command shows the lab again, verify and drill included (its state folder is named).
+    again = shlex.split(out.stdout.strip().splitlines()[-1])
+    assigned = dict(w.split("=", 1) for w in again if "=" in w and not w.startswith("-"))
+    argv = [w for w in again if w not in {f"{k}={v}" for k, v in assigned.items()}]
+    assert argv[-3:] == ["status", "--config", str(lab / "config.yaml")]
+    shown = subprocess.run([sys.executable, "-m", "bak", *argv[argv.index("status"):], "--json"], capture_output=True,
+                           text=True, timeout=60, env={**env, **assigned}, cwd=tmp_path)
+    targets = json.loads(shown.stdout)["result"]["targets"]
+    assert targets and all(t["last_verify"] and t["last_drill"]["status"] == "ok" for t in targets)
+    # Two folders on one disk: bak does not count them as two media or the "nfs" folder as off-site.
+    assert all(not t["copies"]["ok"] and t["copies"]["media_count"] == 1 for t in targets)
     dumps = sorted(p.name for p in (lab / "backups" / "local" / "postgresql" / "pg-shop").glob("*.dump"))
     assert len(dumps) == 3
     snapshots = [p for p in (lab / "backups" / "nfs" / "rsync").glob("*/rsync-*") if p.is_dir()]
@@ -62,11 +76,35 @@ def test_demo_without_rsync_leaves_file_snapshots_out_and_still_succeeds(monkeyp
         code = demo.run(folder / "lab")
         out = capsys.readouterr().out
         assert code == 0, out[-2000:]
-        assert "apt-get install rsync git" in out and "PostgreSQL server binaries not found" in out
-        assert "demo finished" in out
+        assert "rsync not found: the demo leaves out the file, vault and config snapshots" in out
+        assert "apt-get install rsync" in out and "PostgreSQL server not found" in out
+        assert "git not found" not in out  # only what is missing is named
+        assert "rsync snapshots" not in out and "streamed to both" not in out  # no caption promises them
+        assert "demo finished" in out and "BAK_STATE_DIR=" in out
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         import os as _os
 
         _os.environ.pop("BAK_STATE_DIR", None)
         _os.environ.pop("BAK_CONFIG", None)
+
+
+def test_install_missing_asks_apt_get_for_exactly_what_is_missing(monkeypatch, tmp_path):
+    """As root with apt-get, --install-missing installs the packages of the missing tools (a stand-in apt-get
+    records what it is asked); any other way, the demo names the exact command instead."""
+    import bak.demo as demo
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "apt-get"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$DEBIAN_FRONTEND $*\" >> {calls}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(demo, "_is_root", lambda: True)
+    assert demo.install_missing({"rsync": "rsync", "PostgreSQL server": "postgresql"})
+    assert calls.read_text().splitlines() == [
+        "noninteractive update -qq", "noninteractive install -y -qq --no-install-recommends postgresql rsync"]
+    assert demo.install_command(["rsync"]) == "apt-get install rsync"
+    monkeypatch.setattr(demo, "_is_root", lambda: False)
+    assert not demo.install_missing({"rsync": "rsync"})  # not root: it only names the command
+    assert demo.install_command(["rsync"]) == "sudo apt-get install rsync"

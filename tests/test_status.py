@@ -36,12 +36,13 @@ def target(name, db, dests, interval="6h"):
 
 
 @pytest.fixture
-def lab(bak_home, tiny_disk):
+def lab(bak_home, tiny_disk, sshd):
     a, b, c = bak_home / "a", bak_home / "b", bak_home / "c"
+    # b is on another host (an SSH host; loopback stands in for it), the one off-site copy 3-2-1 asks for.
     write_config(bak_home / "config.yaml", {
-        "version": 1,
+        "version": 1, "hosts": {"store": sshd.host_config(sshd.trust(bak_home / "known_hosts"))},
         "destinations": {"a": {"kind": "local", "path": str(a), "medium": "ssd"},
-                         "b": {"kind": "local", "path": str(b), "medium": "nfs", "offsite": True},
+                         "b": {"kind": "ssh", "host": "store", "path": str(b), "medium": "nfs", "offsite": True},
                          "c": {"kind": "local", "path": str(c), "medium": "hdd"},
                          "tiny": {"kind": "local", "path": str(tiny_disk), "medium": "usb", "offsite": True}},
         "targets": [target("fresh", "fresh", ["a", "b"]), target("late", "late", ["a", "b"]),
@@ -72,7 +73,10 @@ def test_status_reports_each_state(lab):
         "fresh": "OK", "late": "LATE", "stale": "STALE", "missing": "MISSING", "failing": "FAILING",
         "leftover": "OK", "nodrill": "OK", "onecopy": "OK", "full": "OK"}
     assert targets["fresh"]["problems"] == []
-    assert targets["fresh"]["copies"] == {"destinations": ["a", "b"], "media": ["nfs", "ssd"], "copies": 3, "media_count": 2, "offsite": 1, "ok": True}
+    fresh = targets["fresh"]["copies"]
+    assert {k: fresh[k] for k in ("destinations", "copies", "media_count", "offsite", "offsite_destinations", "ok")} == \
+        {"destinations": ["a", "b"], "copies": 3, "media_count": 2, "offsite": 1, "offsite_destinations": ["b"], "ok": True}
+    assert any(m.endswith("on this machine") for m in fresh["media"]) and any(m.endswith("on 127.0.0.1") for m in fresh["media"])
     assert "pg_not_ready" in targets["failing"]["problems"][0]
     assert targets["leftover"]["partials"] == [{"store": "a", "name": naming.pg_dump_name("leftover", NOW) + ".partial"}]
     assert targets["nodrill"]["drill_overdue"] and "no successful restore drill in 31 days" in targets["nodrill"]["problems"]
@@ -81,7 +85,10 @@ def test_status_reports_each_state(lab):
     assert targets["missing"]["problems"] == ["no backup on any destination"]
     tiny = next(d for d in result.envelope["result"]["destinations"] if d["destination"] == "tiny")
     assert tiny["level"] == "critical" and tiny["used_percent"] >= 90
-    assert result.envelope["result"]["summary"].startswith("ATTENTION: 7 of 9 target(s)")
+    # full's second copy is a USB disk marked offsite, but plugged into this machine: not off-site.
+    assert "3-2-1: tiny is marked offsite but is on this machine, where bak runs" in targets["full"]["problems"]
+    assert targets["full"]["copies"]["media_count"] == 2  # a and the tmpfs: two filesystems, two media
+    assert result.envelope["result"]["summary"].startswith("ATTENTION: 8 of 9 target(s)")
 
 
 def test_healthy_lab_exits_0(lab):

@@ -57,19 +57,23 @@ def test_bad_answers_and_no_terminal_are_bad_input(bak_home):
     assert no_tty.code == 2 and "--answers" in no_tty.envelope["errors"][0]["message"]
 
 
-def test_strategy_on_the_spec_homelab_reproduces_the_321_table(bak_home):
+def test_strategy_on_the_example_homelab_reproduces_the_321_table_honestly(bak_home):
     (bak_home / "config.yaml").write_text(example_text())
     result = run_cli("wizard", "strategy")
-    assert result.code == 1  # two targets have a single copy
+    assert result.code == 1  # two targets have a single copy, and one's "offsite" copy is on its own host
     rows = {r["target"]: r for r in result.envelope["result"]["rows"]}
     assert (rows["vm-103"]["data"], rows["vm-103"]["local"], rows["vm-103"]["offsite"], rows["vm-103"]["ok"]) == \
         ("VMs", ["pve-local"], ["nfs"], True)
-    assert (rows["pg-app"]["data"], rows["pg-app"]["local"], rows["pg-app"]["offsite"]) == ("PostgreSQL", ["store-local"], ["nfs"])
+    # The NFS share lives on VM 104, like the database: marked offsite, it is not off-site for pg-app.
+    assert (rows["pg-app"]["data"], rows["pg-app"]["local"], rows["pg-app"]["offsite"]) == \
+        ("PostgreSQL", ["store-local", "nfs"], [])
+    assert rows["pg-app"]["gaps"] == ["1 offsite"]
+    assert rows["pg-app"]["contradicted"] == ["nfs is marked offsite but is on the same host as the data (store)"]
     assert (rows["vault"]["local"], rows["vault"]["offsite"], rows["vault"]["ok"]) == (["pc-local"], ["nfs", "git:origin"], True)
-    assert (rows["claude-config"]["data"], rows["claude-config"]["ok"]) == ("Config Claude", True)
+    assert (rows["claude-config"]["data"], rows["claude-config"]["ok"]) == ("Claude Code config", True)
     assert rows["files-main"]["gaps"] == ["3 copies", "2 media"] and rows["docker-grafana"]["copies"] == 2
     flagged = {e["where"] for e in result.envelope["errors"]}
-    assert flagged == {"files-main", "docker-grafana"}
+    assert flagged == {"files-main", "docker-grafana", "pg-app"}
     assert 7 + 4 < rows["pg-app"]["kept_copies"] <= 7 + 4 + 12  # daily, weekly, then months not already kept
 
 

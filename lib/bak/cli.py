@@ -15,25 +15,33 @@ from typing import Callable
 
 import click
 
+from bak import __version__
 from bak.errors import EXIT_BAD_INPUT, BakError, ConfigError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def output_options(fn):
+def output_options(fn, with_config: bool = True):
     fn = click.option("--json", "as_json", is_flag=True, help="Print one JSON envelope (for scripts and the agent).")(fn)
-    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                      help="Config file (default: $BAK_CONFIG, then the user config folder).")(fn)
+    if with_config:  # only where a config is read: every option --help shows does something
+        fn = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                          help="Config file (default: $BAK_CONFIG, then the user config folder).")(fn)
     return fn
+
+
+def _all_or_named(ctx, param, value):
+    """--all says "every enabled target" out loud; with --target it would contradict it."""
+    if value and ctx.params.get("targets"):
+        raise click.BadParameter("--all and --target exclude each other", ctx=ctx, param=param)
+    return value
 
 
 def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None] | None = None):
     """Wraps a command body that returns an Outcome: config, envelope, exit code, all in one place."""
 
     def decorate(fn):
-        @output_options
         @functools.wraps(fn)
-        def wrapper(*args, as_json: bool, config_path: Path | None, **kwargs):
+        def wrapper(*args, as_json: bool, config_path: Path | None = None, **kwargs):
             from bak.report import emit, envelope
 
             started, clock = datetime.now(timezone.utc), time.monotonic()
@@ -57,7 +65,7 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
             emit(envelope(name, started, time.monotonic() - clock, result, warnings, errors), as_json, human)
             sys.exit(code)
 
-        return wrapper
+        return output_options(wrapper, with_config=bool(needs_config))
 
     return decorate
 
@@ -112,7 +120,7 @@ def load_config(path: Path | None):
 
 
 @click.group(cls=BakGroup, context_settings=CONTEXT)
-@click.version_option(package_name="bak")
+@click.version_option(__version__, prog_name="bak")
 def cli():
     """bak: back up, verify, restore, prune and schedule a homelab's backups.
 
@@ -152,7 +160,7 @@ def _human_text(result: dict) -> None:
 @config_group.command("example")
 @action("config example", needs_config=False, human=_human_text)
 def config_example():
-    """Print the spec's r2d2 homelab as a valid config (documentation; nothing connects to it)."""
+    """Print an example homelab as a valid config (documentation; nothing connects to it)."""
     from bak import config
     from bak.report import Outcome
 
@@ -207,7 +215,7 @@ def _human_ssh_check(result: dict) -> None:
 
 
 @ssh_group.command("check")
-@click.argument("hosts", nargs=-1)
+@click.argument("hosts", nargs=-1, metavar="[HOST]...")
 @action("ssh check", human=_human_ssh_check)
 def ssh_check(hosts, config):
     """Connect to each HOST (default: all) over one connection and run `uname -srn`."""
@@ -252,10 +260,11 @@ def _human_log(result: dict) -> None:
 @click.option("--target", help="Only this target.")
 @click.option("--kind", type=click.Choice(["create", "verify", "restore", "drill", "prune"]), help="Only this kind.")
 @click.option("--since", help="Only operations started on or after this date (YYYY-MM-DD or ISO time, UTC).")
-@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True,
+              help="Show at most this many operations.")
 @action("log", human=_human_log)
 def log_command(target, kind, since, limit, config):
-    """Show the journal of operations, newest first (--limit: how many, default 50)."""
+    """Show the journal of operations, newest first."""
     from bak.journal import Journal
     from bak.paths import state_dir
     from bak.report import Outcome
@@ -330,8 +339,10 @@ def _human_simulation(result: dict) -> None:
 
 
 @cli.command("prune", context_settings=CONTEXT)
-@click.option("--target", "-t", "targets", multiple=True, help="Target to prune (repeatable); default: all enabled targets.")
-@click.option("--all", "all_targets", is_flag=True, help="All enabled targets (the default when no --target is given).")
+@click.option("--target", "-t", "targets", multiple=True, is_eager=True,
+              help="Target to prune (repeatable); default: all enabled targets.")
+@click.option("--all", "all_targets", is_flag=True, callback=_all_or_named,
+              help="All enabled targets (the default when no --target is given).")
 @click.option("--dry-run", is_flag=True, help="Show exactly what would be removed; remove nothing.")
 @click.option("--force", is_flag=True, help="Prune even a stale target (newest backup older than 2x its interval).")
 @click.option("--simulate", is_flag=True, help="Simulate a policy on timestamps or file names read from stdin, or on --every/--days.")
@@ -434,8 +445,9 @@ def _human_create(result: dict) -> None:
 
 
 def target_options(fn):
-    fn = click.option("--all", "all_targets", is_flag=True, help="All enabled targets (the default without --target).")(fn)
-    return click.option("--target", "-t", "targets", multiple=True, help="Target name (repeatable).")(fn)
+    fn = click.option("--all", "all_targets", is_flag=True, callback=_all_or_named,
+                      help="All enabled targets (the default without --target).")(fn)
+    return click.option("--target", "-t", "targets", multiple=True, is_eager=True, help="Target name (repeatable).")(fn)
 
 
 @cli.command("create", context_settings=CONTEXT)
@@ -467,10 +479,13 @@ def _human_verify(result: dict) -> None:
 @target_options
 @click.option("--latest", "mode", flag_value="latest", default=True, help="The newest backup on each destination (default).")
 @click.option("--all-backups", "mode", flag_value="all", help="Every backup.")
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, metavar="[BACKUP_NAME]...")
 @action("verify", human=_human_verify)
 def verify_command(targets, all_targets, mode, names, config):
-    """Check backups: sha256 against the sidecar plus the format's own full read, files in parallel."""
+    """Check backups: sha256 against the sidecar plus the format's own full read, files in parallel.
+
+    BACKUP_NAME: check only the backups with these file names (as `bak list` shows them).
+    """
     from bak import actions
 
     return actions.verify(config, config.select(targets), every=mode == "all", names=names, progress=_progress)
@@ -489,7 +504,7 @@ def _human_restore(result: dict) -> None:
         + (f" (replaced; safety copy {safety})" if result.get("replaced") else ""))
 
 
-def restore_options(fn):
+def restore_options(fn, single_file: bool = True):
     for decorator in reversed([
         click.option("--target", "-t", "target_name", required=True, help="Target to restore."),
         click.option("--backup", "backup_name", help="Backup file name (default: the newest)."),
@@ -499,7 +514,8 @@ def restore_options(fn):
         click.option("--dry-run", is_flag=True, help="Show what would be restored where; change nothing."),
         click.option("--jobs", "-j", type=click.IntRange(1, 64), help="Parallel restore jobs (pg custom dumps)."),
         click.option("--no-owner", is_flag=True, help="Skip restoring object ownership (pg)."),
-        click.option("--file", "single_file", help="Restore only this path from a file-tree snapshot."),
+        *([click.option("--file", "single_file", help="Restore only this path from a file-tree snapshot.")]
+          if single_file else []),
     ]):
         fn = decorator(fn)
     return fn
@@ -556,34 +572,25 @@ _STATE_STYLE = {"OK": "green", "LATE": "yellow", "STALE": "red", "MISSING": "red
 
 
 def _human_status(result: dict) -> None:
-    from rich.table import Table
+    from bak.report import human_size, say, table
 
-    from bak.report import human_size, stdout_console
-
-    console = stdout_console()
-    view = Table(title="Targets", title_justify="left")
-    for column in ("target", "state", "newest", "age", "size", "copies", "3-2-1", "verify", "drill", "problems"):
-        view.add_column(column, overflow="fold")
+    rows = []
     for t in result["targets"]:
         newest = t.get("newest") or {}
         change = f" ({t['size_change_pct']:+.0f}%)" if "size_change_pct" in t else ""
         verify = (t["last_verify"] or {}).get("status", "never")
         drill = (t["last_drill"] or {}).get("status", "never") + (" (overdue)" if t["drill_overdue"] else "")
-        view.add_row(t["target"], f"[{_STATE_STYLE[t['state']]}]{t['state']}[/]", newest.get("when", "-"),
+        rows.append([t["target"], f"[{_STATE_STYLE[t['state']]}]{t['state']}[/]", newest.get("when", "-"),
                      f"{newest['age_h']:.1f}h" if newest else "-", human_size(newest.get("size")) + change,
                      ", ".join(t["copies"]["destinations"]) or "-", "ok" if t["copies"]["ok"] else "[yellow]gap[/]",
-                     verify, drill, "; ".join(t["problems"]))
-    console.print(view)
-    space = Table(title="Destinations", title_justify="left")
-    for column in ("destination", "kind", "host", "medium", "used", "free", "level"):
-        space.add_column(column)
-    for d in result["destinations"]:
-        colour = {"ok": "green", "warn": "yellow"}.get(d["level"], "red")
-        space.add_row(d["destination"], d["kind"], d["host"], d.get("medium") or "-",
-                      f"{d['used_percent']}%" if "used_percent" in d else "-", human_size(d.get("free")),
-                      f"[{colour}]{d['level']}[/]")
-    console.print(space)
-    console.print(result["summary"], style="green" if result["summary"].startswith("HEALTHY") else "yellow")
+                     verify, drill, "; ".join(t["problems"])])
+    table("Targets", ["target", "state", "newest", "age", "size", "copies", "3-2-1", "verify", "drill", "problems"], rows)
+    colour = {"ok": "green", "warn": "yellow"}
+    table("Destinations", ["destination", "kind", "host", "medium", "on", "used", "free", "level"],
+          [[d["destination"], d["kind"], d["host"], d.get("medium") or "-", d.get("on", "-"),
+            f"{d['used_percent']}%" if "used_percent" in d else "-", human_size(d.get("free")),
+            f"[{colour.get(d['level'], 'red')}]{d['level']}[/]"] for d in result["destinations"]])
+    say(result["summary"])
 
 
 @cli.command("status", context_settings=CONTEXT)
@@ -633,9 +640,9 @@ def pg_verify_command(targets, all_targets, every, config):
 
 
 @pg_group.command("restore")
-@restore_options
+@functools.partial(restore_options, single_file=False)
 @action("pg restore", human=_human_restore)
-def pg_restore_command(target_name, backup_name, store_name, into, force, dry_run, jobs, no_owner, single_file, config):
+def pg_restore_command(target_name, backup_name, store_name, into, force, dry_run, jobs, no_owner, config):
     """Restore a dump into a new database ({db}_restored_{time}) or --into NAME."""
     from bak import actions
 
@@ -667,12 +674,15 @@ def pg_drill_command(targets, all_targets, config):
 @cli.command("demo", context_settings=CONTEXT)
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
               help="Empty folder for the lab (default: a new temp folder).")
-def demo_command(folder):
+@click.option("--install-missing", "install", is_flag=True,
+              help="First install what the demo uses and this machine lacks (rsync, git, PostgreSQL server) with "
+                   "apt-get, when run as root; otherwise the demo names the command.")
+def demo_command(folder, install):
     """Build a sandbox lab (loopback and one folder only) and run backups end to end in it."""
     from bak import demo
 
     try:
-        sys.exit(demo.run(folder))
+        sys.exit(demo.run(folder, install))
     except BakError as exc:
         click.echo(f"error: {exc.message}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), err=True)
         sys.exit(exc.exit_code)
@@ -721,18 +731,25 @@ def _schedule_action(mode: str, config, dry_run: bool, crontab_file, unit_dir, t
                     "commands": commands})
 
 
-def schedule_options(fn):
-    for decorator in reversed([
-        click.option("--dry-run", is_flag=True, help="Print exactly what would be written; change nothing."),
-        click.option("--crontab-file", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Write cron lines to this file (e.g. /etc/cron.d/bak) instead of the user crontab."),
-        click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path),
-                     help="systemd unit folder (default: ~/.config/systemd/user)."),
-        click.option("--task-dir", type=click.Path(file_okay=False, path_type=Path),
-                     help="Where to write Windows Task Scheduler XML (default: the state folder)."),
-    ]):
-        fn = decorator(fn)
-    return fn
+def schedule_options(mode: str):
+    """The options of `schedule show/install/remove`, each worded for what it does in that mode."""
+    verb = {"show": "Show what install would write to", "install": "Write to", "remove": "Remove bak's entries from"}[mode]
+
+    def decorate(fn):
+        for decorator in reversed([
+            *([click.option("--dry-run", is_flag=True, help="Print exactly what would change; change nothing.")]
+              if mode != "show" else []),
+            click.option("--crontab-file", type=click.Path(dir_okay=False, path_type=Path),
+                         help=f"{verb} this cron file (e.g. /etc/cron.d/bak) instead of the user crontab."),
+            click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path),
+                         help=f"{verb} this systemd unit folder instead of ~/.config/systemd/user."),
+            click.option("--task-dir", type=click.Path(file_okay=False, path_type=Path),
+                         help=f"{verb} this folder of Windows Task Scheduler XML instead of the state folder."),
+        ]):
+            fn = decorator(fn)
+        return fn
+
+    return decorate
 
 
 @cli.group("schedule", context_settings=CONTEXT)
@@ -741,15 +758,15 @@ def schedule_group():
 
 
 @schedule_group.command("show")
-@schedule_options
+@schedule_options("show")
 @action("schedule show", human=_human_schedule)
-def schedule_show(dry_run, crontab_file, unit_dir, task_dir, config):
-    """Show the schedules and what install would write."""
+def schedule_show(crontab_file, unit_dir, task_dir, config):
+    """Show the schedules and what install would write (changes nothing)."""
     return _schedule_action("show", config, True, crontab_file, unit_dir, task_dir)
 
 
 @schedule_group.command("install")
-@schedule_options
+@schedule_options("install")
 @action("schedule install", human=_human_schedule)
 def schedule_install(dry_run, crontab_file, unit_dir, task_dir, config):
     """Install every schedule (idempotent: a second install changes nothing)."""
@@ -757,7 +774,7 @@ def schedule_install(dry_run, crontab_file, unit_dir, task_dir, config):
 
 
 @schedule_group.command("remove")
-@schedule_options
+@schedule_options("remove")
 @action("schedule remove", human=_human_schedule)
 def schedule_remove(dry_run, crontab_file, unit_dir, task_dir, config):
     """Remove bak's schedules (only bak's lines and files; nothing else)."""
@@ -842,6 +859,40 @@ def doctor_command(config):
     from bak.doctor import doctor
 
     return doctor(config)
+
+
+# --- Claude Code skill ---------------------------------------------------------------------
+@cli.group("skill", context_settings=CONTEXT)
+def skill_group():
+    """Install the skill and its /bak-* commands into Claude Code under their plain names."""
+
+
+def _human_skill(result: dict) -> None:
+    from bak.report import say
+
+    if result["action"] == "uninstall":
+        say(f"removed {result['removed']} file(s) of bak's skill from {result['root']}")
+        return
+    say(f"installed into {result['root']} ({result['scope']} scope): {result['written']} file(s) written, "
+        f"{result['unchanged']} unchanged")
+    say("in Claude Code (a new session, or after /reload-skills): " + " ".join(result["commands"])
+        + f"; the skill itself is {result['skill']}")
+
+
+@skill_group.command("install")
+@click.option("--project", type=click.Path(file_okay=False, path_type=Path),
+              help="Install into this project's .claude folder (for that project only) instead of ~/.claude.")
+@click.option("--uninstall", is_flag=True, help="Remove what an earlier install wrote; files edited since are kept.")
+@action("skill install", needs_config=False, human=_human_skill)
+def skill_install(project, uninstall):
+    """Install the skill and its commands where Claude Code loads them as /bak-status, /bak-create, ...
+
+    Added as a plugin, the same commands are namespaced: /backup-skill:bak-status. Idempotent; never
+    overwrites a file it did not write.
+    """
+    from bak import skill
+
+    return skill.uninstall(project) if uninstall else skill.install(project)
 
 
 def main(argv: list[str] | None = None) -> None:

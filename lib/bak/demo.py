@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import secrets as random_secrets
+import shlex
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -98,8 +100,45 @@ class DemoCluster:
                         check=False)
 
 
-def build_sources(lab: Path, runner: LocalRunner) -> None:
-    """A file tree, a config folder and a git vault with a local bare remote, all inside the lab."""
+# What the demo uses that a fresh machine may lack, with the Debian package that brings it.
+PACKAGES = {"rsync": "rsync", "git": "git", "PostgreSQL server": "postgresql"}
+
+
+def missing_tools() -> dict[str, str]:
+    """{what: package} for each tool the demo would use and cannot find."""
+    found = {"rsync": shutil.which("rsync"), "git": shutil.which("git"), "PostgreSQL server": pg_bindir()}
+    return {name: PACKAGES[name] for name, where in found.items() if not where}
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def install_command(packages: list[str]) -> str:
+    """The exact command that installs `packages` here, for the operator to run."""
+    if shutil.which("apt-get"):
+        return ("" if _is_root() else "sudo ") + "apt-get install " + " ".join(packages)
+    if shutil.which("brew"):
+        return "brew install " + " ".join({"postgresql": "postgresql@16"}.get(p, p) for p in packages)
+    return "install " + ", ".join(packages) + " with this system's package manager"
+
+
+def install_missing(missing: dict[str, str]) -> bool:
+    """apt-get, as root, what the demo lacks (as tests/run.sh does for the tests); False when it cannot."""
+    import click
+
+    if not missing or not (_is_root() and shutil.which("apt-get")):
+        return False
+    packages = sorted(set(missing.values()))
+    click.echo(f"installing {', '.join(missing)} with apt-get ({' '.join(packages)}) ...")
+    runner, quiet = LocalRunner(), {"DEBIAN_FRONTEND": "noninteractive"}
+    runner.run(["apt-get", "update", "-qq"], env=quiet)
+    runner.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=quiet)
+    return True
+
+
+def build_sources(lab: Path, runner: LocalRunner, with_git: bool) -> None:
+    """A file tree, a config folder and (with git) a vault with a local bare remote, all inside the lab."""
     files = lab / "source" / "projects"
     for index in range(40):
         folder = files / f"project{index % 4}"
@@ -109,6 +148,8 @@ def build_sources(lab: Path, runner: LocalRunner) -> None:
     config = lab / "source" / "claude-config"
     config.mkdir(parents=True)
     (config / "settings.json").write_text('{"theme": "dark"}\n')
+    if not with_git:
+        return
     remote, vault = lab / "vault-remote.git", lab / "source" / "vault"
     runner.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)])
     runner.run(["git", "init", "-q", "-b", "main", str(vault)])
@@ -116,27 +157,32 @@ def build_sources(lab: Path, runner: LocalRunner) -> None:
     (vault / "Welcome.md").write_text("# Obsidian vault\n")
 
 
-def build_config(lab: Path, cluster: DemoCluster | None, with_files: bool) -> dict:
+def build_config(lab: Path, cluster: DemoCluster | None, with_rsync: bool, with_git: bool) -> dict:
     config = {
         "version": 1,
         "destinations": {
             "local": {"kind": "local", "path": str(lab / "backups" / "local"), "medium": "ssd",
                       "description": "this machine's disk"},
             "nfs": {"kind": "local", "path": str(lab / "backups" / "nfs"), "medium": "nfs", "offsite": True,
-                    "description": "stands in for the NFS share of VM 104"},
+                    "description": "a folder on this disk standing in for an NFS share on another machine"},
         },
         "policies": {"pg": {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12,
-                            "description": "the spec's pg_dump policy"},
+                            "description": "a usual policy for database dumps"},
                      "standard": {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12, "keep_yearly": 2}},
-        "targets": [] if not with_files else [
-            {"name": "files", "method": "rsync", "destinations": ["local", "nfs"], "policy": "standard", "interval": "1d",
-             "rsync": {"source": str(lab / "source" / "projects"), "excludes": ["*.tmp", ".cache"]}},
-            {"name": "vault", "method": "vault", "destinations": ["local", "nfs"], "interval": "1d",
-             "vault": {"path": str(lab / "source" / "vault"), "remotes": ["origin"], "branch": "main"}},
-            {"name": "claude-config", "method": "config", "destinations": ["local", "nfs"], "interval": "1w",
-             "config": {"source": str(lab / "source" / "claude-config")}},
-        ],
+        "targets": [],
     }
+    if with_rsync:
+        config["targets"].append(
+            {"name": "files", "method": "rsync", "destinations": ["local", "nfs"], "policy": "standard", "interval": "1d",
+             "rsync": {"source": str(lab / "source" / "projects"), "excludes": ["*.tmp", ".cache"]}})
+    if with_rsync and with_git:
+        config["targets"].append(
+            {"name": "vault", "method": "vault", "destinations": ["local", "nfs"], "interval": "1d",
+             "vault": {"path": str(lab / "source" / "vault"), "remotes": ["origin"], "branch": "main"}})
+    if with_rsync:
+        config["targets"].append(
+            {"name": "claude-config", "method": "config", "destinations": ["local", "nfs"], "interval": "1w",
+             "config": {"source": str(lab / "source" / "claude-config")}})
     if cluster:
         config["targets"].append({
             "name": "pg-shop", "method": "pg_dump", "destinations": ["local", "nfs"], "policy": "pg", "interval": "6h",
@@ -148,12 +194,11 @@ def build_config(lab: Path, cluster: DemoCluster | None, with_files: bool) -> di
 
 
 def step(title: str, argv: list[str]) -> int:
-    import click
-
     from bak.cli import cli
+    from bak.report import say
 
-    click.secho(f"\n$ bak {' '.join(argv)}", bold=True)
-    click.secho(f"# {title}", dim=True)
+    say(f"\n$ bak {' '.join(argv)}", bold=True)
+    say(f"# {title}", dim=True)
     try:
         cli.main(args=argv, prog_name="bak", standalone_mode=False)
     except SystemExit as exc:
@@ -161,8 +206,15 @@ def step(title: str, argv: list[str]) -> int:
     return 0
 
 
-def run(folder: Path | None) -> int:
+def only_321_findings(targets: list[dict]) -> bool:
+    """Whether every problem left is the 3-2-1 gap the lab has by design (two folders on one disk)."""
+    return all(problem.startswith("3-2-1") for t in targets for problem in t["problems"])
+
+
+def run(folder: Path | None, install: bool = False) -> int:
     import click
+
+    from bak.report import say
 
     lab = Path(folder) if folder else Path(__import__("tempfile").mkdtemp(prefix="bak-demo-"))
     lab.mkdir(parents=True, exist_ok=True)
@@ -171,6 +223,15 @@ def run(folder: Path | None) -> int:
     os.environ["BAK_STATE_DIR"] = str(lab / "state")
     os.environ["BAK_CONFIG"] = str(lab / "config.yaml")
     click.secho(f"bak demo lab: {lab}", bold=True)
+    missing = missing_tools()
+    if install and install_missing(missing):
+        missing = missing_tools()
+    for name, leaves_out in (("rsync", "the file, vault and config snapshots"), ("git", "the git vault"),
+                             ("PostgreSQL server", "the PostgreSQL dump, restore and drill")):
+        if name in missing:
+            say(f"{name} not found: the demo leaves out {leaves_out}. To include it, run: "
+                f"{install_command([missing[name]])}" + ("" if install else " (or add --install-missing)"), fg="yellow")
+    with_rsync, with_git = "rsync" not in missing, "git" not in missing
     bindir = pg_bindir()
     cluster = None
     codes: list[int] = []
@@ -186,46 +247,81 @@ def run(folder: Path | None) -> int:
             secret.chmod(0o600)
             cluster.sql(f"CREATE ROLE backup LOGIN PASSWORD '{password}' CREATEDB; CREATE DATABASE shop;")
             cluster.sql(SAMPLE_SQL, "shop")
-        else:
-            click.secho("PostgreSQL server binaries not found (apt-get install postgresql): the demo shows the rest.",
-                        fg="yellow")
-        with_files = bool(shutil.which("rsync") and shutil.which("git"))
-        if with_files:
-            build_sources(lab, LocalRunner())
-        else:
-            click.secho("rsync or git not found (apt-get install rsync git): the demo leaves out file, vault "
-                        "and config snapshots.", fg="yellow")
-        (lab / "config.yaml").write_text(yaml.safe_dump(build_config(lab, cluster, with_files), sort_keys=False))
+        if with_rsync:
+            build_sources(lab, LocalRunner(), with_git)
+        config = build_config(lab, cluster, with_rsync, with_git)
+        (lab / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        say("destinations 'local' and 'nfs' are two folders on this machine's disk; 'nfs' stands in for an "
+                   "NFS share on another machine. Its copies are simulated media: bak counts them as they are, one "
+                   "medium on this host, so the 3-2-1 checks below report the gap a second disk and an off-site "
+                   "copy would close.")
+        names = {t["method"] for t in config["targets"]}
+        made = [what for method, what in (("pg_dump", "a PostgreSQL dump streamed to both destinations"),
+                                          ("rsync", "hard-linked rsync snapshots"),
+                                          ("vault", "the vault committed, pushed and snapshotted"),
+                                          ("config", "a copy of the config folder")) if method in names]
         codes.append(step("validate the config (every key checked against the schema)", ["config", "check"]))
         for round_number in range(3):
-            codes.append(step(f"back up everything (run {round_number + 1} of 3): dumps streamed to both destinations, "
-                              "hard-linked rsync snapshots, the vault committed and pushed", ["create"]))
-            if with_files:
+            codes.append(step(f"back up everything (run {round_number + 1} of 3): "
+                              + ("; ".join(made) or "no target, without the tools named above"), ["create"]))
+            if with_rsync:
                 (lab / "source" / "projects" / "project1" / "notes1.md").write_text(f"# edited in round {round_number + 1}\n")
             time.sleep(1.1)
-        codes.append(step("verify the newest backup on each destination: sha256, pg_restore full read, manifests, git",
+        checks = [what for method, what in (("pg_dump", "pg_restore full read"), ("rsync", "manifests"),
+                                            ("vault", "git")) if method in names]
+        codes.append(step("verify the newest backup on each destination: " + ", ".join(["sha256", *checks]),
                           ["verify"]))
-        if with_files:
+        if with_rsync:
             codes.append(step("restore one file from the newest snapshot, beside the original",
                               ["restore", "--target", "files", "--file", "project1/notes1.md",
                                "--into", str(lab / "restored-files")]))
         if cluster:
             codes.append(step("restore beside the original (a new database; never over it)",
                               ["restore", "--target", "pg-shop", "--no-owner"]))
-        codes.append(step("restore drills: scratch database (row counts, sanity query) and scratch folders (every "
-                          "file against its manifest), removed after", ["drill"]))
+        drills = [what for method, what in (("pg_dump", "scratch database (row counts, sanity query)"),
+                                            ("rsync", "scratch folders (every file against its manifest)"))
+                  if method in names]
+        codes.append(step("restore drills: " + (" and ".join(drills) + ", removed after" if drills else "none to run"),
+                          ["drill"]))
         codes.append(step("what retention would remove (dry run)", ["prune", "--dry-run"]))
         codes.append(step("every backup, per destination", ["list"]))
-        codes.append(step("3-2-1 per data item and advice", ["wizard", "strategy", "--measure"]))
-        codes.append(step("the spec's standard policy on 400 days of 6-hourly dumps",
+        codes.append(expected_gap(step("3-2-1 per data item and advice (the simulated media show as one)",
+                                       ["wizard", "strategy", "--measure"]), "strategy"))
+        codes.append(step("a usual policy (7 daily, 4 weekly, 12 monthly, 2 yearly) on 400 days of 6-hourly dumps",
                           ["prune", "--simulate", "--keep-daily", "7", "--keep-weekly", "4", "--keep-monthly", "12",
                            "--keep-yearly", "2", "--every", "6h", "--days", "400"]))
         codes.append(step("the journal of everything above", ["log"]))
-        codes.append(step("the dashboard: age, size, 3-2-1 copies, last verify and drill, free space", ["status"]))
+        codes.append(expected_gap(step("the dashboard: age, size, 3-2-1 copies, last verify and drill, free space",
+                                       ["status"]), "status"))
     finally:
         if cluster:
             cluster.stop()
     failed = [c for c in codes if c != 0]
-    click.secho(f"\ndemo {'finished' if not failed else 'finished with problems'}: lab left in {lab} "
-                f"(config.yaml, backups/, state/journal.sqlite)", bold=True, fg="green" if not failed else "red")
+    say(f"\ndemo {'finished' if not failed else 'finished with problems'}: lab left in {lab} "
+        f"(config.yaml, backups/, state/journal.sqlite)", bold=True, fg="green" if not failed else "red")
+    say("look at the lab again:")
+    click.echo(f"  {again_command(lab)}")  # one line, to copy whole
     return 1 if failed else 0
+
+
+def expected_gap(code: int, command: str) -> int:
+    """Exit 1 of status or strategy is expected when all it found is the lab's 3-2-1 gap."""
+    if code != 1:
+        return code
+    from bak import config, strategy
+    from bak.status import status
+
+    lab_config = config.load(Path(os.environ["BAK_CONFIG"]))
+    if command == "strategy":
+        found = strategy.analyse(lab_config).errors
+        return 0 if all(e["code"] == "rule_321" for e in found) else code
+    return 0 if only_321_findings(status(lab_config).result["targets"]) else code
+
+
+def again_command(lab: Path) -> str:
+    """The command that shows the lab's dashboard again, with its own state folder."""
+    bak = "bak" if shutil.which("bak") else f"{shlex.quote(sys.executable)} -m bak"
+    state, config_file = lab / "state", lab / "config.yaml"
+    if os.name == "nt":
+        return f'$env:BAK_STATE_DIR="{state}"; {bak} status --config "{config_file}"'
+    return f"BAK_STATE_DIR={shlex.quote(str(state))} {bak} status --config {shlex.quote(str(config_file))}"

@@ -91,22 +91,33 @@ def emit(env: dict, as_json: bool, human: Callable[[dict], None] | None) -> None
         return
     if human and env["result"] is not None:
         human(env["result"])
-    import click
-
     for warning in env["warnings"]:
-        click.echo(click.style("warning: ", fg="yellow") + warning, err=True)
+        say(warning, err=True, label="warning: ", label_style={"fg": "yellow"})
     for error in env["errors"]:
-        where = f" [{error['where']}]" if error.get("where") else ""
-        click.echo(click.style("error:", fg="red") + f"{where} {error['message']}", err=True)
+        where = f"[{error['where']}] " if error.get("where") else ""
+        say(where + error["message"], err=True, label="error: ", label_style={"fg": "red"})
         if error.get("hint"):
-            click.echo(click.style("  hint: ", dim=True) + error["hint"], err=True)
+            say(error["hint"], err=True, label="  hint: ", label_style={"dim": True})
 
 
-def say(text: str) -> None:
-    """One plain line for humans (rich is only worth importing for tables)."""
+def say(text: str, err: bool = False, label: str = "", label_style: dict | None = None, **style) -> None:
+    """Plain lines for humans, wrapped between words at the terminal's width (rich only for tables).
+    `label` starts the first line, styled with `label_style`; `style` (click.style's) colours every line."""
+    import shutil
+    import textwrap
+
     import click
 
-    click.echo(text)
+    width = shutil.get_terminal_size((80, 24)).columns
+    for number, line in enumerate((label + text).splitlines() or [""]):
+        indent = " " * (len(line) - len(line.lstrip()) + 2)
+        pieces = [line] if len(line) <= width else textwrap.wrap(
+            line, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
+        for index, piece in enumerate(pieces):
+            piece = click.style(piece, **style) if style else piece
+            if label and number == index == 0:
+                piece = click.style(label, **(label_style or {})) + piece[len(label):]
+            click.echo(piece, err=err)
 
 
 def stdout_console():
@@ -115,15 +126,48 @@ def stdout_console():
     return Console(highlight=False)
 
 
-def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    from rich.table import Table
+WRAPPED_MIN = 24
 
-    view = Table(title=title, title_justify="left")
-    for column in columns:
-        view.add_column(column, overflow="fold")
-    for row in rows:
-        view.add_row(*("" if v is None else str(v) for v in row))
-    stdout_console().print(view)
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A table that stays readable at any width: columns while all fit whole but the widest, which
+    wraps between words and keeps WRAPPED_MIN characters; else one block of `column value` lines per
+    row. A narrow terminal never splits a header or a word."""
+    from rich.table import Table
+    from rich.text import Text
+
+    console = stdout_console()
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    plain = [[Text.from_markup(v).plain for v in row] for row in cells]
+    heads = [Text.from_markup(c).plain for c in columns]
+    border = 3 * len(columns) + 1
+    natural = [max(len(text) for text in [heads[i], *(r[i] for r in plain)]) for i in range(len(columns))]
+    longest_word = [max(len(w) for text in [heads[i], *(r[i] for r in plain)] for w in text.split() or [""])
+                    for i in range(len(columns))]
+    flexible = natural.index(max(natural))  # the one column that may wrap, between words, ...
+    narrowest = min(natural[flexible], max(longest_word[flexible], WRAPPED_MIN))  # ... never to a word a line
+    if sum(natural) - natural[flexible] + narrowest + border <= console.width:
+        view = Table(title=title, title_justify="left")
+        for index, column in enumerate(columns):
+            if index == flexible:
+                view.add_column(column, min_width=narrowest)
+            else:
+                view.add_column(column, no_wrap=True, min_width=natural[index])
+        for row in cells:
+            view.add_row(*row)
+        console.print(view)
+        return
+    console.print(title, style="italic", markup=False)
+    key_width = max(len(h) for h in heads)
+    for row in cells:
+        block = Table.grid(padding=(0, 1))
+        block.add_column(width=key_width + 1, no_wrap=True, style="bold")
+        block.add_column()
+        for head, value in zip(columns, row):
+            if Text.from_markup(value).plain.strip():
+                block.add_row(head, value)
+        console.print(block)
+        console.print()
 
 
 def human_size(size: int | None) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-from bak import catalog
+from bak import catalog, media
 from bak.config import Config, Target
 from bak.errors import BakError
 from bak.journal import Journal
@@ -27,7 +27,8 @@ def _scan_host(config: Config, hosts: Hosts, dest_names: list[str], targets_by_d
     """Everything one host can tell: usage and folder indexes of its destinations."""
     found = {}
     for name in dest_names:
-        row: dict = {"store": None, "indexes": {}, "usage": None, "error": None, "exists": True}
+        row: dict = {"store": None, "indexes": {}, "usage": None, "error": None, "exists": True,
+                     "medium": media.medium_of(config, config.destinations[name])}  # remote: measured below
         try:
             store = row["store"] = open_store(config.destinations[name], hosts)
             row["usage"] = store.usage()
@@ -35,6 +36,7 @@ def _scan_host(config: Config, hosts: Hosts, dest_names: list[str], targets_by_d
             folders = sorted({f for t in targets_by_dest[name] for f in catalog.folders_to_read(t, store)})
             for folder in folders:
                 row["indexes"][folder] = catalog.index_folder(name, folder, store.list(folder))
+            row["medium"] = media.medium_of(config, config.destinations[name], hosts)
         except BakError as exc:
             row["error"] = exc
         found[name] = row
@@ -116,15 +118,13 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
     entry["state"] = state
 
     holders = [l.store for l in listings if newest and any(b.name == newest.name for b in l.backups)]
-    media = sorted({config.destinations[d].medium or config.destinations[d].kind for d in holders})
-    offsite = sum(1 for d in holders if config.destinations[d].offsite)
-    rule = {"copies": 1 + len(holders), "media_count": len(media), "offsite": offsite,
-            "ok": 1 + len(holders) >= 3 and len(media) >= 2 and offsite >= 1}
-    entry["copies"] = {"destinations": holders, "media": media, **rule}
-    if newest and not rule["ok"]:
-        gaps = [g for g, bad in (("3 copies", rule["copies"] < 3), ("2 media", rule["media_count"] < 2),
-                                 ("1 offsite", rule["offsite"] < 1)) if bad]
-        problems.append("3-2-1 not met: missing " + ", ".join(gaps))
+    rule = media.rule_321(config, target, holders, {d: scanned[d]["medium"] for d in holders})
+    entry["copies"] = {"destinations": holders, "media": rule["media"], "copies": rule["copies"],
+                       "media_count": rule["media_count"], "offsite": rule["offsite"],
+                       "offsite_destinations": rule["offsite_destinations"], "ok": not rule["gaps"]}
+    if newest and rule["gaps"]:
+        problems.append("3-2-1 not met: missing " + ", ".join(rule["gaps"]))
+        problems += [f"3-2-1: {claim}" for claim in rule["contradicted"]]
 
     verify = journal["verify"].get(target.name)
     entry["last_verify"] = {"at": verify["started_at"], "status": verify["status"]} if verify else None
@@ -147,7 +147,8 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
 
 def destination_health(config: Config, name: str, scanned: dict) -> dict:
     dest = config.destinations[name]
-    row = {"destination": name, "kind": dest.kind, "host": dest.host, "medium": dest.medium, "offsite": dest.offsite}
+    row = {"destination": name, "kind": dest.kind, "host": dest.host, "medium": dest.medium, "offsite": dest.offsite,
+           "on": scanned["medium"].label}
     if scanned["error"] is not None:
         return {**row, "level": "unreachable", "error": scanned["error"].message}
     usage = scanned["usage"]

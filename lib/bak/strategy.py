@@ -1,6 +1,6 @@
 """3-2-1 analysis, recommendations and storage estimates; the setup wizard's answers -> config.
 
-The spec's tables are the defaults: frequency per kind of data (perimeter table) and retention
+The seed's tables are the defaults: frequency per kind of data (perimeter table) and retention
 per type (VM 7d/4w/6m, pg_dump 7d/4w/12m, Docker volumes 4w/6m, vault unlimited via git).
 """
 
@@ -18,9 +18,9 @@ SPEC = {
                "cron": "0 2 * * *"},
     "pg_dump": {"label": "PostgreSQL", "interval": "6h", "policy": {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12},
                 "cron": "0 */6 * * *"},
-    "rsync": {"label": "Fichiers critiques", "interval": "1d", "policy": STANDARD, "cron": "30 2 * * *"},
-    "vault": {"label": "Vault Obsidian", "interval": "1d", "policy": None, "cron": None},
-    "config": {"label": "Config Claude", "interval": "1w", "policy": {"keep_weekly": 4, "keep_monthly": 6},
+    "rsync": {"label": "Critical files", "interval": "1d", "policy": STANDARD, "cron": "30 2 * * *"},
+    "vault": {"label": "Obsidian vault", "interval": "1d", "policy": None, "cron": None},
+    "config": {"label": "Claude Code config", "interval": "1w", "policy": {"keep_weekly": 4, "keep_monthly": 6},
                "cron": "0 3 * * 0"},
     "docker_volume": {"label": "Docker volumes", "interval": "1w", "policy": {"keep_weekly": 4, "keep_monthly": 6},
                       "cron": "0 4 * * 0"},
@@ -39,18 +39,23 @@ def kept_per_year(policy: dict | None, interval: timedelta) -> int:
 
 
 def copies_of(config: Config, target: Target) -> dict:
-    dests = [config.destinations[d] for d in target.destinations]
-    local = [d.name for d in dests if not d.offsite]
-    offsite = [d.name for d in dests if d.offsite]
-    media = {d.medium or d.kind for d in dests}
+    """The planned copies; local folders are measured (one medium per filesystem), hosts by address."""
+    from bak import media
+
+    found = {d: media.medium_of(config, config.destinations[d]) for d in target.destinations}
+    rule = media.rule_321(config, target, list(target.destinations), found)
+    offsite = list(rule["offsite_destinations"])
+    local = [d for d in target.destinations if d not in offsite]
+    labels, count = list(rule["media"]), rule["copies"]
     if target.method == "vault":
         remotes = list(target.options.get("remotes") or ["origin"])
         offsite += [f"git:{r}" for r in remotes]
-        media.add("git")
-    count = 1 + len(local) + len(offsite)
-    gaps = [g for g, bad in (("3 copies", count < 3), ("2 media", len(media) < 2), ("1 offsite", not offsite)) if bad]
+        labels.append("git remote")
+        count += len(remotes)
+    gaps = [g for g, bad in (("3 copies", count < 3), ("2 media", len(labels) < 2), ("1 offsite", not offsite)) if bad]
     original = f"{target.host}:{target.options.get('path') or target.options.get('source') or target.options.get('database') or target.options.get('vmid') or target.options.get('volume')}"
-    return {"original": original, "local": local, "offsite": offsite, "copies": count, "media": sorted(media), "gaps": gaps}
+    return {"original": original, "local": local, "offsite": offsite, "copies": count, "media": sorted(labels),
+            "gaps": gaps, "contradicted": rule["contradicted"]}
 
 
 def analyse(config: Config, sizes: dict[str, dict] | None = None) -> Outcome:
@@ -76,8 +81,10 @@ def analyse(config: Config, sizes: dict[str, dict] | None = None) -> Outcome:
         outcome.result["rows"].append(row)
         if copies["gaps"]:
             outcome.problem("rule_321", f"{target.name}: 3-2-1 not met: missing {', '.join(copies['gaps'])} "
-                                        f"(copies: {copies['copies']}, media: {', '.join(copies['media'])})", target.name,
-                            "Add a destination on another medium and one offsite (NFS on VM 104, a git remote, cloud).")
+                                        f"(copies: {copies['copies']}, media: {', '.join(copies['media'])})"
+                            + "".join(f"; {claim}" for claim in copies["contradicted"]), target.name,
+                            "Add a destination on another disk and one on another host (an NFS share on another "
+                            "machine, a git remote, cloud storage).")
         advice = _advice(target, spec, policy)
         outcome.result["recommendations"] += [{"target": target.name, "advice": a} for a in advice]
     outcome.result["estimate_total_bytes"] = total if known and config.targets else None
@@ -87,9 +94,10 @@ def analyse(config: Config, sizes: dict[str, dict] | None = None) -> Outcome:
 def _advice(target: Target, spec: dict, policy: dict | None) -> list[str]:
     advice = []
     if target.interval > parse_duration(spec["interval"]):
-        advice.append(f"back up at least every {spec['interval']} (now {_duration(target.interval)}), as the spec's perimeter table says")
+        advice.append(f"back up at least every {spec['interval']} (now {_duration(target.interval)}), the usual interval "
+                      f"for {spec['label']}")
     if spec["policy"] and is_keep_everything(policy):
-        advice.append("no retention policy: it keeps everything; the spec suggests "
+        advice.append(f"no retention policy: it keeps everything; a usual one for {spec['label']} keeps "
                       + ", ".join(f"{k.split('_')[1]} {v}" for k, v in spec["policy"].items()))
     if target.method == "vault" and not target.options.get("remotes"):
         advice.append("the vault's offsite copy is its git remote: configure one")

@@ -40,7 +40,7 @@ def _rows(node: dict, path: str) -> list[str]:
 def render(schema: dict) -> str:
     lines = ["# Config reference", "",
              "Generated from `lib/bak/config/schema.json` by `bak config reference`; a test fails if they differ.",
-             "Every object rejects unknown keys. `bak config example` prints a complete valid config (the spec's homelab).",
+             "Every object rejects unknown keys. `bak config example` prints a complete valid config (an example homelab).",
              ""]
     for section in SECTIONS:
         node = schema["properties"][section]

@@ -1,0 +1,164 @@
+"""Every command's human output stays readable at 80 and 120 columns: no line wider than the
+terminal (unless it is one word that cannot break), no header or value split inside a word.
+
+Each command runs for real on a small lab (two folder destinations, file and config targets, an SSH
+host), in-process with COLUMNS set as a narrow terminal or a pipe would give it.
+"""
+
+import re
+import time
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+from rich.text import Text
+
+from bak import report
+from bak.cli import cli
+from conftest import need, run_cli, write_config
+
+WIDTHS = (80, 120)
+# Documents meant to be saved as they are (YAML, Markdown), and the demo, made of the commands below.
+NOT_TABLES = {"config example", "config reference", "demo"}
+BOX = "│┃┆┊║|╭╮╰╯┏┓┗┛┡┩┢┪━─═┳┻╇╈┼┤├┬┴"
+
+
+def leaf_commands(group=cli, prefix=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from leaf_commands(command, (*prefix, name))
+        else:
+            yield " ".join((*prefix, name))
+
+
+@pytest.fixture
+def lab(bak_home, sshd, monkeypatch):
+    need("rsync")
+    monkeypatch.setenv("HOME", str(bak_home / "home"))
+    (bak_home / "home").mkdir()
+    source = bak_home / "source-folder-with-a-rather-long-name"
+    (source / "notes").mkdir(parents=True)
+    (source / "notes" / "meeting.md").write_text("# notes\n")
+    (bak_home / "settings").mkdir()
+    (bak_home / "settings" / "settings.json").write_text("{}\n")
+    known = sshd.trust(bak_home / "known_hosts")
+    write_config(bak_home / "config.yaml", {
+        "version": 1, "hosts": {"store": sshd.host_config(known)},
+        "destinations": {"local-disk": {"kind": "local", "path": str(bak_home / "backups-on-this-disk"), "medium": "ssd"},
+                         "nfs-share": {"kind": "ssh", "host": "store", "path": str(bak_home / "nfs"), "medium": "nfs",
+                                       "offsite": True}},
+        "policies": {"standard": {"keep_daily": 7, "keep_weekly": 4}},
+        "targets": [{"name": "project-files", "method": "rsync", "destinations": ["local-disk", "nfs-share"],
+                     "policy": "standard", "interval": "1d", "rsync": {"source": str(source)}},
+                    {"name": "claude-code-settings", "method": "config", "destinations": ["local-disk"],
+                     "interval": "1w", "config": {"source": str(bak_home / "settings")}}],
+        "schedules": [{"name": "files-daily", "targets": ["project-files"], "cron": "30 2 * * *"}]})
+    assert run_cli("create").code in (0, 1)
+    time.sleep(1.1)
+    assert run_cli("create").code in (0, 1)
+    answers = bak_home / "answers.yaml"
+    answers.write_text(yaml.safe_dump({"destinations": {"here": {"kind": "local", "path": str(bak_home / "w")}},
+                                       "folders": [{"name": "documents", "source": str(source)}]}))
+    return {"home": bak_home, "answers": answers, "fingerprint": sshd.fingerprint(),
+            "crontab": bak_home / "crontab"}
+
+
+def scenarios(lab, width):
+    home = lab["home"]
+    return {
+        "config check": [["config", "check"]],
+        "ssh trust": [["ssh", "trust", "store", "--fingerprint", lab["fingerprint"]]],
+        "ssh check": [["ssh", "check"]],
+        "log": [["log"]],
+        "prune": [["prune", "--dry-run"], ["prune", "--simulate", "--keep-daily", "7", "--every", "6h", "--days", "30"]],
+        "create": [["create", "--dry-run"]],
+        "verify": [["verify"]],
+        "restore": [["restore", "-t", "project-files", "--dry-run"],
+                    ["restore", "-t", "project-files", "--into", str(home / f"restored-{width}")]],
+        "list": [["list"]],
+        "status": [["status"]],
+        "pg dump": [["pg", "dump"]],
+        "pg verify": [["pg", "verify"]],
+        "pg restore": [["pg", "restore", "-t", "project-files"]],
+        "pg drill": [["pg", "drill"]],
+        "drill": [["drill"]],
+        "schedule show": [["schedule", "show", "--crontab-file", str(lab["crontab"])]],
+        "schedule install": [["schedule", "install", "--dry-run", "--crontab-file", str(lab["crontab"]),
+                              "--unit-dir", str(home / "units"), "--task-dir", str(home / "tasks")]],
+        "schedule remove": [["schedule", "remove", "--dry-run", "--crontab-file", str(lab["crontab"]),
+                             "--unit-dir", str(home / "units"), "--task-dir", str(home / "tasks")]],
+        "wizard setup": [["wizard", "setup", "--answers", str(lab["answers"]), "--output", str(home / f"new-{width}.yaml")]],
+        "wizard strategy": [["wizard", "strategy", "--measure"]],
+        "doctor": [["doctor"]],
+        "skill install": [["skill", "install"]],
+    }
+
+
+def words(text: str) -> list[str]:
+    return Text.from_markup(text).plain.split()
+
+
+def test_every_command_is_covered(tmp_path):
+    stub = {"home": tmp_path, "answers": "", "fingerprint": "", "crontab": ""}
+    assert set(leaf_commands()) == set(scenarios(stub, 80)) | NOT_TABLES
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_human_output_fits_and_never_splits_a_word(lab, width, monkeypatch):
+    monkeypatch.setenv("COLUMNS", str(width))
+    shown: list[str] = []  # every header and cell bak asked to show, to find whole in the output
+    real_table = report.table
+
+    def recording_table(title, columns, rows):
+        cells = [["" if v is None else str(v) for v in row] for row in rows]
+        filled = [c for i, c in enumerate(columns) if any(words(row[i]) for row in cells)]  # empty ones may be left out
+        shown.extend(w for text in [title, *filled, *(v for row in cells for v in row)] for w in words(text))
+        real_table(title, columns, rows)
+
+    monkeypatch.setattr(report, "table", recording_table)
+    for command, runs in scenarios(lab, width).items():
+        for argv in runs:
+            shown.clear()
+            result = CliRunner().invoke(cli, argv, catch_exceptions=False)
+            output = click.unstyle(result.stdout + result.stderr)
+            assert output.strip(), (command, argv)
+            for line in output.splitlines():
+                assert len(line.rstrip()) <= width or len(line.strip(BOX + " ").split()) == 1, \
+                    f"{argv} at {width} columns: {line!r}"
+            flat = re.sub(f"[{BOX}\\s]+", " ", output)
+            for word in shown:
+                if 3 <= len(word) <= width - 20:
+                    assert re.search(rf"(?<!\S){re.escape(word)}(?!\S)", flat), \
+                        f"{argv} at {width} columns: {word!r} is not shown whole\n{output}"
+
+
+@pytest.mark.parametrize("argv", [
+    ["config", "example", "--config", "x.yaml"],  # prints a fixed example: no config is read
+    ["config", "reference", "--config", "x.yaml"],
+    ["schedule", "show", "--dry-run"],  # show never changes anything
+    ["pg", "restore", "-t", "app", "--file", "x"],  # a dump has no files to pick
+    ["create", "--all", "--target", "app"],  # --all says every target: not with --target
+    ["prune", "--all", "--target", "app"],
+])
+def test_options_that_would_do_nothing_are_not_offered(argv, bak_home):
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 2, result.output
+    assert "No such option" in result.output or "exclude each other" in result.output
+
+
+def test_help_describes_every_option_and_argument():
+    def walk(group=cli, path=()):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from walk(command, (*path, name))
+            else:
+                yield (*path, name), command
+
+    for path, command in walk():
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"bak {' '.join(path)} {param.opts[0]} has no help"
+            else:
+                assert (param.metavar or param.human_readable_name).strip("[].").upper() in (command.help or ""), \
+                    f"bak {' '.join(path)} {param.human_readable_name} is not described"
