@@ -18,10 +18,15 @@ from bak.naming import parse as parse_name
 LOCAL = "local"
 _HERE = Path(__file__).parent
 
+RESTIC_REPOSITORY = '^((~|/)[^\\u0000\\n]*|sftp:([A-Za-z0-9._-]+@[A-Za-z0-9.-]+:)?[^\\u0000\\n@:][^\\u0000\\n]*|rest:https?://[^\\u0000\\n\\s@/]+(/[^\\u0000\\n\\s]*)?|s3:https?://[^\\u0000\\n\\s@/]+/[^\\u0000\\n\\s]+)$'
+
 _PATTERN_MEANING = {
     SAFE_NAME: "a plain name: letters, digits, '_', '.', '-', starting with a letter or digit, at most 64 characters",
     r"^[1-9][0-9]{0,5}[mhdw]$": "a duration like 30m, 6h, 1d or 1w (at most 6 digits)",
     r"^(~|/|[A-Za-z]:[\\/])[^\u0000\n]*$": "an absolute path (or one starting with ~)",
+    RESTIC_REPOSITORY: "a restic repository: a path, sftp:PATH, rest:http(s)://HOST:PORT/ or s3:http(s)://HOST/BUCKET, "
+                       "without credentials",
+    r"^1/[1-9][0-9]{0,3}$": "1/N, the part of the data each check reads (1/30, 1/1)",
 }
 
 
@@ -89,6 +94,11 @@ class Destination:
     node: str | None = None
     repository: str | None = None
     password: dict | None = None
+    aws_access_key_id: dict | None = None
+    aws_secret_access_key: dict | None = None
+    check_subset: str = "1/30"
+    limit_upload_kib: int | None = None
+    retry_seconds: int = 300
     medium: str | None = None
     offsite: bool = False
     warn_percent: int = 80
@@ -258,7 +268,9 @@ def _describe(error, data: dict) -> list[dict]:
         return [{"where": key_path([*error.absolute_path, LOCAL]), "message": "the host name 'local' is reserved for this machine"}]
     if error.validator == "pattern":
         meaning = _PATTERN_MEANING.get(error.validator_value, f"text matching {error.validator_value}")
-        return [{"where": where, "message": f"{_bounded(repr(error.instance), 80)} is not {meaning}"}]
+        # A repository written with credentials in it is not echoed back: they would end up in the output.
+        shown = "the repository" if error.validator_value == RESTIC_REPOSITORY else _bounded(repr(error.instance), 80)
+        return [{"where": where, "message": f"{shown} is not {meaning}"}]
     if error.validator == "required":
         missing = re.findall(r"'([^']+)' is a required property", error.message)
         name = missing[0] if missing else error.message
@@ -290,6 +302,8 @@ def _cross_references(data: dict) -> list[dict]:
     for name, dest in dests.items():
         if "host" in dest and dest["host"] not in hosts:
             missing(f"destinations.{name}.host", "host", dest["host"], hosts)
+        elif dest.get("kind") == "restic" and str(dest.get("repository", "")).startswith("sftp:"):
+            problems.extend(_sftp_login(name, dest, data.get("hosts") or {}))
     seen: dict[str, int] = {}
     for i, target in enumerate(data.get("targets") or []):
         tname = target["name"]
@@ -313,6 +327,23 @@ def _cross_references(data: dict) -> list[dict]:
             if tname not in seen:
                 missing(f"schedules[{i}].targets[{j}]", "target", tname, seen)
     return problems
+
+
+def _sftp_login(name: str, dest: dict, hosts: dict) -> list[dict]:
+    """sftp:USER@ADDRESS:PATH must name the host's own user and address: bak connects with the host's settings."""
+    from bak.stores.resticcmd import sftp_parts
+
+    login = sftp_parts(dest["repository"])[0]
+    host = hosts.get(dest["host"]) or {}
+    expected = f"{host.get('user', 'root')}@{host.get('address')}"
+    if dest["host"] == LOCAL:
+        return [{"where": f"destinations.{name}.host", "message": "an sftp: repository is on an SSH host, not on 'local'",
+                 "hint": "Name the SSH host (a key of hosts) that serves it."}]
+    if login and login != expected:
+        return [{"where": f"destinations.{name}.repository",
+                 "message": f"{login} is not host {dest['host']!r} ({expected})",
+                 "hint": f"Write sftp:PATH: bak connects as hosts.{dest['host']} says."}]
+    return []
 
 
 def flat_name_key(target: dict) -> tuple[str, str, str]:

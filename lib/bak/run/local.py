@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -39,7 +40,9 @@ class LocalRunner(Runner):
 
     def run(self, argv: list[str], *, stdin: bytes | BinaryIO | None = None, stdout: Sink | None = None,
             env: dict[str, str] | None = None, timeout: float | None = None, check: bool = True,
-            on_stderr_line: Callable[[str], None] | None = None) -> Completed:
+            on_stderr_line: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Completed:
+        """`cancel`, once set, interrupts the child (SIGINT, then SIGKILL after CANCEL_GRACE_S): restic then
+        drops what it was saving and removes its lock."""
         # Secrets named by the config ({env: VAR}) reach no child: the one tool that needs one gets a file.
         full_env = {k: v for k, v in os.environ.items() if k not in secret_env_names()}
         full_env.update(env or {})
@@ -60,6 +63,8 @@ class LocalRunner(Runner):
         if stdin is not None:
             feeder = Feeder(stdin, lambda chunk: (proc.stdin.write(chunk), proc.stdin.flush()), proc.stdin.close)
             threads.append(feeder)
+        if cancel is not None:
+            threads.append(threading.Thread(target=_interrupt_on, args=(proc, cancel), daemon=True))
         timed_out = threading.Event()
         timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill())) if timeout else None
         for thread in threads:
@@ -84,6 +89,9 @@ class LocalRunner(Runner):
                 thread.join()
         if feeder:
             feeder.raise_failure()
+        if cancel is not None and cancel.is_set():
+            raise CommandFailed(f"{argv[0]} was stopped", returncode=returncode, stderr_tail=tail.value().decode(
+                "utf-8", "replace")[-2000:], where="local", code="cancelled")
         completed = Completed(list(argv), returncode, b"".join(collected), tail.value())
         if timed_out.is_set():
             raise CommandFailed(f"{argv[0]} timed out after {timeout:.0f}s and was killed", returncode=returncode,
@@ -151,6 +159,20 @@ class LocalRunner(Runner):
         finally:
             guard.stdin.close()
             guard.wait()
+
+
+CANCEL_GRACE_S = 5.0
+
+
+def _interrupt_on(proc: subprocess.Popen, cancel: threading.Event) -> None:
+    while proc.poll() is None:
+        if cancel.wait(0.2):
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(CANCEL_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            return
 
 
 def _drain(stream, sink: Sink) -> None:

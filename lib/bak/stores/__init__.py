@@ -23,9 +23,15 @@ def open_store(destination: Destination, hosts: Hosts) -> Store:
 
         return RemoteStore(destination.name, destination.path, hosts.runner(destination.host))
     if destination.kind == "restic":
+        from bak.run.hosts import known_hosts_path
         from bak.stores.restic import ResticStore
 
-        return ResticStore(destination.name, destination.repository, destination.password)
+        ssh_host = hosts.config.host(destination.host) if destination.host != "local" else None
+        aws = {key: ref for key in ("aws_access_key_id", "aws_secret_access_key")
+               if (ref := getattr(destination, key)) is not None}
+        return ResticStore(destination.name, destination.repository, destination.password, ssh_host=ssh_host,
+                           known_hosts=known_hosts_path(ssh_host) if ssh_host else None, aws=aws,
+                           limit_upload_kib=destination.limit_upload_kib, retry_seconds=destination.retry_seconds)
     if destination.kind == "proxmox":
         from bak.stores.proxmox import ProxmoxStore
 
