@@ -421,3 +421,61 @@ def tiny_disk(tmp_path):
         pytest.skip(message)  # only outside CI: with CI=true it fails just above
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+# --- restic servers: rclone's REST server and an S3 endpoint (moto), on loopback --------------------
+@dataclass
+class ResticServer:
+    """A server restic talks to over HTTP on 127.0.0.1; the test may kill and start it again."""
+
+    argv: list[str]
+    port: int
+    root: Path
+    prefix: str  # `rest:` or `s3:` URL of the server, before a repository's own path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "ab"),
+                                     start_new_session=True)
+        wait_port(self.port, timeout=30)
+
+    def stop(self) -> None:
+        """SIGKILL, as a crash or a pulled cable would."""
+        if self.proc and self.proc.poll() is None:
+            kill_tree(self.proc.pid)
+            self.proc.wait()
+
+    def repository(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+
+@pytest.fixture(scope="session")
+def rest_server(tmp_path_factory):
+    """`rclone serve restic` (Debian's rclone) on 127.0.0.1: one repository per URL path."""
+    need("rclone", "restic")
+    root = tmp_path_factory.mktemp("rest")
+    port = free_port()
+    server = ResticServer(["rclone", "serve", "restic", "--addr", f"127.0.0.1:{port}", str(root / "data")], port, root,
+                          f"rest:http://127.0.0.1:{port}/")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """An S3-compatible server (moto's, from the test extra) on 127.0.0.1; restic addresses it path-style."""
+    need("restic")
+    try:
+        import moto.server  # noqa: F401  (the test extra: pip install -e '.[test]')
+    except ImportError:
+        if IN_CI:
+            pytest.fail("moto[server] is missing (run: bash tests/run.sh)")
+        pytest.skip("moto[server] is missing (run: bash tests/run.sh)")
+    root = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    server = ResticServer([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, root,
+                          f"s3:http://127.0.0.1:{port}/")
+    server.start()
+    yield server
+    server.stop()

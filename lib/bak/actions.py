@@ -164,6 +164,12 @@ def verify(config: Config, targets: list[Target], *, every: bool = False, names:
                 outcome.result["checked"].append(row)
                 if exc:
                     outcome.failed(exc)
+        if not names:  # restic repositories as a whole: their structure, and the next part of their data
+            from bak.repository import check_repositories
+
+            rows = check_repositories(config, targets, session.hosts, session.journal, outcome, session.ctx.progress)
+            if rows:
+                outcome.result["repositories"] = rows
     return outcome
 
 

@@ -258,7 +258,8 @@ def _human_log(result: dict) -> None:
 
 @cli.command("log", context_settings=CONTEXT)
 @click.option("--target", help="Only this target.")
-@click.option("--kind", type=click.Choice(["create", "verify", "restore", "drill", "prune"]), help="Only this kind.")
+@click.option("--kind", type=click.Choice(["create", "verify", "restore", "drill", "prune", "sync", "check"]),
+              help="Only this kind (check: a restic repository's check).")
 @click.option("--since", help="Only operations started on or after this date (YYYY-MM-DD or ISO time, UTC).")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True,
               help="Show at most this many operations.")
@@ -893,6 +894,57 @@ def skill_install(project, uninstall):
     from bak import skill
 
     return skill.uninstall(project) if uninstall else skill.install(project)
+
+
+# --- off-site copies: restic repositories --------------------------------------------------------
+@cli.group("destination", context_settings=CONTEXT)
+def destination_group():
+    """Set up a destination: create a restic repository (local path, sftp:, rest:, s3:)."""
+
+
+def _human_destination_init(result: dict) -> None:
+    from bak.report import say
+
+    say(f"created the restic repository of {result['destination']} ({result['backend']}): {result['repository']}")
+
+
+@destination_group.command("init")
+@click.argument("name")
+@action("destination init", human=_human_destination_init)
+def destination_init(name, config):
+    """Create the restic repository of destination NAME (refused if one is already there)."""
+    from bak import repository
+
+    return repository.init(config, name)
+
+
+def _human_sync(result: dict) -> None:
+    from bak.report import human_size, say, table
+
+    rows = [[t["target"], c["name"], c["from"], "copied", human_size(c["size"])] for t in result["targets"] for c in t["copied"]]
+    rows += [[t["target"], c["name"], c["from"], "would copy", human_size(c["size"])]
+             for t in result["targets"] for c in t["planned"]]
+    rows += [[t["target"], c["name"], c["from"], "FAILED", c["error"]] for t in result["targets"] for c in t["failed"]]
+    table(f"Sync to {result['to']}", ["target", "backup", "from", "result", "size"], rows)
+    present = sum(t["present"] for t in result["targets"])
+    say(f"{'would copy' if result['dry_run'] else 'copied'} "
+        f"{sum(len(t['planned']) for t in result['targets']) if result['dry_run'] else result['copied']} backup(s)"
+        + ("" if result["dry_run"] else f", {human_size(result['bytes'])}") + f"; {present} already there")
+
+
+@cli.command("sync", context_settings=CONTEXT)
+@click.option("--to", "to", required=True, help="The restic destination to copy into (e.g. the off-site one).")
+@target_options
+@click.option("--since", type=click.DateTime(), help="Only backups made at or after this local time.")
+@click.option("--limit-upload", "limit_upload", type=click.IntRange(1, 100000000), metavar="KIB",
+              help="Upload at most this many KiB/s (restic --limit-upload).")
+@click.option("--dry-run", is_flag=True, help="Show what would be copied; copy nothing.")
+@action("sync", human=_human_sync)
+def sync_command(to, targets, all_targets, since, limit_upload, dry_run, config):
+    """Copy backups already on a target's other destinations that the restic destination lacks (checked on the way)."""
+    from bak.sync import sync
+
+    return sync(config, targets, to, since=since, limit_upload_kib=limit_upload, dry_run=dry_run, progress=_progress)
 
 
 def main(argv: list[str] | None = None) -> None:

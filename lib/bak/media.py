@@ -43,6 +43,8 @@ def medium_of(config: Config, dest: Destination, hosts=None) -> Medium:
     if dest.kind == "proxmox":
         return Medium(host, f"{host}|storage {dest.storage}", f"Proxmox storage {dest.storage} on {host}")
     path = dest.repository if dest.kind == "restic" else dest.path
+    if dest.kind == "restic" and path and ":" in path and not path.startswith(("/", "~")):
+        return _restic_medium(config, dest, hosts)
     if not path:
         return unmeasured
     try:
@@ -59,6 +61,26 @@ def medium_of(config: Config, dest: Destination, hosts=None) -> Medium:
         return Medium(host, f"{host}|{device}", f"device {device} on {host}")
     except (OSError, BakError, ValueError):
         return unmeasured
+
+
+def _restic_medium(config: Config, dest: Destination, hosts) -> Medium:
+    """A remote restic repository lives on its server: the sftp host (its device measured like an ssh
+    folder's), or the rest:/s3: server's address; two repositories on one such server are one medium."""
+    from bak.stores import resticcmd
+
+    backend = resticcmd.backend_of(dest.repository)
+    if backend == "sftp":
+        host = host_of(config, dest.host)
+        path = resticcmd.sftp_parts(dest.repository)[1]
+        if hosts is not None:
+            try:
+                device = _remote_device(hosts.runner(dest.host), path)
+                return Medium(host, f"{host}|{device}", f"device {device} on {host}")
+            except (BakError, ValueError):
+                pass
+        return Medium(host, f"{host}|destination {dest.name}", f"{dest.name} on {host} (not measured)", False)
+    server = resticcmd.server_of(dest.repository) or dest.name
+    return Medium(server, f"{server}|{backend}", f"restic {backend} server {server}")
 
 
 def _existing(path: Path) -> Path:

@@ -28,18 +28,33 @@ class StorePlan:
     def by_name(self) -> dict[str, catalog.Backup]:
         return {b.name: b for b in self.listing.backups}
 
+    def snapshots(self, folder: str, name: str) -> list[str]:
+        """A restic repository's snapshots that make a backup (or leftover): what `restic forget` gets."""
+        return self.store.ids_of(folder, name) if self.store.kind == "restic" else []
+
     def as_dict(self) -> dict:
         by_name = self.by_name
-        return {
+        plan = {
             "store": self.listing.store,
             "folder": self.listing.folder,
             "decisions": [{"name": d.name, "when": d.when.isoformat(), "keep": d.keep, "reason": d.reason,
                            "size": by_name[d.name].size, "added": by_name[d.name].added,
-                           "sidecars": sorted(by_name[d.name].sidecars)}
+                           "sidecars": sorted(by_name[d.name].sidecars),
+                           **({} if d.keep or self.store.kind != "restic"
+                              else {"snapshots": self.snapshots(by_name[d.name].folder, d.name)})}
                           for d in self.decisions],
             "stale_partials": [f"{p.folder}/{p.name}" for p in self.stale_partials],
             "foreign": self.listing.foreign,
         }
+        if self.store.kind == "restic":
+            plan["restic_forget"] = self.forget_ids()
+        return plan
+
+    def forget_ids(self) -> list[str]:
+        """Exactly what `restic forget` is given: the removed backups' snapshots and the stale leftovers'."""
+        ids = [i for d in self.decisions if not d.keep for i in self.snapshots(self.by_name[d.name].folder, d.name)]
+        ids += [i for p in self.stale_partials for i in self.snapshots(p.folder, p.name)]
+        return sorted(set(ids))
 
 
 def newest_time(listings: list[catalog.Listing], now: datetime) -> datetime | None:
@@ -108,6 +123,9 @@ def _prune_target(config, target, hosts, now, entry, dry_run, force, journal, sa
                       "pruning now could remove the last good copies", where=target.name, code="stale_target",
                       hint="Fix the backup first (bak create --target " + target.name + "), or pass --force.")
     for store_plan in plans:
+        if store_plan.store.kind == "restic":
+            _prune_restic(store_plan, entry, dry_run, journal, target)
+            continue
         for decision in store_plan.decisions:
             if decision.keep:
                 entry["kept"] += 1
@@ -135,6 +153,32 @@ def _prune_safety_copies(target: Target, plans: list[StorePlan], entry: dict, cu
         if not dry_run:
             for copy in old:
                 _remove(store_plan.store, copy, row["safety_copies"][0]["reason"], journal, target)
+
+
+def _prune_restic(store_plan: StorePlan, entry: dict, dry_run: bool, journal: Journal | None, target: Target) -> None:
+    """The same plan, executed the way restic deletes: one `restic forget` with every snapshot id the plan
+    names, then `restic prune` (which frees the data). Each removal is journaled with its reason."""
+    store = store_plan.store
+    removed = [(d, store_plan.by_name[d.name]) for d in store_plan.decisions if not d.keep]
+    entry["kept"] += len(store_plan.decisions) - len(removed)
+    entry["removed"] += len(removed)
+    entry["removed_bytes"] += sum(b.added or 0 for _, b in removed)
+    ids = store_plan.forget_ids()
+    if dry_run or not (ids or store.forgot):
+        return
+    started = [journal.start("prune", target.name, {"store": store.name, "name": b.name, "reason": d.reason,
+                                                    "sidecars": sorted(b.sidecars),
+                                                    "snapshots": store_plan.snapshots(b.folder, b.name)})
+               for d, b in removed]
+    try:
+        store.forget(ids)
+        store.prune()
+    except BaseException as exc:
+        for op_id in started:
+            journal.finish(op_id, "failed", error_tail=getattr(exc, "message", None) or str(exc))
+        raise
+    for op_id, (_, backup) in zip(started, removed):
+        journal.finish(op_id, "ok", bytes_=backup.size)
 
 
 def _remove(store, backup: catalog.Backup, reason: str, journal: Journal, target: Target) -> None:

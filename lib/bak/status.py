@@ -145,13 +145,19 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
     return entry
 
 
-def destination_health(config: Config, name: str, scanned: dict) -> dict:
+def destination_health(config: Config, name: str, scanned: dict, checks: list[dict] | None = None) -> dict:
     dest = config.destinations[name]
     row = {"destination": name, "kind": dest.kind, "host": dest.host, "medium": dest.medium, "offsite": dest.offsite,
            "on": scanned["medium"].label}
+    if dest.kind == "restic":
+        from bak.repository import coverage
+
+        row["check"] = coverage([op for op in checks or [] if op["details"].get("destination") == name])
     if scanned["error"] is not None:
         return {**row, "level": "unreachable", "error": scanned["error"].message}
     usage = scanned["usage"]
+    if usage is None:  # a remote restic repository: its backend does not report free space
+        return {**row, "level": "ok"}
     percent = round(usage.used_percent, 1)
     level = "critical" if percent >= CRITICAL_PERCENT else ("warn" if percent >= dest.warn_percent else "ok")
     if not scanned["exists"]:
@@ -165,12 +171,15 @@ def status(config: Config, now: datetime | None = None) -> Outcome:
     try:
         history = {"create": journal.latest("create"), "verify": journal.latest("verify"),
                    "drill": journal.latest("drill"), "drill_ok": journal.latest("drill", status="ok")}
+        from bak.repository import HISTORY
+
+        checks = journal.query(kind="check", limit=HISTORY)
     finally:
         journal.close()
     with Hosts(config) as hosts:
         scanned = gather(config, hosts)
     targets = [target_health(config, t, scanned, history, now) for t in config.targets if t.enabled]
-    destinations = [destination_health(config, name, scanned[name]) for name in sorted(scanned)]
+    destinations = [destination_health(config, name, scanned[name], checks) for name in sorted(scanned)]
     outcome = Outcome({"summary": "", "targets": targets, "destinations": destinations})
     for entry in targets:
         for problem in entry["problems"]:

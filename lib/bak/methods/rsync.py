@@ -276,7 +276,15 @@ class RsyncSnapshot(Method):
         listings = {store.name: scan(store, target) for store in stores}
         name = fresh_name(ctx, target, list(listings.values()), naming.rsync_name(self.key(target), ctx.now),
                           naming.rsync_name(self.key(target), ctx.now, with_time=True))
-        copies = [self._snapshot(ctx, target, store, listings[store.name], name) for store in stores]
+        folders = [store for store in stores if store.kind != "restic"]
+        made = [(store, self._snapshot(ctx, target, store, listings[store.name], name)) for store in folders]
+        if len(folders) < len(stores):  # a restic repository backs up a finished snapshot folder
+            from bak.methods import restic_tree
+
+            made += [(store, restic_tree.copy_for_create(self, ctx, target, store, listings[store.name], name, made[:len(folders)]))
+                     for store in stores if store.kind == "restic"]
+        order = {store.name: index for index, store in enumerate(stores)}
+        copies = [copy for _, copy in sorted(made, key=lambda pair: order[pair[0].name])]
         good = next((c for c in copies if c["ok"]), {})
         op.bytes = good.get("size")
         return {"target": target.name, "name": name, "size": good.get("size"), "added_bytes": good.get("added_bytes"),
@@ -359,6 +367,10 @@ class RsyncSnapshot(Method):
         return items, manifest.differences(expected, items, owners=owners and expected.head.get("owners", False))
 
     def verify(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
+        if store.kind == "restic":
+            from bak.methods import restic_tree
+
+            return restic_tree.verify(self, ctx, target, store, backup)
         runner = ctx.hosts.runner(store.host_name)
         root = store.path_of(backup.folder, backup.name)
         expected = read_manifest(store, backup.folder, backup.name)
@@ -383,12 +395,13 @@ class RsyncSnapshot(Method):
         destination = (into or f"{original}.restored-{ctx.now:%Y%m%d_%H%M%S}").rstrip("/") or "/"
         runner = ctx.hosts.runner(target.host)
         single = options.get("file")
-        snapshot = store.path_of(backup.folder, backup.name)
         if single is not None:
             parts = Path(single).parts
             if not single or single.startswith("/") or ".." in parts or "\n" in single:
                 raise BadInput(f"--file {single!r} must be a path inside the snapshot", where="--file")
-            if not inside(ctx.hosts.runner(store.host_name), snapshot, single):
+            # In a restic repository the tree is checked once restored, before anything is written.
+            if store.kind != "restic" and not inside(ctx.hosts.runner(store.host_name),
+                                                      store.path_of(backup.folder, backup.name), single):
                 raise Refused(f"{single} leads out of the snapshot through a symbolic link; nothing was restored",
                               where="--file", code="symlink_in_path")
         replaced = posixpath.join(destination, single) if single else destination
@@ -424,13 +437,17 @@ class RsyncSnapshot(Method):
 
     def restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
                 force: bool, options: dict) -> dict:
+        if store.kind == "restic":
+            from bak.methods import restic_tree
+
+            return restic_tree.restore(self, ctx, target, store, backup, into=into, force=force, options=options)
         plan = self.check_restore(ctx, target, store, backup, into=into, force=force, options=options)
         destination, exists = plan["path"], plan["replaces"] is not None
         runner = ctx.hosts.runner(target.host)
         single = options.get("file")
         if not options.get("drill"):  # a drill restores first and compares after
             self._check_copy(ctx, store, backup, single)
-        safety = self._safety_copy(ctx, target, store, destination, single) if exists else None
+        safety = self._safety_copy(ctx, target, options.get("safety_store") or store, destination, single) if exists else None
         source = store.path_of(backup.folder, backup.name) + "/" + (single or "")
         parent = posixpath.join(destination, posixpath.dirname(single)) if single else destination
         runner_, src, dst, ssh, _ = transfer(ctx, store.host_name, source, target.host, parent + "/")
@@ -454,8 +471,14 @@ class RsyncSnapshot(Method):
         listing = scan(store, target)
         name = free_name(store, safety_folder_of(target), lambda when: naming.rsync_name(self.key(target), when, with_time=True))
         source = f"{destination}/./{single}" if single else destination + "/"
-        copy = self._copy_tree(ctx, target, store, safety_folder_of(target), name, source_host=target.host,
-                               source=source, previous=listing.newest_good(ctx.now), relative=bool(single))
+        if store.kind == "restic":
+            from bak.methods import restic_tree
+
+            copy = restic_tree.copy_tree(self, ctx, target, store, safety_folder_of(target), name, source_host=target.host,
+                                         source=source, relative=bool(single))
+        else:
+            copy = self._copy_tree(ctx, target, store, safety_folder_of(target), name, source_host=target.host,
+                                   source=source, previous=listing.newest_good(ctx.now), relative=bool(single))
         if not copy["ok"]:
             raise Refused(f"the safety snapshot of {destination} failed, so nothing was replaced", where=target.name,
                           code="safety_snapshot_failed", hint=copy["error"]["message"] if copy["error"] else None)

@@ -297,6 +297,7 @@ class ResticWriter(ArtifactWriter):
 class ResticStore(Store):
     kind = "restic"
     host_name = "local"  # restic runs here, whatever the backend
+    forgot = False  # whether this run forgot snapshots: their data goes with the next `restic prune`
 
     def __init__(self, name: str, repository: str, password: dict, *, ssh_host=None, known_hosts: Path | None = None,
                  aws: dict | None = None, limit_upload_kib: int | None = None, retry_seconds: float = 300):
@@ -594,6 +595,7 @@ class ResticStore(Store):
         if ids:
             try:
                 self.run(cmd.forget_argv(sorted(set(ids)), self.options()))
+                self.forgot = True
             finally:
                 self.forget_cached()
 
