@@ -79,9 +79,11 @@ def _create(config: Config, targets: list[Target], *, dry_run: bool, progress, p
                     continue
                 with target_lock(target.name, "create"):
                     session.ctx.now = datetime.now().replace(microsecond=0)  # each backup is named at its own start
-                    stores = stores_for(config, target.destinations, session.hosts)
+                    stores, lost = _usable(stores_for(config, target.destinations, session.hosts), target)
                     with session.journal.operation("create", target.name, {"method": target.method}) as op:
-                        entry.update(method.create(session.ctx, target, stores, op))
+                        if stores:
+                            entry.update(method.create(session.ctx, target, stores, op))
+                        entry["copies"] = [*entry.get("copies", []), *lost]
                         op.details.update({"name": entry.get("name"), "copies": entry.get("copies")})
                         copies = entry.get("copies", [])
                         failed = [c for c in copies if not c["ok"]]
@@ -100,6 +102,21 @@ def _create(config: Config, targets: list[Target], *, dry_run: bool, progress, p
                 outcome.failed(exc)
         outcome.warnings.extend(session.ctx.warnings)
     return outcome
+
+
+def _usable(stores: list, target: Target) -> tuple[list, list[dict]]:
+    """A restic repository that cannot be listed (its server down, not created yet, a wrong password) costs
+    its own copy, not the others: it is left out and reported as a failed copy."""
+    usable, lost = [], []
+    for store in stores:
+        try:
+            if store.kind == "restic":
+                catalog.scan(store, target)  # kept by the store: the method's own listing costs nothing more
+            usable.append(store)
+        except BakError as exc:
+            lost.append({"store": store.name, "location": store.location(catalog.folder_of(target)), "ok": False,
+                         "error": exc.to_error()})
+    return usable, lost
 
 
 def backups_of(session: Session, target: Target, store_name: str | None = None) -> list[tuple[object, Backup]]:

@@ -77,6 +77,21 @@ def ere_escape(text: str) -> str:
     return "".join("\\" + c if c in ".[]()*+?{}|^$\\" else c for c in text)
 
 
+class Cancel:
+    """Stops a running command: `request()` asks for it; `interrupted` is set once the child has been signalled
+    (or has ended), so a stdin source may end only then: an end of input first could make it save a short result."""
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self.interrupted = threading.Event()
+
+    def request(self) -> None:
+        self.requested.set()
+
+    def is_set(self) -> bool:
+        return self.requested.is_set()
+
+
 class Feeder(threading.Thread):
     """Streams a command's stdin from `source` on its own thread. The command ending early (a closed pipe)
     is normal; the source failing (a restic dump that breaks off) is kept and raised where the command ran,

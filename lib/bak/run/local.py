@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from bak.errors import CommandFailed, ToolMissing
-from bak.run.base import CHUNK, Completed, Feeder, Runner, Sink, StderrTail, guardian_argv
+from bak.run.base import CHUNK, Cancel, Completed, Feeder, Runner, Sink, StderrTail, guardian_argv
 from bak.secrets import secret_env_names
 
 
@@ -40,9 +40,9 @@ class LocalRunner(Runner):
 
     def run(self, argv: list[str], *, stdin: bytes | BinaryIO | None = None, stdout: Sink | None = None,
             env: dict[str, str] | None = None, timeout: float | None = None, check: bool = True,
-            on_stderr_line: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Completed:
-        """`cancel`, once set, interrupts the child (SIGINT, then SIGKILL after CANCEL_GRACE_S): restic then
-        drops what it was saving and removes its lock."""
+            on_stderr_line: Callable[[str], None] | None = None, cancel: Cancel | None = None) -> Completed:
+        """`cancel`, once requested, interrupts the child (SIGINT, then SIGKILL after CANCEL_GRACE_S): restic
+        then drops what it was saving and removes its lock."""
         # Secrets named by the config ({env: VAR}) reach no child: the one tool that needs one gets a file.
         full_env = {k: v for k, v in os.environ.items() if k not in secret_env_names()}
         full_env.update(env or {})
@@ -164,15 +164,18 @@ class LocalRunner(Runner):
 CANCEL_GRACE_S = 5.0
 
 
-def _interrupt_on(proc: subprocess.Popen, cancel: threading.Event) -> None:
+def _interrupt_on(proc: subprocess.Popen, cancel: Cancel) -> None:
+    """SIGINT once cancelling is requested; `interrupted` once the child no longer reads its input."""
     while proc.poll() is None:
-        if cancel.wait(0.2):
+        if cancel.requested.wait(0.2):
             proc.send_signal(signal.SIGINT)
+            cancel.interrupted.set()
             try:
                 proc.wait(CANCEL_GRACE_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
-            return
+            break
+    cancel.interrupted.set()
 
 
 def _drain(stream, sink: Sink) -> None:

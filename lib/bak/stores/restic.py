@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from bak import naming
-from bak.errors import BadInput, BakError, CommandFailed, LockHeld, Refused, WriteFailed
+from bak.errors import BadInput, BakError, CommandFailed, HostKeyUnknown, LockHeld, Refused, WriteFailed
 from bak.naming import PARTIAL_SUFFIX, SIDECAR_SUFFIXES
-from bak.run.base import Completed
+from bak.run.base import Cancel, Completed
 from bak.run.local import LocalRunner
 from bak.secrets import read_secret
 from bak.stores import resticcmd as cmd
@@ -42,11 +42,13 @@ class _Pipe:
     """Chunks handed from one thread to another, bounded (back-pressure, no big buffer). Either side can
     break it off: the reader gets the writer's error, the writer learns that nobody reads any more."""
 
-    def __init__(self, reader_alive: Callable[[], bool] = lambda: True, on_close_reading: Callable[[], None] = lambda: None):
+    def __init__(self, reader_alive: Callable[[], bool] = lambda: True, on_close_reading: Callable[[], None] = lambda: None,
+                 cancel: Cancel | None = None):
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._done = False
         self._reader_alive = reader_alive
         self._on_close_reading = on_close_reading
+        self._cancel = cancel  # as the reader's input: once its process is interrupted, reading breaks off
 
     def put(self, chunk: bytes) -> None:
         while True:
@@ -67,7 +69,14 @@ class _Pipe:
     def read(self, n: int = -1) -> bytes:
         if self._done:
             return b""
-        chunk = self._queue.get()
+        while True:
+            try:
+                chunk = self._queue.get(timeout=0.1 if self._cancel else None)
+                break
+            except queue.Empty:
+                if self._cancel.interrupted.is_set():  # its reader was stopped or has ended: nothing more to give
+                    self._done = True
+                    return b""
         if chunk is None or isinstance(chunk, BaseException):
             self._done = True
             if chunk is not None:
@@ -93,10 +102,10 @@ class _Pipe:
 
 
 class _GiveUp:
-    """Watches restic's stderr for retries of a failing backend; sets `cancel` once they have gone on
+    """Watches restic's stderr for retries of a failing backend; cancels it once they have gone on
     for `seconds` without a quiet of RETRY_WINDOW_S in between."""
 
-    def __init__(self, seconds: float, cancel: threading.Event):
+    def __init__(self, seconds: float, cancel: Cancel):
         self.seconds, self.cancel = seconds, cancel
         self.first: float | None = None
         self.last: float | None = None
@@ -118,7 +127,7 @@ class _GiveUp:
         while not self._stop.wait(0.5):
             now = time.monotonic()
             if self.first is not None and now - self.last < RETRY_WINDOW_S and now - self.first > self.seconds:
-                self.cancel.set()
+                self.cancel.request()
                 return
 
     def stop(self) -> None:
@@ -141,8 +150,8 @@ class _Process:
 
     def __init__(self, store: "ResticStore", argv: list[str], on_stdout: Callable[[bytes], None] | None = None):
         self.store = store
-        self.cancel = threading.Event()
-        self.pipe = _Pipe(reader_alive=lambda: self._thread.is_alive())
+        self.cancel = Cancel()
+        self.pipe = _Pipe(reader_alive=lambda: self._thread.is_alive(), cancel=self.cancel)
         self.result: Completed | None = None
         self.error: BakError | None = None
         self._thread = threading.Thread(target=self._run, args=(argv, on_stdout), daemon=True)
@@ -176,7 +185,7 @@ class _Process:
 
     def stop(self) -> None:
         """Break off: restic is interrupted before it saves anything."""
-        self.cancel.set()
+        self.cancel.request()
         self._thread.join()
 
     def failure(self) -> WriteFailed:
@@ -355,11 +364,11 @@ class ResticStore(Store):
                     env[variable] = self._secret(key, self.aws[key])
             yield env
 
-    def run(self, argv: list[str], *, retry: bool = True, cancel: threading.Event | None = None, **kwargs) -> Completed:
+    def run(self, argv: list[str], *, retry: bool = True, cancel: Cancel | None = None, **kwargs) -> Completed:
         """A restic command, its failures in bak's terms. A command without input is run once more after
         `restic unlock` when a lock stops it (unlock removes only the locks whose holder is gone)."""
         for attempt in (1, 2):
-            cancel_event = cancel or threading.Event()
+            cancel_event = cancel or Cancel()
             watch = _GiveUp(self.retry_seconds, cancel_event)
             try:
                 with self._env() as env:
@@ -389,6 +398,10 @@ class ResticStore(Store):
             return BadInput(f"restic repository {self.name}: wrong password", where=f"{where}.password",
                             code="restic_wrong_password",
                             hint=f"Point destinations.{self.name}.password at the password the repository was created with.")
+        if kind == "host_key":
+            return HostKeyUnknown(f"ssh refused the host key of the server of {self.name} (restic's sftp goes through "
+                                  "bak's known_hosts only)", where=f"{where}.host",
+                                  hint="Check the host's key, then record it with: bak ssh trust HOST --fingerprint SHA256:...")
         if kind == "no_repository":
             return Refused(f"there is no restic repository at {self.describe()}", where=where, code="restic_no_repository",
                            hint=f"Create it with: bak destination init {self.name} (or fix destinations.{self.name}.repository).")
@@ -518,8 +531,8 @@ class ResticStore(Store):
         artifact = self.find(folder, name)
         if artifact.tree:
             raise BadInput(f"{name} on {self.name} is a folder snapshot: it is restored with restic restore", where=self.name)
-        cancel = threading.Event()
-        pipe = _Pipe(on_close_reading=cancel.set)  # a reader done early: restic need not send the rest
+        cancel = Cancel()
+        pipe = _Pipe(on_close_reading=cancel.request)  # a reader done early: restic need not send the rest
 
         def dump() -> None:
             try:

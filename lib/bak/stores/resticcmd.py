@@ -211,9 +211,12 @@ _LOCKED = re.compile(r"repository is already locked (exclusively )?by PID (\d+) 
 
 
 def failure_kind(stderr: str) -> str | None:
-    """Which of restic's failures bak answers in its own way: wrong_password, no_repository, locked, exists."""
+    """Which of restic's failures bak answers in its own way: wrong_password, host_key, no_repository, locked,
+    exists (None: any other)."""
     if "wrong password or no key found" in stderr:
         return "wrong_password"
+    if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+        return "host_key"
     if "is already locked" in stderr:
         return "locked"
     if "config file already exists" in stderr or "repository master key and config already initialized" in stderr:
