@@ -90,3 +90,35 @@ def test_ssh_command_line_is_one_shlex_join():
     runner = SSHRunner.__new__(SSHRunner)
     assert runner.command_line(["pg_dump", "-d", "a b", "$(x)"], {"PGPASSFILE": "/tmp/p f"}) == \
         "env 'PGPASSFILE=/tmp/p f' pg_dump -d 'a b' '$(x)'"
+
+
+def test_restic_argv():
+    from bak.stores import resticcmd as cmd
+
+    sftp = cmd.sftp_command("ssh -p 2222 -o UserKnownHostsFile=/state/known_hosts", "bak", "192.0.2.10")
+    assert sftp == "ssh -p 2222 -o UserKnownHostsFile=/state/known_hosts bak@192.0.2.10 -s sftp"
+    options = cmd.global_options(sftp_command=sftp, limit_upload_kib=500)
+    assert options == ["-o", f"sftp.command={sftp}", "--limit-upload", "500"]
+    assert cmd.backup_stdin_argv("/postgresql/pg-app/x.dump", ["upload=ab12"], options) == [
+        "restic", *options, "backup", "--stdin", "--stdin-filename", "/postgresql/pg-app/x.dump", "--host", "bak",
+        "--json", "--tag", "bak", "--tag", "upload=ab12"]
+    assert cmd.backup_tree_argv(["/nfs/rsync/t/s", "/nfs/rsync/t/s.manifest"], ["tree", "path=rsync/t/s"]) == [
+        "restic", "backup", "--host", "bak", "--json", "--tag", "bak", "--tag", "tree", "--tag", "path=rsync/t/s",
+        "--", "/nfs/rsync/t/s", "/nfs/rsync/t/s.manifest"]
+    assert cmd.check_argv((3, 30)) == ["restic", "check", "--read-data-subset=3/30"]
+    assert cmd.check_argv(None) == ["restic", "check"]
+    assert cmd.forget_argv(["a1", "b2"]) == ["restic", "forget", "a1", "b2"]
+    assert cmd.prune_argv() == ["restic", "prune"]
+    assert cmd.dump_argv("a1", "/postgresql/pg-app/x.dump") == ["restic", "dump", "a1", "/postgresql/pg-app/x.dump"]
+    assert cmd.restore_argv("a1", "/scratch", "/nfs/rsync/t/s") == [
+        "restic", "restore", "a1", "--target", "/scratch", "--include", "/nfs/rsync/t/s"]
+    assert cmd.tag_argv("a1", ["protected"]) == ["restic", "tag", "--add", "protected", "a1"]
+    assert cmd.simple_argv("cat config") == ["restic", "cat", "config"]
+    assert cmd.sftp_location("bak", "192.0.2.10", "sftp:/srv/restic") == "sftp:bak@192.0.2.10:/srv/restic"
+    assert cmd.sftp_location("bak", "fd00::1", "sftp:bak@[fd00::1]:/srv/restic") == "sftp:bak@[fd00::1]:/srv/restic"
+    assert cmd.sftp_parts("sftp:relative/path") == (None, "relative/path")
+    assert cmd.server_of("sftp:bak@[FD00::1]:/srv") == "fd00::1"
+    assert [cmd.backend_of(r) for r in ("/mnt/usb", "~/r", "sftp:/x", "rest:http://h:8000/", "s3:https://h/b")] == [
+        "local", "local", "sftp", "rest", "s3"]
+    assert cmd.server_of("s3:https://S3.Example.com:9000/bucket") == "s3.example.com"
+    assert cmd.server_of("/mnt/usb") is None

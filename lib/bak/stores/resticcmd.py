@@ -43,10 +43,8 @@ def backend_of(repository: str) -> str:
 def sftp_parts(repository: str) -> tuple[str | None, str]:
     """`sftp:user@host:/path` -> ("user@host", "/path"); `sftp:/path` -> (None, "/path")."""
     rest = repository[len("sftp:"):]
-    if "@" in rest.split("/", 1)[0] and ":" in rest:
-        login, _, path = rest.partition(":")
-        return login, path
-    return None, rest
+    match = re.match(r"([^@/:]+@(?:\[[^\]/]+\]|[^:/\[]+)):(.*)$", rest)
+    return (match.group(1), match.group(2)) if match else (None, rest)
 
 
 def sftp_location(user: str, address: str, repository: str) -> str:
