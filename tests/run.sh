@@ -4,11 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(rsync openssh-server openssh-client postgresql restic zstd git gzip tar procps util-linux coreutils systemd
-          findutils podman runc conmon podman-docker busybox-static)
+PACKAGES=(rsync openssh-server openssh-client postgresql restic rclone zstd git gzip tar procps util-linux coreutils
+          systemd findutils podman runc conmon podman-docker busybox-static)
 have_all() {
   local tool
-  for tool in rsync /usr/sbin/sshd ssh ssh-keygen restic zstd git gzip tar pkill mount unshare runuser sha256sum \
+  for tool in rsync /usr/sbin/sshd ssh ssh-keygen restic rclone zstd git gzip tar pkill mount unshare runuser sha256sum \
               systemd-analyze find podman runc conmon docker /bin/busybox; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || return 1
   done
