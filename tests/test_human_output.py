@@ -43,15 +43,20 @@ def lab(bak_home, sshd, monkeypatch):
     (bak_home / "settings").mkdir()
     (bak_home / "settings" / "settings.json").write_text("{}\n")
     known = sshd.trust(bak_home / "known_hosts")
+    (bak_home / "restic.pass").write_text("restic password\n")
+    (bak_home / "restic.pass").chmod(0o600)
+    restic = {"kind": "restic", "password": {"file": str(bak_home / "restic.pass")}}
     write_config(bak_home / "config.yaml", {
         "version": 1, "hosts": {"store": sshd.host_config(known)},
         "destinations": {"local-disk": {"kind": "local", "path": str(bak_home / "backups-on-this-disk"), "medium": "ssd"},
                          "nfs-share": {"kind": "ssh", "host": "store", "path": str(bak_home / "nfs"), "medium": "nfs",
-                                       "offsite": True}},
+                                       "offsite": True},
+                         **{name: {**restic, "repository": str(bak_home / name)}
+                            for name in ("usb-restic", "spare-80", "spare-120")}},
         "policies": {"standard": {"keep_daily": 7, "keep_weekly": 4}},
         "targets": [{"name": "project-files", "method": "rsync", "destinations": ["local-disk", "nfs-share"],
                      "policy": "standard", "interval": "1d", "rsync": {"source": str(source)}},
-                    {"name": "claude-code-settings", "method": "config", "destinations": ["local-disk"],
+                    {"name": "claude-code-settings", "method": "config", "destinations": ["local-disk", "usb-restic"],
                      "interval": "1w", "config": {"source": str(bak_home / "settings")}}],
         "schedules": [{"name": "files-daily", "targets": ["project-files"], "cron": "30 2 * * *"}]})
     assert run_cli("create").code in (0, 1)
@@ -92,6 +97,8 @@ def scenarios(lab, width):
         "wizard strategy": [["wizard", "strategy", "--measure"]],
         "doctor": [["doctor"]],
         "skill install": [["skill", "install"]],
+        "sync": [["sync", "--to", "usb-restic", "--dry-run"], ["sync", "--to", "usb-restic"]],
+        "destination init": [["destination", "init", f"spare-{width}"]],
     }
 
 

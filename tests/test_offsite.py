@@ -160,12 +160,14 @@ def test_a_dump_goes_to_s3_and_is_drilled_and_restored_from_there(bak_home, s3_s
     assert created.code == 0, created.envelope
     assert any(c.startswith(b"restic\0backup") for c in seen.cmdlines)
     assert not any(S3_SECRET.encode() in c or RESTIC_PASSWORD.encode() in c for c in seen.cmdlines)
-    assert seen.restic_env and all(f"AWS_SECRET_ACCESS_KEY={S3_SECRET}".encode() in e for e in seen.restic_env)
+    ours = [e for e in seen.restic_env if f"RESTIC_REPOSITORY={repository}\0".encode() in e]
+    assert ours and all(f"AWS_SECRET_ACCESS_KEY={S3_SECRET}\0".encode() in e for e in ours)
     name = created.envelope["result"]["targets"][0]["name"]
     # restic's own view, with the keys given the usual way: one stream snapshot, one seal holding the sidecars.
     env = {"AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     seal = next(s for s in snapshots(repository, env) if "seal" in s["tags"])
-    assert f"sidecar=.meta.json" in seal["tags"] and any(t.startswith("sha256=") for t in seal["tags"])
+    token = next(t.split("=")[1] for t in seal["tags"] if t.startswith("upload="))
+    assert f"sidecar:{token}=.meta.json" in seal["tags"] and any(t.startswith(f"sha256:{token}=") for t in seal["tags"])
     tar = restic(repository, "dump", seal["id"], seal["paths"][0], env=env)
     assert f"{name}.meta.json" in tar.stdout
 
@@ -242,13 +244,22 @@ def test_sync_copies_what_the_repository_lacks_checked_on_the_way_then_prune_for
     dry = run_cli("prune", "--target", "pg-app", "--dry-run", "--force")  # --force: these dumps are old
     store = next(s for s in dry.envelope["result"]["targets"][0]["stores"] if s["store"] == "offsite")
     removed = [d for d in store["decisions"] if not d["keep"]]
-    assert len(removed) == 3 and all(len(d["snapshots"]) == 2 for d in removed)  # each: its stream and its seal
-    assert store["restic_forget"] == sorted(i for d in removed for i in d["snapshots"])
-    before = {s["id"] for s in snapshots(repository)}
+    # Three of the four dumps go: their own snapshots; the seals go when nothing they seal is kept.
+    before = snapshots(repository)
+    kept = next(d["name"] for d in store["decisions"] if d["keep"])
+    kept_seals = {t.split("=")[1] for s in before if "seal" in s["tags"] for t in s["tags"]
+                  if t.startswith("upload=")} & {t.split("=")[1] for s in before if s["paths"][0].endswith(kept)
+                                                  for t in s["tags"] if t.startswith("upload=")}
+    assert len(removed) == 3 and all(d["snapshots"] for d in removed) and kept_seals
+    assert set(store["restic_forget"]) >= {i for d in removed for i in d["snapshots"]}
+    before = {s["id"] for s in before}
     assert set(store["restic_forget"]) <= before
     pruned = run_cli("prune", "--target", "pg-app", "--force")
     assert pruned.code == 0, pruned.envelope
-    assert {s["id"] for s in snapshots(repository)} == before - set(store["restic_forget"])
+    left = snapshots(repository)
+    assert {s["id"] for s in left} == before - set(store["restic_forget"])
+    assert [b["name"] for b in run_cli("list", "--destination", "offsite", "--target", "pg-app").envelope["result"][
+        "backups"]] == [kept]  # the kept dump is still sealed: its seal stayed
     assert restic(repository, "check").returncode == 0
     ops = run_cli("log", "--kind", "prune").envelope["result"]["operations"]
     assert sum(o["details"].get("store") == "offsite" for o in ops) == 3
@@ -290,7 +301,7 @@ def test_a_killed_sync_resumes_and_a_server_killed_mid_upload_counts_nothing(bak
         assert done.code == 0 and done.envelope["result"]["copied"] == 2, done.envelope
         listed = run_cli("list", "--destination", "offsite").envelope["result"]
         assert sorted(b["name"] for b in listed["backups"]) == sorted(names) and listed["partials"] == []
-        assert len(snapshots(repository)) == 4
+        assert len(snapshots(repository)) == 3  # the two dumps, and the one seal of the batch
         # restic check needs the killed run's lock gone: bak removes it, its holder being dead.
         store = ResticStore("offsite", repository, {"file": str(bak_home / "restic.pass")})
         assert store.check((1, 1))["ok"]
@@ -336,14 +347,14 @@ def test_a_live_lock_is_respected_and_a_dead_holders_lock_removed(bak_home):
         held = run_cli("prune", "--target", "pg-app", "--force")
         assert held.code == 3 and held.envelope["errors"][0]["code"] == "repository_locked", held.envelope
         assert f"PID {holder.pid}" in held.envelope["errors"][0]["message"]
-        assert len(snapshots(str(repository))) == 4  # nothing forgotten
+        assert len(snapshots(str(repository))) == 3  # nothing forgotten: two dumps, one seal
     finally:
         holder.kill()
         holder.wait()
     assert list((repository / "locks").iterdir())  # the killed holder's lock is still there ...
     pruned = run_cli("prune", "--target", "pg-app", "--force")
     assert pruned.code == 0, pruned.envelope  # ... and removed, its holder being gone
-    assert len(snapshots(str(repository))) == 2
+    assert len(snapshots(str(repository))) == 2  # the newest dump, and the seal it still needs
 
 
 def test_a_full_disk_under_the_repository_fails_the_copy_in_its_own_words(bak_home, tiny_disk):

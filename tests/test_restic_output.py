@@ -44,37 +44,53 @@ def test_any_text_is_parsed_without_an_error(text):
 
 @st.composite
 def uploads(draw):
-    """Artifacts as bak uploads them: a stream, then (unless the run was killed) its seal."""
-    rows, expected = [], {}
-    for index, name in enumerate(draw(st.lists(NAME, min_size=1, max_size=6, unique=True))):
-        when, token = draw(TIME), f"{index:016x}"
-        ids = draw(st.lists(HEX, min_size=2, max_size=2, unique=True))
-        stream = row(ids[0], when, [f"/postgresql/pg/{name}"], ["bak", f"upload={token}"])
-        sealed = draw(st.booleans())
-        size, digest = draw(st.integers(0, 1 << 40)), draw(HEX)
-        seal = row(ids[1], when + 1, [f"/postgresql/pg/{name}.sidecars.tar"],
-                   ["bak", "seal", f"upload={token}", f"size={size}", f"sha256={digest}", "sidecar=.meta.json"])
-        rows += [stream, seal] if sealed else [stream]
-        expected[name] = (sealed, size, digest, ids if sealed else ids[:1])
-    return draw(st.permutations(rows)), expected
+    """Artifacts as bak uploads them: streams, then seals over one or several of them; a killed run leaves
+    some unsealed."""
+    rows, streams, expected = [], {}, {}
+    names = draw(st.lists(NAME, min_size=1, max_size=8, unique=True))
+    ids = iter(draw(st.lists(HEX, min_size=2 * len(names), max_size=2 * len(names), unique=True)))
+    for index, name in enumerate(names):
+        token = f"{index:016x}"
+        streams[name] = (token, next(ids))
+        rows.append(row(streams[name][1], draw(TIME), [f"/postgresql/pg/{name}"], ["bak", f"upload={token}"]))
+    sealed = [n for n in names if draw(st.booleans())]
+    cut = sorted(draw(st.sets(st.integers(1, max(1, len(sealed) - 1)), max_size=3))) if sealed else []
+    batches = [sealed[a:b] for a, b in zip([0, *cut], [*cut, len(sealed)]) if sealed[a:b]]
+    for batch in batches:
+        values = []
+        for name in batch:
+            size, digest = draw(st.integers(0, 1 << 40)), draw(HEX)
+            values.append((streams[name][0], size, digest, [".meta.json"]))
+            expected[name] = (size, digest)
+        seal_id = next(ids)
+        rows.append(row(seal_id, draw(TIME), [f"/postgresql/pg/{batch[0]}.sidecars.tar"], ["bak", *cmd.seal_tags(values)]))
+        for name in batch:
+            expected[name] += (seal_id, frozenset(streams[n][0] for n in batch))
+    return draw(st.permutations(rows)), streams, expected
 
 
-@given(uploads())
+@given(uploads(), st.data())
 @settings(max_examples=200, deadline=None)
-def test_a_stream_counts_only_with_its_seal_and_forgetting_it_takes_both(case):
-    rows, expected = case
+def test_a_stream_counts_only_once_sealed_and_a_seal_goes_with_the_last_upload_it_seals(case, data):
+    rows, streams, expected = case
     complete, leftovers = cmd.layout(cmd.parse_snapshots(json.dumps(rows)))
-    assert {a.name for a in complete} == {n for n, e in expected.items() if e[0]}
-    assert {a.name for a in leftovers} == {n for n, e in expected.items() if not e[0]}
-    for artifact in complete + leftovers:
-        sealed, size, digest, ids = expected[artifact.name]
-        assert artifact.folder == "postgresql/pg" and sorted(artifact.ids) == sorted(ids)
-        if sealed:
-            assert (artifact.size, artifact.sha256, artifact.sidecars) == (size, digest, [".meta.json"])
+    assert {a.name for a in complete} == set(expected)
+    assert {a.name for a in leftovers} == set(streams) - set(expected)
+    for artifact in complete:
+        size, digest, seal_id, members = expected[artifact.name]
+        assert artifact.folder == "postgresql/pg" and (artifact.size, artifact.sha256) == (size, digest)
+        assert artifact.sidecars == [".meta.json"] and artifact.seal == seal_id
+        assert artifact.ids == [streams[artifact.name][1]] + ([seal_id] if len(members) == 1 else [])
+    chosen = data.draw(st.lists(st.sampled_from(complete), unique_by=lambda a: a.name)) if complete else []
+    forgotten = set(cmd.forget_ids(chosen))
+    tokens = {a.token for a in chosen}
+    seals = {expected[a.name][2] for a in chosen if expected[a.name][3] <= tokens}
+    assert forgotten == {streams[a.name][1] for a in chosen} | seals
 
 
 def test_a_seal_without_its_stream_and_a_tree_snapshot():
-    seal = row("a" * 64, 1_800_000_000, ["/postgresql/pg/x.dump.sidecars.tar"], ["bak", "seal", "upload=1", "sha256=" + "b" * 64])
+    seal = row("a" * 64, 1_800_000_000, ["/postgresql/pg/x.dump.sidecars.tar"],
+               ["bak", *cmd.seal_tags([("1", 5, "b" * 64, [])])])
     tree = row("c" * 64, 1_800_000_000, ["/nfs/rsync/t/s", "/nfs/rsync/t/s.manifest"], ["bak", "tree", "path=rsync/t/s", "size=5"])
     foreign = row("d" * 64, 1_800_000_000, ["/home"], ["nightly"])
     complete, leftovers = cmd.layout(cmd.parse_snapshots(json.dumps([seal, tree, foreign])))

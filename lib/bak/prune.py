@@ -51,10 +51,15 @@ class StorePlan:
         return plan
 
     def forget_ids(self) -> list[str]:
-        """Exactly what `restic forget` is given: the removed backups' snapshots and the stale leftovers'."""
-        ids = [i for d in self.decisions if not d.keep for i in self.snapshots(self.by_name[d.name].folder, d.name)]
-        ids += [i for p in self.stale_partials for i in self.snapshots(p.folder, p.name)]
-        return sorted(set(ids))
+        """Exactly what `restic forget` is given: the removed backups' snapshots and the stale leftovers', with
+        each seal all of whose backups go (a seal some kept backup still needs stays)."""
+        by_folder: dict[str, list[str]] = {}
+        for decision in self.decisions:
+            if not decision.keep:
+                by_folder.setdefault(self.by_name[decision.name].folder, []).append(decision.name)
+        for partial in self.stale_partials:
+            by_folder.setdefault(partial.folder, []).append(partial.name)
+        return sorted({i for folder, names in by_folder.items() for i in self.store.ids_of(folder, names)})
 
 
 def newest_time(listings: list[catalog.Listing], now: datetime) -> datetime | None:

@@ -23,12 +23,12 @@ from bak.methods.base import clear_leftovers
 from bak.report import Outcome, human_size
 from bak.run.base import CHUNK
 from bak.stores import Store, open_store
+from bak.stores.restic import REPOSITORY_STATES, Sealer
 from bak.verify import HashingReader, recorded_sha256
 
 PROGRESS_EVERY_S = 5.0
 # What stops a whole sync: the repository itself cannot be written (not one backup's problem).
-REPOSITORY_FAILURES = ("restic_gave_up", "repository_locked", "restic_wrong_password", "restic_no_repository",
-                       "tool_missing")
+REPOSITORY_FAILURES = (*REPOSITORY_STATES, "tool_missing")
 
 
 def chosen_targets(config: Config, names: tuple[str, ...], to: str) -> list[Target]:
@@ -82,14 +82,20 @@ class Progress:
             self.say(f"{self.label}: {human_size(self.done)}{of} ({human_size(int(rate))}/s)")
 
 
-def copy_file(session: Session, store: Store, backup: Backup, restic: Store) -> dict:
-    """One file artifact: read once, hashed on the way, sealed only when it matches its .sha256."""
+def file_writer(store: Store, backup: Backup, restic: Store, sealer: Sealer):
+    """The repository's writer for one file artifact, its restic already started: what the copy is checked
+    against is known beforehand, the .sha256 and the other sidecars."""
     expected = recorded_sha256(store, backup)
     sidecars = {name: store.read_small(backup.folder, name, 64 << 20) for name in backup.sidecars
                 if not name.endswith(".sha256")}
-    writer = restic.writer(backup.folder, backup.name, expected=(backup.size, expected, sidecars),
-                           when=backup.when.timestamp())
-    progress = Progress(session.ctx.progress, f"{backup.name} from {store.name} to {restic.name}", backup.size)
+    return restic.writer(backup.folder, backup.name, expected=(backup.size, expected, sidecars),
+                         when=backup.when.timestamp(), sealer=sealer)
+
+
+def copy_file(session: Session, store: Store, backup: Backup, writer) -> int:
+    """One file artifact: read once, hashed on the way, saved only when it matches its .sha256 (then
+    waiting for its seal). Returns its size."""
+    progress = Progress(session.ctx.progress, f"{backup.name} from {store.name} to {writer.store.name}", backup.size)
     try:
         with store.open_read(backup.folder, backup.name) as raw:
             reader = HashingReader(raw)
@@ -99,18 +105,8 @@ def copy_file(session: Session, store: Store, backup: Backup, restic: Store) -> 
     except BaseException:
         writer.abort()
         raise
-    writer.commit(reader.hash.hexdigest(), sidecars)
-    return {"size": reader.size, "sha256": expected}
-
-
-def copy_one(session: Session, store: Store, backup: Backup, restic: Store) -> dict:
-    if backup.is_dir:
-        from bak.methods import restic_tree
-
-        snapshot = restic_tree.upload(session.ctx, restic, store, backup.folder, backup.name,
-                                      when=backup.when.timestamp(), protected=backup.protected)
-        return {"size": backup.size, "snapshot": snapshot}
-    return copy_file(session, store, backup, restic)
+    writer.commit(reader.hash.hexdigest(), writer.expected_sidecars)
+    return reader.size
 
 
 def sync(config: Config, names: tuple[str, ...], to: str, *, since: datetime | None = None,
@@ -146,28 +142,89 @@ def _plan(session: Session, target: Target, restic: Store, since: datetime | Non
     entry["planned"] = [{"name": b.name, "from": s.name, "size": b.size} for s, b in todo]
 
 
+class _Run:
+    """One target's copies: each journaled from its start, and counted (journal, result) once sealed."""
+
+    def __init__(self, session: Session, target: Target, restic: Store, entry: dict, outcome: Outcome):
+        self.session, self.target, self.restic, self.entry, self.outcome = session, target, restic, entry, outcome
+        self.sealer = Sealer(restic)
+        self.waiting: dict[str, tuple[int, dict]] = {}  # upload name -> (journal id, its result row)
+
+    def copy(self, store: Store, backup: Backup, writer) -> None:
+        journal = self.session.journal
+        op = journal.start("sync", self.target.name, {"from": store.name, "to": self.restic.name, "name": backup.name})
+        started = time.monotonic()
+        row = {"name": backup.name, "from": store.name, "size": backup.size}
+        try:
+            if backup.is_dir:
+                from bak.methods import restic_tree
+
+                restic_tree.upload(self.session.ctx, self.restic, store, backup.folder, backup.name,
+                                   when=backup.when.timestamp(), protected=backup.protected)
+                self._counted(op, row, started)
+                return
+            writer = writer or file_writer(store, backup, self.restic, self.sealer)
+            row["size"] = copy_file(self.session, store, backup, writer)
+            row["sha256"] = writer.expected_sha256
+            row["duration_s"] = round(time.monotonic() - started, 3)
+            self.waiting[backup.name] = (op, row)
+        except BakError as exc:
+            self._failed(op, row, exc)
+            if exc.code in REPOSITORY_FAILURES:  # the repository cannot take a seal either
+                for waiting_op, waiting_row in self.waiting.values():
+                    self._failed(waiting_op, waiting_row, exc)
+                self.waiting.clear()
+                raise
+        if self.sealer.due():
+            self.seal()
+
+    def seal(self) -> None:
+        """The pending uploads count from here on (or, if the seal fails, none of them does)."""
+        try:
+            sealed = self.sealer.seal()
+        except BakError as exc:
+            for op, row in self.waiting.values():
+                self._failed(op, row, exc)
+            self.waiting.clear()
+            raise
+        for upload in sealed:
+            op, row = self.waiting.pop(upload.name)
+            self._counted(op, row)
+
+    def _counted(self, op: int, row: dict, started: float | None = None) -> None:
+        if started is not None:
+            row["duration_s"] = round(time.monotonic() - started, 3)
+        self.session.journal.finish(op, "ok", bytes_=row["size"], checksum=row.pop("sha256", None))
+        self.entry["copied"].append(row)
+        self.outcome.result["copied"] += 1
+        self.outcome.result["bytes"] += row["size"] or 0
+
+    def _failed(self, op: int, row: dict, exc: BakError) -> None:
+        self.session.journal.finish(op, "failed", error_tail=f"{exc.code}: {exc.message}")
+        self.entry["failed"].append({"name": row["name"], "from": row["from"], "error": exc.message})
+        self.entry["status"] = "failed" if exc.code in REPOSITORY_FAILURES else "partial"
+        self.outcome.failed(exc)
+
+
 def _sync_target(session: Session, target: Target, restic: Store, since: datetime | None, entry: dict,
                  outcome: Outcome) -> None:
     listing = catalog.scan(restic, target)
     clear_leftovers(session.ctx, restic, listing)
     todo = missing(session, target, restic, since)
     entry["present"] = len(listing.backups)
-    for store, backup in todo:
-        details = {"from": store.name, "to": restic.name, "name": backup.name}
-        started = time.monotonic()
-        try:
-            with session.journal.operation("sync", target.name, details) as op:
-                copied = copy_one(session, store, backup, restic)
-                op.bytes, op.checksum = copied["size"], copied.get("sha256")
-        except BakError as exc:
-            entry["failed"].append({"name": backup.name, "from": store.name, "error": exc.message})
-            entry["status"] = "partial"
-            outcome.failed(exc)
-            if exc.code in REPOSITORY_FAILURES:
-                entry["status"] = "failed"
-                raise
-            continue
-        entry["copied"].append({"name": backup.name, "from": store.name, "size": copied["size"],
-                                "duration_s": round(time.monotonic() - started, 3)})
-        outcome.result["copied"] += 1
-        outcome.result["bytes"] += copied["size"] or 0
+    run = _Run(session, target, restic, entry, outcome)
+    ahead = None  # the next file's writer, started while this one copies: restic's key derivation is off the path
+    try:
+        for index, (store, backup) in enumerate(todo):
+            writer, ahead = ahead, None
+            following = todo[index + 1] if index + 1 < len(todo) else None
+            if following and not following[1].is_dir:
+                try:
+                    ahead = file_writer(following[0], following[1], restic, run.sealer)
+                except BakError:
+                    ahead = None  # met again, and reported, when its turn comes
+            run.copy(store, backup, writer)
+        run.seal()
+    finally:
+        if ahead is not None:
+            ahead.abort()

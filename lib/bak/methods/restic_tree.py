@@ -24,6 +24,7 @@ from bak.catalog import Backup, Listing
 from bak.config import LOCAL, Target
 from bak.errors import BakError, VerifyFailed
 from bak.methods.base import Context, clear_leftovers
+from bak.report import human_size
 from bak.run.local import LocalRunner
 from bak.stores import Store
 from bak.stores.local import LocalStore
@@ -76,8 +77,16 @@ def upload(ctx: Context, restic: Store, source: Store, folder: str, name: str, *
             raise VerifyFailed(f"{name} on {source.name} does not match its manifest ({first}); it is not copied",
                                where=f"{source.name}:{name}", hint="Verify it (bak verify --all-backups).")
         size = int(expected.head.get("size") or sum(int(r.get("size") or 0) for r in expected.files().values()))
-        ctx.progress(f"restic: {name} from {source.name} to {restic.name}")
-        return restic.backup_tree(folder, name, root, manifest_file, size, when=when, protected=protected)
+        label = f"{name} from {source.name} to {restic.name}"
+        ctx.progress(label)
+
+        def progress(status: dict) -> None:
+            done, total = status.get("bytes_done"), status.get("total_bytes")
+            if isinstance(done, int) and isinstance(total, int) and total:
+                ctx.progress(f"{label}: {human_size(done)} of {human_size(total)} read")
+
+        return restic.backup_tree(folder, name, root, manifest_file, size, when=when, protected=protected,
+                                  progress=progress)
 
 
 def copy_tree(method, ctx: Context, target: Target, restic: Store, folder: str, name: str, *, source_host: str,

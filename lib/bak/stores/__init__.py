@@ -31,7 +31,8 @@ def open_store(destination: Destination, hosts: Hosts) -> Store:
                if (ref := getattr(destination, key)) is not None}
         return ResticStore(destination.name, destination.repository, destination.password, ssh_host=ssh_host,
                            known_hosts=known_hosts_path(ssh_host) if ssh_host else None, aws=aws,
-                           limit_upload_kib=destination.limit_upload_kib, retry_seconds=destination.retry_seconds)
+                           limit_upload_kib=destination.limit_upload_kib, retry_seconds=destination.retry_seconds,
+                           ssh_check=(lambda: hosts.runner(destination.host).client()) if ssh_host else None)
     if destination.kind == "proxmox":
         from bak.stores.proxmox import ProxmoxStore
 

@@ -36,6 +36,9 @@ from bak.stores import resticcmd as cmd
 from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line
 
 RETRY_WINDOW_S = 60  # restic's backoff between attempts stays below this: a longer quiet means it recovered
+# Failures that are the repository's, not one upload's: said in bak's words, with their own codes.
+REPOSITORY_STATES = ("repository_locked", "restic_wrong_password", "restic_no_repository", "restic_gave_up",
+                     "host_key_unknown")
 
 
 class _Pipe:
@@ -189,10 +192,11 @@ class _Process:
         self._thread.join()
 
     def failure(self) -> WriteFailed:
+        """What stopped the upload: bak's own words for the repository's state, else restic's."""
         exc = self.error or CommandFailed("restic ended without a result", where=self.store.name)
+        if exc.code in REPOSITORY_STATES:
+            return WriteFailed(exc.message, where=exc.where, code=exc.code, hint=exc.hint)
         return WriteFailed(f"restic backup into {self.store.name} failed: {restic_message(exc)}", where=self.store.name,
-                           code=exc.code if exc.code in ("repository_locked", "restic_wrong_password",
-                                                         "restic_no_repository", "restic_gave_up") else "write_failed",
                            hint=exc.hint or "Check the repository (bak verify) and its free space.")
 
 
@@ -241,12 +245,14 @@ def restic_time(when: float) -> str:
 class ResticWriter(ArtifactWriter):
     """One artifact streamed into the repository, then sealed.
 
-    `expected` (size, sha256, sidecars), when the bytes are copies of a checked backup (bak sync):
-    the seal is started at once beside the stream, and the stream is broken off, so nothing is
-    saved, if the bytes do not match. `when` keeps a copied backup's own time."""
+    `expected` (size, sha256, sidecars), when the bytes are copies of a checked backup (bak sync): the
+    stream is broken off, so nothing is saved, if the bytes do not match. With a `sealer` the artifact is
+    sealed later with others (see Sealer); else its own seal is started beside the stream's end.
+    `when` keeps a copied backup's own time."""
 
     def __init__(self, store: "ResticStore", folder: str, name: str, *,
-                 expected: tuple[int, str, dict[str, bytes]] | None = None, when: float | None = None):
+                 expected: tuple[int, str, dict[str, bytes]] | None = None, when: float | None = None,
+                 sealer: "Sealer | None" = None):
         self.store, self.folder, self.name = store, folder, name
         self.location = store.location(folder, name)
         self.when = when
@@ -255,17 +261,10 @@ class ResticWriter(ArtifactWriter):
         self._stream = _Process(store, cmd.backup_stdin_argv(f"/{folder}/{name}", [f"upload={self.token}"],
                                                              store.options(when)), self._lines.feed)
         self._seal: _Process | None = None
+        self._sealer = sealer
         self._expected = expected
-        if expected is not None:
-            self._seal = self._start_seal(expected[0], expected[1], expected[2])
-
-    def _start_seal(self, size: int, sha256: str, sidecars: dict[str, bytes]) -> _Process:
-        suffixes = [n[len(self.name):] for n in sorted(sidecars) if n.startswith(self.name) and n != self.name]
-        tags = [cmd.SEAL, f"upload={self.token}", f"size={size}", f"sha256={sha256}", *(f"sidecar={s}" for s in suffixes)]
-        if ".protected" in suffixes:
-            tags.append(cmd.PROTECTED)
-        return _Process(self.store, cmd.backup_stdin_argv(f"/{self.folder}/{self.name}{cmd.SEAL_SUFFIX}", tags,
-                                                          self.store.options(self.when)))
+        self.expected_sha256 = expected[1] if expected else None
+        self.expected_sidecars = expected[2] if expected else {}
 
     def write(self, chunk: bytes) -> None:
         self._stream.put(chunk)
@@ -280,16 +279,23 @@ class ResticWriter(ArtifactWriter):
                               f"source's sidecar ({self._expected[0]}, {self._expected[1][:16]}...); nothing was copied",
                               where=self.store.name, code="checksum_mismatch",
                               hint="Verify the source copy (bak verify --all-backups); copy from another one.")
+        upload = Upload(self.folder, self.name, self.token, self.size, sha256, sidecars)
         try:
+            if self._sealer is None:  # its seal's restic starts now: its key derivation overlaps the last upload
+                self._seal = _Process(self.store, cmd.backup_stdin_argv(
+                    f"/{self.folder}/{self.name}{cmd.SEAL_SUFFIX}", cmd.seal_tags([upload.tag_values()]),
+                    self.store.options(self.when)))
             self._stream.finish()
             summary = cmd.parse_backup(self._lines.text())
             if summary is None or summary.get("total_bytes_processed") != self.size:
                 raise WriteFailed(f"restic saved {summary and summary.get('total_bytes_processed')} bytes of "
                                   f"{self.name}, {self.size} were sent", where=self.store.name)
-            seal = self._seal or self._start_seal(self.size, sha256, sidecars)
+            if self._sealer is not None:
+                self._sealer.add(upload)
+                return
+            self._seal.put(seal_tar(sidecars, self.when or time.time()))
+            self._seal.finish()
             self._seal = None
-            seal.put(seal_tar(sidecars, self.when or time.time()))
-            seal.finish()
         except BaseException:
             self.abort()
             raise
@@ -303,21 +309,74 @@ class ResticWriter(ArtifactWriter):
         self.store.forget_cached()
 
 
+class Upload:
+    """An artifact saved in the repository, waiting for its seal."""
+
+    def __init__(self, folder: str, name: str, token: str, size: int, sha256: str, sidecars: dict[str, bytes]):
+        self.folder, self.name, self.token, self.size, self.sha256, self.sidecars = folder, name, token, size, sha256, sidecars
+
+    def tag_values(self) -> tuple[str, int, str, list[str]]:
+        return self.token, self.size, self.sha256, [n[len(self.name):] for n in sorted(self.sidecars)
+                                                     if n.startswith(self.name) and n != self.name]
+
+
+class Sealer:
+    """Seals uploads by batches (bak sync): one seal, so one restic run, for every upload of up to
+    `every_s` seconds. An upload counts only once sealed: a run killed before loses that batch's copies,
+    which the next run makes again."""
+
+    def __init__(self, store: "ResticStore", every_s: float = 60.0):
+        self.store, self.every_s = store, every_s
+        self.pending: list[Upload] = []
+        self._since = time.monotonic()
+
+    def add(self, upload: Upload) -> None:
+        if not self.pending:
+            self._since = time.monotonic()
+        self.pending.append(upload)
+
+    def due(self) -> bool:
+        return bool(self.pending) and time.monotonic() - self._since >= self.every_s
+
+    def seal(self) -> list[Upload]:
+        """Seal what is pending (all in one folder: a target's); returns what now counts."""
+        if not self.pending:
+            return []
+        batch, self.pending = self.pending, []
+        first = batch[0]
+        sidecars = {name: data for upload in batch for name, data in upload.sidecars.items()}
+        seal = _Process(self.store, cmd.backup_stdin_argv(f"/{first.folder}/{first.name}{cmd.SEAL_SUFFIX}",
+                                                          cmd.seal_tags([u.tag_values() for u in batch]),
+                                                          self.store.options()))
+        try:
+            seal.put(seal_tar(sidecars, time.time()))
+            seal.finish()
+        except BaseException:
+            seal.stop()
+            raise
+        finally:
+            self.store.forget_cached()
+        return batch
+
+
 class ResticStore(Store):
     kind = "restic"
     host_name = "local"  # restic runs here, whatever the backend
     forgot = False  # whether this run forgot snapshots: their data goes with the next `restic prune`
 
     def __init__(self, name: str, repository: str, password: dict, *, ssh_host=None, known_hosts: Path | None = None,
-                 aws: dict | None = None, limit_upload_kib: int | None = None, retry_seconds: float = 300):
+                 aws: dict | None = None, limit_upload_kib: int | None = None, retry_seconds: float = 300,
+                 ssh_check: Callable[[], object] | None = None):
+        """`ssh_check` connects to an sftp: repository's host first (bak's own SSH, its host key checked): an
+        unknown key is then refused with its fingerprint, which restic's ssh cannot report reliably."""
         self.name = name
+        self._ssh_check = ssh_check
         self.backend = cmd.backend_of(repository)
         self.password_ref = password
         self.aws = aws or {}
         self.limit_upload_kib = limit_upload_kib
         self.retry_seconds = retry_seconds
         self.runner = LocalRunner()
-        self.progress: Callable[[dict], None] | None = None
         self._sftp = None
         if self.backend == "local":
             if not repository.startswith(("/", "~")):
@@ -367,6 +426,9 @@ class ResticStore(Store):
     def run(self, argv: list[str], *, retry: bool = True, cancel: Cancel | None = None, **kwargs) -> Completed:
         """A restic command, its failures in bak's terms. A command without input is run once more after
         `restic unlock` when a lock stops it (unlock removes only the locks whose holder is gone)."""
+        if self._ssh_check is not None:
+            self._ssh_check()
+            self._ssh_check = None
         for attempt in (1, 2):
             cancel_event = cancel or Cancel()
             watch = _GiveUp(self.retry_seconds, cancel_event)
@@ -489,12 +551,12 @@ class ResticStore(Store):
             entries.append(Entry(leftover.name + PARTIAL_SUFFIX, 0, leftover.time, False))
         return entries
 
-    def ids_of(self, folder: str, name: str) -> list[str]:
-        """Every snapshot a backup (or, for NAME.partial, a leftover) is made of: what forgetting it removes."""
-        if name.endswith(PARTIAL_SUFFIX):
-            wanted = name[: -len(PARTIAL_SUFFIX)]
-            return [i for a in self.leftovers(folder) if a.name == wanted for i in a.ids]
-        return [i for a in self.artifacts(folder) if a.name == name for i in a.ids]
+    def ids_of(self, folder: str, names: list[str] | str) -> list[str]:
+        """Every snapshot that forgetting these backups (or, for NAME.partial, leftovers) together removes."""
+        wanted = {names} if isinstance(names, str) else set(names)
+        chosen = [a for a in self.artifacts(folder) if a.name in wanted]
+        chosen += [a for a in self.leftovers(folder) if a.name + PARTIAL_SUFFIX in wanted]
+        return cmd.forget_ids(chosen)
 
     # -- reading ------------------------------------------------------------------------------
     def read_small(self, folder: str, name: str, limit: int = 1 << 20) -> bytes:
@@ -519,7 +581,7 @@ class ResticStore(Store):
 
     def _sidecars(self, artifact: cmd.Artifact) -> dict[str, bytes]:
         if artifact.seal not in self._seals:
-            data = self._dump_bytes(artifact.seal, f"/{artifact.folder}/{artifact.name}{cmd.SEAL_SUFFIX}", 1 << 30)
+            data = self._dump_bytes(artifact.seal, artifact.seal_path, 1 << 30)
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
                 self._seals[artifact.seal] = {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
         return self._seals[artifact.seal]
@@ -558,19 +620,21 @@ class ResticStore(Store):
         return cmd.restored_root(scratch, root)
 
     # -- writing ------------------------------------------------------------------------------
-    def writer(self, folder: str, name: str, *, expected=None, when: float | None = None) -> ResticWriter:
+    def writer(self, folder: str, name: str, *, expected=None, when: float | None = None,
+               sealer: Sealer | None = None) -> ResticWriter:
         if self.backend == "local" and not Path(self.repository, "config").exists():
             self.ensure_repository()
-        return ResticWriter(self, folder, name, expected=expected, when=when)
+        return ResticWriter(self, folder, name, expected=expected, when=when, sealer=sealer)
 
     def backup_tree(self, folder: str, name: str, root: str, manifest: str, size: int, *, when: float | None = None,
-                    protected: bool = False) -> str:
+                    protected: bool = False, progress: Callable[[dict], None] | None = None) -> str:
         """A finished snapshot folder and its manifest as one snapshot; returns its id. A snapshot restic
-        saved with files it could not read (exit 3) is forgotten again: it would not be the folder."""
+        saved with files it could not read (exit 3) is forgotten again: it would not be the folder.
+        `progress` gets restic's status lines (every few seconds) on a long upload."""
         if self.backend == "local" and not Path(self.repository, "config").exists():
             self.ensure_repository()
         tags = [cmd.TREE, f"path={folder}/{name}", f"size={size}"] + ([cmd.PROTECTED] if protected else [])
-        lines = _Lines(self.progress)
+        lines = _Lines(progress)
         try:
             self.run(cmd.backup_tree_argv([root, manifest], tags, self.options(when)), stdout=lines.feed)
         except CommandFailed as exc:
@@ -592,8 +656,7 @@ class ResticStore(Store):
         """`NAME.protected` marks a backup as protected (a tag); anything else is a small artifact of its own."""
         if name.endswith(".protected"):
             artifact = self.find(folder, name[: -len(".protected")])
-            target = artifact.seal or artifact.ids[0]
-            self.run(cmd.tag_argv(target, [cmd.PROTECTED], self.options()))
+            self.run(cmd.tag_argv(artifact.stream or artifact.ids[0], [cmd.PROTECTED], self.options()))
             self.forget_cached()
             return
         import hashlib

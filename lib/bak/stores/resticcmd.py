@@ -3,10 +3,11 @@
 How bak lays out its backups in a repository (every snapshot tagged `bak`, host `bak`):
 
 - a file artifact is streamed with `backup --stdin` to the path `/FOLDER/NAME`, tagged `upload=TOKEN`.
-  It counts only once its *seal* exists: a second snapshot `/FOLDER/NAME.sidecars.tar` tagged `seal`,
-  the same `upload=TOKEN`, `size=`, `sha256=` and one `sidecar=SUFFIX` per sidecar, holding those
-  sidecars as a tar. The seal is saved after the artifact's snapshot, so a killed run leaves at most
-  an unsealed artifact: a partial, removed by the next run.
+  It counts only once a *seal* names it: a snapshot `/FOLDER/NAME.sidecars.tar` tagged `seal` and, for
+  each upload it seals, `upload=TOKEN`, `size:TOKEN=`, `sha256:TOKEN=` and one `sidecar:TOKEN=SUFFIX` per
+  sidecar, holding those sidecars as a tar. A seal is saved only after the snapshots it seals, so a
+  killed run leaves at most unsealed uploads: partials, removed by the next run. `bak create` seals each
+  artifact alone; `bak sync` seals a batch at once (one restic run, one key derivation, fewer).
 - a folder snapshot (rsync, config, vault) is one `backup` of the finished folder and its manifest,
   tagged `tree` and `path=FOLDER/NAME`: restic writes a snapshot only when it has read everything.
 - `protected` marks a safety copy. Snapshots of bak 0.1 (an artifact tagged `sha256=` itself, each
@@ -268,12 +269,12 @@ def coverage(checks: list[tuple[str, int, int]]) -> str | None:
 # --- bak's layout in a repository --------------------------------------------------------------
 @dataclass
 class Artifact:
-    """A backup as bak sees it in a repository: its snapshots (artifact, seal) and what they say."""
+    """A backup as bak sees it in a repository: its snapshots and what they say."""
 
     folder: str
     name: str
     time: float
-    ids: list[str]
+    ids: list[str]                # its own snapshots: what forgetting it removes (its seal too, if it seals it alone)
     complete: bool
     tree: bool = False
     size: int = 0
@@ -281,8 +282,11 @@ class Artifact:
     sidecars: list[str] = field(default_factory=list)
     protected: bool = False
     paths: tuple[str, ...] = ()   # a tree's paths as restic recorded them (the folder, its manifest)
-    seal: str | None = None       # the seal's snapshot id (its tar holds the sidecars)
-    stream: str | None = None     # the artifact's snapshot id
+    stream: str | None = None     # the artifact's own snapshot
+    token: str | None = None      # its upload token
+    seal: str | None = None       # the seal's snapshot id (its tar holds the sidecars) ...
+    seal_path: str | None = None  # ... and path
+    sealed_with: frozenset = frozenset()  # the upload tokens, still in the repository, that the seal seals
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -290,47 +294,73 @@ def _split(path: str) -> tuple[str, str]:
     return folder, name
 
 
+def seal_tags(uploads: list[tuple[str, int, str, list[str]]]) -> list[str]:
+    """A seal's tags: for each upload (token, size, sha256, sidecar suffixes) what makes it count."""
+    tags = [SEAL]
+    for token, size, sha256, suffixes in uploads:
+        tags += [f"upload={token}", f"size:{token}={size}", f"sha256:{token}={sha256}",
+                 *(f"sidecar:{token}={suffix}" for suffix in suffixes)]
+    return tags
+
+
 def layout(snapshots: list[Snapshot]) -> tuple[list[Artifact], list[Artifact]]:
-    """(complete backups, leftovers of interrupted runs), each with every snapshot id it is made of."""
-    uploads: dict[str, list[Snapshot]] = {}
+    """(complete backups, leftovers of interrupted runs), each with the snapshot ids it is made of.
+
+    A seal may seal several uploads (bak sync seals a batch at once); it is one of an artifact's ids
+    only when no other upload it seals is still in the repository."""
+    streams: dict[str, Snapshot] = {}
+    seals: list[Snapshot] = []
     complete: list[Artifact] = []
     leftovers: list[Artifact] = []
     for snap in snapshots:
-        token = snap.tag("upload")
         if TREE in snap.tags:
             path = snap.tag("path")
-            if not path or "/" not in path:
-                continue
-            folder, name = _split(path)
-            complete.append(Artifact(folder, name, snap.time, [snap.id], True, tree=True, protected=PROTECTED in snap.tags,
-                                     paths=snap.paths, size=_int(snap.tag("size"))))
-        elif token:
-            uploads.setdefault(token, []).append(snap)
+            if path and "/" in path:
+                folder, name = _split(path)
+                complete.append(Artifact(folder, name, snap.time, [snap.id], True, tree=True, paths=snap.paths,
+                                         protected=PROTECTED in snap.tags, size=_int(snap.tag("size"))))
+        elif SEAL in snap.tags:
+            seals.append(snap)
+        elif snap.tag("upload"):
+            streams.setdefault(snap.tag("upload"), snap)
         else:  # bak 0.1: the artifact tagged itself; each sidecar was a snapshot of its own
             folder, name = _split(snap.paths[0])
             done = snap.tag("sha256") is not None
             artifact = Artifact(folder, name, snap.time, [snap.id], done, size=_int(snap.tag("size")),
                                 sha256=snap.tag("sha256"), protected=PROTECTED in snap.tags, stream=snap.id)
             (complete if done else leftovers).append(artifact)
-    for token, snaps in uploads.items():
-        seals = [s for s in snaps if SEAL in s.tags]
-        streams = [s for s in snaps if SEAL not in s.tags]
-        stream = streams[0] if len(streams) == 1 else None
-        seal = seals[0] if len(seals) == 1 else None
-        first = stream or seal or snaps[0]
-        path = first.paths[0]
-        if first is seal:
-            path = path.removesuffix(SEAL_SUFFIX)
-        folder, name = _split(path)
-        ids = [s.id for s in snaps]
-        if stream and seal and seal.paths[0] == path + SEAL_SUFFIX and seal.tag("sha256"):
-            complete.append(Artifact(folder, name, stream.time, ids, True, size=_int(seal.tag("size")),
-                                     sha256=seal.tag("sha256"), sidecars=seal.values("sidecar"),
-                                     protected=PROTECTED in seal.tags or PROTECTED in stream.tags,
-                                     seal=seal.id, stream=stream.id))
-        else:
-            leftovers.append(Artifact(folder, name, first.time, ids, False, stream=stream.id if stream else None))
+    sealed: dict[str, Snapshot] = {}
+    for seal in seals:
+        members = frozenset(t for t in seal.values("upload") if t in streams)
+        for token in members:
+            if seal.tag(f"sha256:{token}") and token not in sealed:
+                sealed[token] = seal
+        if not members:  # its uploads are gone: a leftover, named after the first one it sealed
+            folder, name = _split(seal.paths[0].removesuffix(SEAL_SUFFIX))
+            leftovers.append(Artifact(folder, name, seal.time, [seal.id], False))
+    for token, stream in streams.items():
+        folder, name = _split(stream.paths[0])
+        seal = sealed.get(token)
+        if seal is None:
+            leftovers.append(Artifact(folder, name, stream.time, [stream.id], False, stream=stream.id, token=token))
+            continue
+        members = frozenset(t for t in seal.values("upload") if t in streams)
+        sidecars = seal.values(f"sidecar:{token}")
+        complete.append(Artifact(folder, name, stream.time, [stream.id] + ([seal.id] if members == {token} else []), True,
+                                 size=_int(seal.tag(f"size:{token}")), sha256=seal.tag(f"sha256:{token}"),
+                                 sidecars=sidecars, protected=PROTECTED in stream.tags or ".protected" in sidecars,
+                                 stream=stream.id, token=token, seal=seal.id, seal_path=seal.paths[0],
+                                 sealed_with=members))
     return complete, leftovers
+
+
+def forget_ids(artifacts: list[Artifact]) -> list[str]:
+    """Every snapshot id that forgetting these artifacts together removes: their own, and each seal whose
+    uploads are all among them."""
+    ids = {i for a in artifacts for i in a.ids}
+    tokens = {a.token for a in artifacts if a.token}
+    ids |= {a.seal for a in artifacts if a.seal and a.sealed_with <= tokens}
+    return sorted(ids)
 
 
 def _int(text: str | None) -> int:
