@@ -290,6 +290,9 @@ def test_a_killed_sync_resumes_and_a_server_killed_mid_upload_counts_nothing(bak
         envelope = json.loads(out)
         assert proc.returncode == 1 and envelope["errors"][0]["code"] == "restic_gave_up", envelope
         assert b"Traceback" not in err
+        status = run_cli("status")  # status answers, the server being down: that destination is unreachable
+        row = next(d for d in status.envelope["result"]["destinations"] if d["destination"] == "offsite")
+        assert row["level"] == "unreachable" and "connection refused" in row["error"], row
         server.start()
         assert not [s for s in snapshots(repository) if "seal" in s["tags"]]
         # A sync SIGKILLed mid-way leaves at most an unsealed upload, which the next run removes.
@@ -412,3 +415,18 @@ def test_verify_reads_the_repository_part_by_part_and_status_counts_it_off_site(
     assert row["level"] == "ok" and "127.0.0.1" in row["on"]
     copies = status["targets"][0]["copies"]
     assert copies["offsite_destinations"] == ["offsite"] and copies["media_count"] == 2 and copies["ok"]
+
+
+def test_a_snapshot_held_on_an_ssh_destination_is_staged_here_for_restic(bak_home, sshd):
+    need("restic", "rsync")
+    known_hosts = sshd.trust(bak_home / "known_hosts")
+    tree_config(bak_home, {"nfs": {"kind": "ssh", "host": "nas", "path": str(bak_home / "nfs")},
+                           "usb": offsite(bak_home, str(bak_home / "repo"))},
+                hosts={"nas": sshd.host_config(known_hosts)})
+    created = run_cli("create")
+    assert created.code == 0, created.envelope
+    copy = next(c for c in created.envelope["result"]["targets"][0]["copies"] if c["store"] == "usb")
+    assert copy["ok"] and copy["from"] == "nfs"
+    assert [n for n in os.listdir(os.environ["TMPDIR"]) if not n.startswith("pytest-of-")] == []  # staging removed
+    drill = run_cli("drill", "--from", "usb")
+    assert drill.code == 0 and drill.envelope["result"]["drills"][0]["passed"], drill.envelope

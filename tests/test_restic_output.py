@@ -119,6 +119,9 @@ def test_backup_summary_check_and_failures():
     assert cmd.lock_holder(locked) == {"pid": 4242, "host": "nas", "user": "root", "exclusive": True}
     assert cmd.failure_kind("Fatal: wrong password or no key found") == "wrong_password"
     assert cmd.failure_kind("Is there a repository at the following location?") == "no_repository"
+    assert cmd.failure_kind('Fatal: unable to open config file: client.Head: Head "http://127.0.0.1:1/r/config": '
+                            "dial tcp 127.0.0.1:1: connect: connection refused\nIs there a repository at the "
+                            "following location?") == "unreachable"
     assert cmd.failure_kind("Host key verification failed.\r\nFatal: unable to open repository") == "host_key"
 
 

@@ -8,7 +8,7 @@ environment only. An sftp: repository goes through bak's ssh (its key, its known
 
 restic retries a lost connection for minutes; bak stops it once retries have gone on for
 `retry_seconds` (SIGINT: restic drops the snapshot it was writing and removes its lock), so a
-dead server fails the copy instead of hanging the run. A lock left by a killed restic is removed
+dead server fails the copy instead of hanging the run; a listing gets at most LISTING_PATIENCE_S. A lock left by a killed restic is removed
 by `restic unlock`, which removes only locks whose holder is gone; a live holder is named and respected.
 """
 
@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from bak import naming
-from bak.errors import BadInput, BakError, CommandFailed, HostKeyUnknown, LockHeld, Refused, WriteFailed
+from bak.errors import (BadInput, BakError, CommandFailed, HostKeyUnknown, LockHeld, Refused, TransportError,
+                        WriteFailed)
 from bak.naming import PARTIAL_SUFFIX, SIDECAR_SUFFIXES
 from bak.run.base import Cancel, Completed
 from bak.run.local import LocalRunner
@@ -36,9 +37,12 @@ from bak.stores import resticcmd as cmd
 from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line
 
 RETRY_WINDOW_S = 60  # restic's backoff between attempts stays below this: a longer quiet means it recovered
+# Listing the snapshots is small: a server that has not answered it in this long is reported unreachable, so
+# status answers and the other destinations' copies go ahead (uploads get the destination's retry_seconds).
+LISTING_PATIENCE_S = 20
 # Failures that are the repository's, not one upload's: said in bak's words, with their own codes.
 REPOSITORY_STATES = ("repository_locked", "restic_wrong_password", "restic_no_repository", "restic_gave_up",
-                     "host_key_unknown")
+                     "restic_unreachable", "host_key_unknown")
 
 
 class _Pipe:
@@ -423,20 +427,23 @@ class ResticStore(Store):
                     env[variable] = self._secret(key, self.aws[key])
             yield env
 
-    def run(self, argv: list[str], *, retry: bool = True, cancel: Cancel | None = None, **kwargs) -> Completed:
+    def run(self, argv: list[str], *, retry: bool = True, cancel: Cancel | None = None, patience: float | None = None,
+            **kwargs) -> Completed:
         """A restic command, its failures in bak's terms. A command without input is run once more after
-        `restic unlock` when a lock stops it (unlock removes only the locks whose holder is gone)."""
+        `restic unlock` when a lock stops it (unlock removes only the locks whose holder is gone). `patience`
+        shortens how long a backend that does not answer is retried (retry_seconds at most)."""
         if self._ssh_check is not None:
             self._ssh_check()
             self._ssh_check = None
         for attempt in (1, 2):
             cancel_event = cancel or Cancel()
-            watch = _GiveUp(self.retry_seconds, cancel_event)
+            budget = min(self.retry_seconds, patience or self.retry_seconds)
+            watch = _GiveUp(budget, cancel_event)
             try:
                 with self._env() as env:
                     return self.runner.run(argv, env=env, cancel=cancel_event, on_stderr_line=watch.line, **kwargs)
             except CommandFailed as exc:
-                problem = self._explain(argv, exc, watch.lines if watch.gave_up else None)
+                problem = self._explain(argv, exc, (watch.lines, budget) if watch.gave_up else None)
                 if problem.code == "repository_locked" and retry and attempt == 1 and "stdin" not in kwargs:
                     self.unlock()
                     continue
@@ -445,14 +452,14 @@ class ResticStore(Store):
                 watch.stop()
         raise AssertionError("unreachable")
 
-    def _explain(self, argv: list[str], exc: CommandFailed, retries: list[str] | None = None) -> BakError:
-        """`retries`: restic's last retry messages, when bak stopped it for retrying too long."""
+    def _explain(self, argv: list[str], exc: CommandFailed, retries: tuple[list[str], float] | None = None) -> BakError:
+        """`retries`: restic's last retry messages and the seconds it was given, when bak stopped it."""
         where = f"destinations.{self.name}"
         verb = next((a for a in argv if a in cmd.VERBS), "?")
         kind = cmd.failure_kind(exc.stderr_tail)
         if retries is not None:
-            return CommandFailed(f"restic {verb} on {self.name} gave up after retrying for {self.retry_seconds:.0f}s: "
-                                 + "; ".join(retries[-1:]), where=self.name, code="restic_gave_up",
+            return CommandFailed(f"restic {verb} on {self.name} gave up after retrying for {retries[1]:.0f}s: "
+                                 + "; ".join(retries[0][-1:]), where=self.name, code="restic_gave_up",
                                  stderr_tail=exc.stderr_tail,
                                  hint="The server did not answer: check it and the network, then run again; "
                                       "nothing incomplete was counted.")
@@ -464,6 +471,10 @@ class ResticStore(Store):
             return HostKeyUnknown(f"ssh refused the host key of the server of {self.name} (restic's sftp goes through "
                                   "bak's known_hosts only)", where=f"{where}.host",
                                   hint="Check the host's key, then record it with: bak ssh trust HOST --fingerprint SHA256:...")
+        if kind == "unreachable":
+            return TransportError(f"the server of restic repository {self.name} does not answer: {restic_message(exc)}",
+                                  where=self.name, code="restic_unreachable",
+                                  hint="Check that the server runs and is reachable from here; nothing was changed.")
         if kind == "no_repository":
             return Refused(f"there is no restic repository at {self.describe()}", where=where, code="restic_no_repository",
                            hint=f"Create it with: bak destination init {self.name} (or fix destinations.{self.name}.repository).")
@@ -494,7 +505,7 @@ class ResticStore(Store):
         """A repository on a local path is created on first use, like a local folder; a remote one only by
         `bak destination init`, so a mistyped address never quietly starts a new repository."""
         try:
-            self.run(cmd.simple_argv("cat config", self.options()))
+            self.run(cmd.simple_argv("cat config", self.options()), patience=LISTING_PATIENCE_S)
         except Refused as exc:
             if exc.code != "restic_no_repository" or self.backend != "local":
                 raise
@@ -509,7 +520,7 @@ class ResticStore(Store):
             cached = self._cache
         if cached is None:
             try:
-                out = self.run(cmd.snapshots_argv(self.options()))
+                out = self.run(cmd.snapshots_argv(self.options()), patience=LISTING_PATIENCE_S)
             except Refused as exc:
                 if exc.code == "restic_no_repository" and self.backend == "local":
                     return [], []  # not created yet: the first backup creates it

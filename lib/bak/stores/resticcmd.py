@@ -210,8 +210,8 @@ _LOCKED = re.compile(r"repository is already locked (exclusively )?by PID (\d+) 
 
 
 def failure_kind(stderr: str) -> str | None:
-    """Which of restic's failures bak answers in its own way: wrong_password, host_key, no_repository, locked,
-    exists (None: any other)."""
+    """Which of restic's failures bak answers in its own way: wrong_password, host_key, locked, exists,
+    unreachable, no_repository (None: any other)."""
     if "wrong password or no key found" in stderr:
         return "wrong_password"
     if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
@@ -220,9 +220,15 @@ def failure_kind(stderr: str) -> str | None:
         return "locked"
     if "config file already exists" in stderr or "repository master key and config already initialized" in stderr:
         return "exists"
+    if UNREACHABLE.search(stderr):  # restic asks "Is there a repository...?" after any failure to read the config
+        return "unreachable"
     if "Is there a repository at the following location?" in stderr or "unable to open config file" in stderr:
         return "no_repository"
     return None
+
+
+UNREACHABLE = re.compile(r"dial tcp|connection refused|no such host|i/o timeout|network is unreachable|"
+                         r"connection reset|TLS handshake|context deadline exceeded")
 
 
 def lock_holder(stderr: str) -> dict | None:
