@@ -52,7 +52,8 @@ def pytest_sessionfinish(session, exitstatus):
 
 def _entries() -> set[str]:
     """Top-level names in the system temp folder and in our TMPDIR, and $HOME two levels deep."""
-    found = {f"/tmp/{n}" for n in os.listdir(_SYSTEM_TMP)} | \
+    # (another run of this suite has a bak-tests-* folder of its own, which it removes)
+    found = {f"/tmp/{n}" for n in os.listdir(_SYSTEM_TMP) if not n.startswith("bak-tests-")} | \
         {f"TMPDIR/{n}" for n in os.listdir(SESSION_TMP / "tmp") if not n.startswith("pytest-of-")}
     for entry in HOME.iterdir():
         found.add(f"~/{entry.name}")
