@@ -287,3 +287,25 @@ def test_every_manifest_row_holds_the_files_real_checksum(bak_home):
     third = run_cli("create").envelope["result"]["targets"][0]
     assert third["copies"][0]["ok"] and third["copies"][0]["stats"]["files_transferred"] == 0
     check(third["name"])
+
+
+def test_verify_reads_a_big_tree_with_one_rsync_per_core_and_still_finds_a_flipped_byte(bak_home, monkeypatch):
+    import bak.methods.rsync as rsync_method
+
+    need("rsync")
+    monkeypatch.setattr(rsync_method, "PARALLEL_MIN_BYTES", 0)  # every tree counts as big
+    monkeypatch.setattr(rsync_method, "cores", lambda runner: 3)
+    source, dest = bak_home / "src", bak_home / "dest"
+    make_tree(source, files=40, size=3000)
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, excludes=[])
+    name = run_cli("create").envelope["result"]["targets"][0]["name"]
+    checked = run_cli("verify")
+    assert checked.code == 0 and checked.envelope["result"]["checked"][0]["files"] == 42
+    victim = dest / "rsync" / "files" / name / "dir7" / "file17.txt"
+    stat = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[100] ^= 4
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    caught = run_cli("verify")
+    assert caught.code == 1 and "dir7/file17.txt (content differs)" in caught.envelope["errors"][0]["message"]

@@ -231,6 +231,40 @@ def tree_items(runner: Runner, root: str, algorithm: str, *, checksums: bool = T
     return reader.items
 
 
+PARALLEL_MIN_BYTES = 64 << 20  # below this, one rsync reads it faster than several start
+
+
+def checksummed_tree(runner: Runner, root: str, algorithm: str) -> tuple[list[manifest.Item], dict[str, str | None]]:
+    """Every entry of a tree, and every file's checksum read by as many rsyncs as the host has cores,
+    each on files of about the same total size: reading, not hashing, is the limit (xxh128)."""
+    items = tree_items(runner, root, algorithm, checksums=False)
+    files = sorted((i for i in items if i.type == "f"), key=lambda i: i.size, reverse=True)
+    workers = min(cores(runner), 8) if sum(i.size for i in files) >= PARALLEL_MIN_BYTES else 1
+    groups: list[list[str]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for item in files:
+        lightest = loads.index(min(loads))
+        groups[lightest].append(item.path)
+        loads[lightest] += item.size + 4096  # a file's own cost besides its bytes
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = pool.map(lambda group: tree_items(runner, root, algorithm, only=group), [g for g in groups if g])
+        digests = {i.path: i.checksum for part in parts for i in part if i.type == "f"}
+    return items, digests
+
+
+def cores(runner: Runner) -> int:
+    """CPU cores of the runner's host (asked once per host and command)."""
+    if not hasattr(runner, "cores"):
+        if runner.host_name == LOCAL:
+            runner.cores = os.cpu_count() or 1
+        else:
+            out = runner.run(["nproc"], check=False)
+            runner.cores = int(out.stdout_text.strip()) if out.returncode == 0 and out.stdout_text.strip().isdigit() else 1
+    return runner.cores
+
+
 def resolve_link(runner: Runner, root: str, item: manifest.Item) -> None:
     """Which " -> " of a symlink line ends its name: the split whose name is a link pointing at the rest."""
     for name, target in manifest.link_splits(item.link_text):
@@ -433,10 +467,13 @@ class RsyncSnapshot(Method):
         return manifest.PreviousFiles(_lines(stream), algorithm)
 
     def _check_tree(self, runner: Runner, root: str, expected: manifest.Manifest, owners: bool) -> tuple[list, dict]:
-        items = tree_items(runner, root, expected.algorithm if expected.version >= 2 else "md5")
         if expected.version < 2:
+            items = tree_items(runner, root, "md5", checksums=False)
             digests = sha256_of(runner, root, [i.path for i in items if i.type == "f"])
-            for item in items:
+        else:
+            items, digests = checksummed_tree(runner, root, expected.algorithm)
+        for item in items:
+            if item.type == "f":
                 item.checksum = digests.get(item.path)
         return items, manifest.differences(expected, items, owners=owners and expected.head.get("owners", False))
 
