@@ -9,7 +9,6 @@ import json
 import os
 import resource
 import socket
-import string
 import subprocess
 import sys
 import threading

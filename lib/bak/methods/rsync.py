@@ -25,9 +25,10 @@ from bak.catalog import Backup, Listing, folder_of, safety_folder_of, scan
 from bak.config import LOCAL, Host, Target
 from bak.errors import BadInput, BakError, CommandFailed, Refused, TransportError, VerifyFailed
 from bak.journal import Operation
-from bak.methods.base import Context, Method, clear_leftovers, free_name, fresh_name
+from bak.methods.base import Context, Method, clear_leftovers, drill_verdict, free_name, fresh_name
 from bak.run.base import Runner
 from bak.stores import Store
+from bak.streams import lines
 from bak.verify import passed
 
 TRANSPORT_FAILURES = {10, 12, 30, 35, 255}
@@ -306,19 +307,6 @@ def read_manifest(store: Store, folder: str, name: str) -> manifest.Manifest | N
         return None
 
 
-def _lines(stream, chunk: int = 1 << 20):
-    """Lines of a byte stream, read a chunk at a time; the stream is closed at its end."""
-    pending = b""
-    try:
-        while data := stream.read(chunk):
-            *lines, pending = (pending + data).split(b"\n")
-            yield from lines
-        if pending:
-            yield pending
-    finally:
-        stream.close()
-
-
 class SnapshotRows:
     """A new snapshot's manifest rows, written while rsync lists them (see _copy_tree)."""
 
@@ -464,7 +452,7 @@ class RsyncSnapshot(Method):
             stream = store.open_read(previous.folder, previous.name + MANIFEST)
         except (OSError, BakError):
             return None
-        return manifest.PreviousFiles(_lines(stream), algorithm)
+        return manifest.PreviousFiles(lines(stream), algorithm)
 
     def _check_tree(self, runner: Runner, root: str, expected: manifest.Manifest, owners: bool) -> tuple[list, dict]:
         if expected.version < 2:
@@ -603,13 +591,7 @@ class RsyncSnapshot(Method):
                                      "differences": [p for k in ("missing", "unexpected", "changed") for p in diff[k]][:20]})
         finally:
             runner.run(["rm", "-rf", "--", scratch], check=False)
-        result["passed"] = all(c["ok"] for c in result["checks"])
-        if not result["passed"]:
-            count = sum(len(v) for v in diff.values())
-            raise VerifyFailed(f"drill of {backup.name} from {store.name}: the restored tree differs from its manifest "
-                               f"({count} entries)", where=f"{store.name}:{backup.name}", code="drill_failed",
-                               details={"result": result})
-        return result
+        return drill_verdict(result, diff, store, backup, "the restored tree differs from its manifest")
 
 
 def _is_root(runner: Runner) -> bool:
