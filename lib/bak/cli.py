@@ -572,6 +572,7 @@ _STATE_STYLE = {"OK": "green", "LATE": "yellow", "STALE": "red", "MISSING": "red
 
 
 def _human_status(result: dict) -> None:
+    from bak.forecast import outlook_text
     from bak.report import human_size, say, table
 
     rows = []
@@ -586,10 +587,11 @@ def _human_status(result: dict) -> None:
                      verify, drill, "; ".join(t["problems"])])
     table("Targets", ["target", "state", "newest", "age", "size", "copies", "3-2-1", "verify", "drill", "problems"], rows)
     colour = {"ok": "green", "warn": "yellow"}
-    table("Destinations", ["destination", "kind", "host", "medium", "on", "used", "free", "level"],
+    table("Destinations", ["destination", "kind", "host", "medium", "on", "used", "free", "level", "forecast"],
           [[d["destination"], d["kind"], d["host"], d.get("medium") or "-", d.get("on", "-"),
             f"{d['used_percent']}%" if "used_percent" in d else "-", human_size(d.get("free")),
-            f"[{colour.get(d['level'], 'red')}]{d['level']}[/]"] for d in result["destinations"]])
+            f"[{colour.get(d['level'], 'red')}]{d['level']}[/]",
+            outlook_text(d["forecast"]) if "forecast" in d else "-"] for d in result["destinations"]])
     say(result["summary"])
 
 

@@ -138,7 +138,8 @@ def _prune_safety_copies(target: Target, plans: list[StorePlan], entry: dict, cu
 
 
 def _remove(store, backup: catalog.Backup, reason: str, journal: Journal, target: Target) -> None:
-    details = {"store": store.name, "name": backup.name, "reason": reason, "sidecars": sorted(backup.sidecars)}
+    details = {"store": store.name, "name": backup.name, "reason": reason, "sidecars": sorted(backup.sidecars),
+               "added": backup.added}  # what removing it frees (a hard-linked snapshot: about what it added)
     with journal.operation("prune", target.name, details) as op:
         op.bytes = backup.size
         store.remove(backup.folder, backup.name)
