@@ -604,6 +604,28 @@ def status_command(config):
     return status(config)
 
 
+def _human_metrics(result: dict) -> None:
+    from bak.report import say
+
+    if result["path"]:
+        say(f"wrote {result['path']}: {result['samples']} samples of {result['families']} metrics")
+    else:
+        click.echo(result["text"], nl=False)
+
+
+@cli.command("metrics", context_settings=CONTEXT)
+@click.option("--textfile", "textfile_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write bak.prom into this folder (node_exporter's textfile collector), atomically. Default: "
+                   "notify.prometheus_textfile_dir; without either, print the metrics.")
+@action("metrics", human=_human_metrics)
+def metrics_command(textfile_dir, config):
+    """Prometheus metrics of every target and destination: last success, age, size, duration, verify and drill,
+    proven RPO, free space, failures. `bak create` rewrites the file after each run when the config names it."""
+    from bak.metrics import metrics
+
+    return metrics(config, textfile_dir)
+
+
 # --- PostgreSQL ------------------------------------------------------------------------------
 @cli.group("pg", context_settings=CONTEXT)
 def pg_group():
