@@ -93,6 +93,7 @@ def scenarios(lab, width):
         "wizard strategy": [["wizard", "strategy", "--measure"]],
         "doctor": [["doctor"]],
         "metrics": [["metrics", "--textfile", str(lab["textfile"])]],
+        "report": [["report", "--html", str(home / f"report-{width}.html")]],
         "skill install": [["skill", "install"]],
     }
 

@@ -626,6 +626,28 @@ def metrics_command(textfile_dir, config):
     return metrics(config, textfile_dir)
 
 
+def _human_report(result: dict) -> None:
+    from bak.report import human_size, say
+
+    say(f"wrote {result['path']} ({human_size(result['bytes'])}): open it in a browser")
+    say(result["summary"])
+
+
+@cli.command("report", context_settings=CONTEXT)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to this file (default: report.html in bak's state folder).")
+@click.option("--days", type=click.IntRange(1, 366), default=31, show_default=True,
+              help="How many days the calendars show.")
+@action("report", human=_human_report)
+def report_command(html_path, days, config):
+    """One self-contained HTML file: per target a calendar of its backups (kept or to be pruned, verified,
+    drilled, failed runs), size and run length over time; destinations' use and when they fill; 3-2-1; the
+    last operations. Nothing is fetched when it is opened."""
+    from bak.html_report import report
+
+    return report(config, html_path, days)
+
+
 # --- PostgreSQL ------------------------------------------------------------------------------
 @cli.group("pg", context_settings=CONTEXT)
 def pg_group():
