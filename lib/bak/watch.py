@@ -32,7 +32,11 @@ def after_create(config: Config, outcome: Outcome) -> None:
     from bak.status import status
 
     now = datetime.now()
-    health = status(config, now).result
+    try:
+        health = status(config, now).result
+    except BakError as exc:  # the journal held by another run, say: the backup itself is done
+        outcome.warnings.append(f"no metrics or watch after this run: {exc.message}")
+        return
     if folder is not None:
         try:
             metrics.publish(folder, metrics.render(metrics.families_from(health, now)))
