@@ -21,8 +21,6 @@ from bak.journal import Journal
 from bak.metrics import Family, escape_label, render
 from conftest import need, run_cli, write_config
 
-NOW = datetime.now().replace(microsecond=0)
-
 
 class Receiver:
     """What a notification service would get: each POST's path and JSON body. `status` is what it answers."""
@@ -98,12 +96,13 @@ def value(values, name, **labels):
 
 
 def test_the_textfile_holds_what_the_lab_knows(bak_home):
+    now = datetime.now().replace(microsecond=0)
     store = bak_home / "store"
-    app_newest = NOW - timedelta(hours=2)
-    drilled = NOW - timedelta(hours=26)
-    for when in (NOW - timedelta(hours=50), drilled, app_newest):
+    app_newest = now - timedelta(hours=2)
+    drilled = now - timedelta(hours=26)
+    for when in (now - timedelta(hours=50), drilled, app_newest):
         dump(store / "postgresql" / "app", "app", when, data=b"x" * 1234)
-    dump(store / "postgresql" / "old", "old", NOW - timedelta(days=3))
+    dump(store / "postgresql" / "old", "old", now - timedelta(days=3))
     write_config(bak_home / "config.yaml", {
         "version": 1, "destinations": {"store": {"kind": "local", "path": str(store)}},
         "targets": [{"name": "app", "method": "pg_dump", "destinations": ["store"], "interval": "6h",
@@ -239,7 +238,7 @@ def test_a_dead_notifier_is_a_warning_never_a_failed_backup(bak_home, receiver, 
 
 def test_a_stale_target_is_notified_once_a_day_while_it_lasts(bak_home, receiver):
     lab_with_a_broken_target(bak_home, {"apprise_urls": [receiver.url()], "events": ["stale"]})
-    old = bak_home / "dest" / "rsync" / "files" / naming.rsync_name("files", NOW - timedelta(days=5))
+    old = bak_home / "dest" / "rsync" / "files" / naming.rsync_name("files", datetime.now() - timedelta(days=5))
     old.mkdir(parents=True)
     run_cli("create", "--target", "broken")  # another target's run finds that files is stale ...
     assert [p["body"]["title"] for p in receiver.posts] == ["bak: files is stale"]  # (broken is FAILING: a failure)

@@ -24,7 +24,6 @@ from bak.journal import Journal
 from conftest import REPO, SESSION_TMP, need, run_cli, write_config
 
 ARTIFACTS = REPO / "tests" / "artifacts"
-NOW = datetime.now().replace(microsecond=0)
 APP_DAYS = 21  # app: one backup a day for three weeks, on two destinations
 WIKI_DAYS = 5
 
@@ -55,15 +54,16 @@ def history(bak_home):
     """A lab with a known history: app made a backup a day for 21 days (keep_last 3: 18 to prune), verified
     twice, drilled once, failed twice; wiki has 5 and keeps them all."""
     local, nfs = bak_home / "local", bak_home / "nfs"
+    now = datetime.now().replace(microsecond=0)
     app = []
     for day in range(APP_DAYS):
-        when = NOW - timedelta(days=day, hours=1)
+        when = now - timedelta(days=day, hours=1)
         for root in (local, nfs):
             name = dump(root / "postgresql" / "app", "app", when, 2000 + 100 * (APP_DAYS - day))
         app.append(name)
         journal_row("create", "app", "ok", when, seconds=30 + day)
     for day in range(WIKI_DAYS):
-        dump(local / "postgresql" / "wiki", "wiki", NOW - timedelta(days=day, hours=2), 500)
+        dump(local / "postgresql" / "wiki", "wiki", now - timedelta(days=day, hours=2), 500)
     write_config(bak_home / "config.yaml", {
         "version": 1,
         "destinations": {"local": {"kind": "local", "path": str(local), "medium": "ssd"},
@@ -74,10 +74,10 @@ def history(bak_home):
                     {"name": "wiki", "method": "pg_dump", "destinations": ["local"], "interval": "1d",
                      "pg_dump": {"database": "wiki"}}]})
     for name in app[:2]:
-        journal_row("verify", "app", "ok", NOW - timedelta(minutes=30), details={"store": "local", "name": name})
-    journal_row("drill", "app", "ok", NOW - timedelta(minutes=20), details={"store": "nfs", "name": app[0]})
+        journal_row("verify", "app", "ok", now - timedelta(minutes=30), details={"store": "local", "name": name})
+    journal_row("drill", "app", "ok", now - timedelta(minutes=20), details={"store": "nfs", "name": app[0]})
     for day in (3, 10):
-        journal_row("create", "app", "failed", NOW - timedelta(days=day, hours=5),
+        journal_row("create", "app", "failed", now - timedelta(days=day, hours=5),
                     error="pg_not_ready: PostgreSQL at 127.0.0.1:5432 is not ready")
     return bak_home
 

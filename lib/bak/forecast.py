@@ -61,13 +61,14 @@ def forecast(points: list[tuple[float, float]], total: float, thresholds: dict[s
     span = points[-1][0] - points[0][0] if points else 0.0
     line = fit_line(points) if len(points) >= MIN_POINTS and span >= MIN_SPAN_S else None
     growth = line[0] * DAY_S if line else None
+    growing = growth is not None and round(growth) > 0  # less than a byte a day is flat
     used_now = points[-1][1] if points else 0.0
     days: dict[str, float | None] = {}
     for name, percent in thresholds.items():
         limit = total * percent / 100.0
         if total > 0 and used_now >= limit:
             days[name] = 0.0
-        elif growth is None or growth <= 0 or total <= 0:
+        elif not growing or total <= 0:
             days[name] = None
         else:
             days[name] = round((limit - used_now) / growth, 1)

@@ -197,10 +197,10 @@ def status(config: Config, now: datetime | None = None) -> Outcome:
                    "pruned": pruned_since(journal, now - timedelta(seconds=forecast.WINDOW_S))}
     finally:
         journal.close()
-    with Hosts(config) as hosts:
+    with Hosts(config) as hosts:  # open while sizes are read from snapshot manifests
         scanned = gather(config, hosts)
-    targets = [target_health(config, t, scanned, history, now) for t in config.targets if t.enabled]
-    destinations = [destination_health(config, name, scanned[name], history["pruned"], now) for name in sorted(scanned)]
+        targets = [target_health(config, t, scanned, history, now) for t in config.targets if t.enabled]
+        destinations = [destination_health(config, name, scanned[name], history["pruned"], now) for name in sorted(scanned)]
     outcome = Outcome({"summary": "", "targets": targets, "destinations": destinations})
     for entry in targets:
         for problem in entry["problems"]:
