@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bak import catalog
+from bak import catalog, notify, watch
 from bak.catalog import Backup
 from bak.config import Config, Target
 from bak.errors import BadInput, BakError, VerifyFailed
@@ -39,25 +39,31 @@ def create(config: Config, targets: list[Target], *, dry_run: bool = False, prog
     outcome = _create(config, targets, dry_run=dry_run, progress=progress, ping_url=ping_url)
     if not dry_run:
         report_run(config, outcome, ping_url)
+        watch.after_create(config, outcome)
     return outcome
 
 
 def report_run(config: Config, outcome: Outcome, ping_url: str | None) -> None:
-    """The end of a (scheduled) run: the success or fail ping, and the webhook for configured events."""
+    """The end of a (scheduled) run: the success or fail ping, and the notifiers for configured events."""
+    import socket
+
     from bak import notify
 
     failed = bool(outcome.errors)
     tail = "\n".join(f"{e['where']}: {e['message']}" for e in outcome.errors)
-    problems = []
     if ping_url:
-        problems.append(notify.ping(ping_url, "fail" if failed else "success", tail))
-    hook = config.notify.get("webhook_url")
-    event = "failure" if failed else "success"
-    if hook and event in config.notify.get("events", ["failure"]):
-        targets = [t["target"] for t in outcome.result["targets"]]
-        problems.append(notify.webhook(hook, event, tail or f"backed up {', '.join(targets)}",
-                                       {"targets": outcome.result["targets"], "errors": outcome.errors}))
-    outcome.warnings.extend(f"notification failed: {p}" for p in problems if p)
+        problem = notify.ping(ping_url, "fail" if failed else "success", tail)
+        outcome.warnings.extend([f"notification failed: {problem}"] if problem else [])
+    targets = [t["target"] for t in outcome.result["targets"]]
+    failing = [t["target"] for t in outcome.result["targets"] if t.get("status") != "ok"]
+    details = {"targets": outcome.result["targets"], "errors": outcome.errors}
+    if failed:
+        title = f"bak: backup of {', '.join(failing or targets)} failed on {socket.gethostname()}"
+        outcome.warnings.extend(notify.send(config, "failure", title, tail, details))
+    else:
+        summary = f"backed up {', '.join(targets)}"
+        outcome.warnings.extend(notify.send(config, "success", f"bak: {summary} on {socket.gethostname()}", summary,
+                                            details))
 
 
 def _create(config: Config, targets: list[Target], *, dry_run: bool, progress, ping_url: str | None) -> Outcome:
@@ -164,6 +170,8 @@ def verify(config: Config, targets: list[Target], *, every: bool = False, names:
                 outcome.result["checked"].append(row)
                 if exc:
                     outcome.failed(exc)
+    notify.report_failures(config, "verify_failed", "verify",
+                           sorted({r["target"] for r in outcome.result["checked"] if not r["ok"]}), outcome)
     return outcome
 
 
@@ -238,6 +246,8 @@ def drill(config: Config, targets: list[Target], store_name: str | None = None) 
                 outcome.result["drills"].append(row)
                 outcome.failed(exc)
         outcome.warnings.extend(session.ctx.warnings)
+    notify.report_failures(config, "drill_failed", "restore drill",
+                           [d["target"] for d in outcome.result["drills"] if not d.get("passed")], outcome)
     return outcome
 
 

@@ -572,6 +572,7 @@ _STATE_STYLE = {"OK": "green", "LATE": "yellow", "STALE": "red", "MISSING": "red
 
 
 def _human_status(result: dict) -> None:
+    from bak.forecast import outlook_text
     from bak.report import human_size, say, table
 
     rows = []
@@ -586,10 +587,11 @@ def _human_status(result: dict) -> None:
                      verify, drill, "; ".join(t["problems"])])
     table("Targets", ["target", "state", "newest", "age", "size", "copies", "3-2-1", "verify", "drill", "problems"], rows)
     colour = {"ok": "green", "warn": "yellow"}
-    table("Destinations", ["destination", "kind", "host", "medium", "on", "used", "free", "level"],
+    table("Destinations", ["destination", "kind", "host", "medium", "on", "used", "free", "level", "forecast"],
           [[d["destination"], d["kind"], d["host"], d.get("medium") or "-", d.get("on", "-"),
             f"{d['used_percent']}%" if "used_percent" in d else "-", human_size(d.get("free")),
-            f"[{colour.get(d['level'], 'red')}]{d['level']}[/]"] for d in result["destinations"]])
+            f"[{colour.get(d['level'], 'red')}]{d['level']}[/]",
+            outlook_text(d["forecast"]) if "forecast" in d else "-"] for d in result["destinations"]])
     say(result["summary"])
 
 
@@ -600,6 +602,50 @@ def status_command(config):
     from bak.status import status
 
     return status(config)
+
+
+def _human_metrics(result: dict) -> None:
+    from bak.report import say
+
+    if result["path"]:
+        say(f"wrote {result['path']}: {result['samples']} samples of {result['families']} metrics")
+    else:
+        click.echo(result["text"], nl=False)
+
+
+@cli.command("metrics", context_settings=CONTEXT)
+@click.option("--textfile", "textfile_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write bak.prom into this folder (node_exporter's textfile collector), atomically. Default: "
+                   "notify.prometheus_textfile_dir; without either, print the metrics.")
+@action("metrics", human=_human_metrics)
+def metrics_command(textfile_dir, config):
+    """Prometheus metrics of every target and destination: last success, age, size, duration, verify and drill,
+    proven RPO, free space, failures. `bak create` rewrites the file after each run when the config names it."""
+    from bak.metrics import metrics
+
+    return metrics(config, textfile_dir)
+
+
+def _human_report(result: dict) -> None:
+    from bak.report import human_size, say
+
+    say(f"wrote {result['path']} ({human_size(result['bytes'])}): open it in a browser")
+    say(result["summary"])
+
+
+@cli.command("report", context_settings=CONTEXT)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to this file (default: report.html in bak's state folder).")
+@click.option("--days", type=click.IntRange(1, 366), default=31, show_default=True,
+              help="How many days the calendars show.")
+@action("report", human=_human_report)
+def report_command(html_path, days, config):
+    """One self-contained HTML file: per target a calendar of its backups (kept or to be pruned, verified,
+    drilled, failed runs), size and run length over time; destinations' use and when they fill; 3-2-1; the
+    last operations. Nothing is fetched when it is opened."""
+    from bak.html_report import report
+
+    return report(config, html_path, days)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------

@@ -196,6 +196,14 @@ class Journal:
         sql = f"SELECT * FROM operations WHERE id IN (SELECT max(id) FROM operations WHERE {where} GROUP BY target)"
         return {row["target"]: row for row in self._rows(sql, args)}
 
+    def counts(self, kind: str, statuses: tuple[str, ...]) -> dict[str, int]:
+        """How many operations of a kind ended with one of these statuses, per target."""
+        marks = ",".join("?" * len(statuses))
+        rows = self._run(lambda db: db.execute(
+            f"SELECT target, count(*) FROM operations WHERE kind = ? AND status IN ({marks}) GROUP BY target",
+            [kind, *statuses]).fetchall())
+        return {target: count for target, count in rows}
+
     def _rows(self, sql: str, args: list) -> list[dict]:
         def read(db):
             cursor = db.execute(sql, args)

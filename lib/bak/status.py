@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-from bak import catalog, media
+from bak import catalog, forecast, media, naming
 from bak.config import Config, Target
 from bak.errors import BakError
 from bak.journal import Journal
@@ -148,7 +148,27 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
     return entry
 
 
-def destination_health(config: Config, name: str, scanned: dict) -> dict:
+def space_series(name: str, scanned: dict, pruned: list[dict], now: datetime) -> list[tuple[float, float]]:
+    """A destination's used bytes over the forecast window: measured now, walked back through the backups
+    still there (from the catalogue) and those pruned from it (from the journal)."""
+    cutoff = now - timedelta(seconds=forecast.WINDOW_S)
+    events = []
+    for index in scanned["indexes"].values():
+        for backup in (b for items in index.backups.values() for b in items):
+            if cutoff <= backup.when and not backup.in_future(now):
+                backup.reader = backup.reader or scanned["store"]
+                events.append((backup.when.timestamp(), backup.added if backup.added is not None else backup.size))
+    for row in pruned:
+        details, pruned_at = row["details"], _when(row["started_at"])
+        made = naming.parse(details.get("name") or "") if details.get("store") == name else None
+        freed = details.get("added") if isinstance(details.get("added"), int) else row["bytes"]
+        if made and pruned_at and isinstance(freed, int):
+            events += [(made.when.timestamp(), freed), (pruned_at.timestamp(), -freed)]
+    usage = scanned["usage"]
+    return forecast.usage_series(usage.total - usage.free, now.timestamp(), events)
+
+
+def destination_health(config: Config, name: str, scanned: dict, pruned: list[dict], now: datetime) -> dict:
     dest = config.destinations[name]
     row = {"destination": name, "kind": dest.kind, "host": dest.host, "medium": dest.medium, "offsite": dest.offsite,
            "on": scanned["medium"].label}
@@ -159,7 +179,16 @@ def destination_health(config: Config, name: str, scanned: dict) -> dict:
     level = "critical" if percent >= CRITICAL_PERCENT else ("warn" if percent >= dest.warn_percent else "ok")
     if not scanned["exists"]:
         level = "missing"  # the usage shown would be its parent's: say so instead
-    return {**row, "level": level, "total": usage.total, "free": usage.free, "used_percent": percent}
+    outlook = forecast.forecast(space_series(name, scanned, pruned, now), usage.total,
+                                {"warn": dest.warn_percent, "critical": CRITICAL_PERCENT, "full": 100})
+    return {**row, "level": level, "total": usage.total, "free": usage.free, "used_percent": percent,
+            "forecast": outlook}
+
+
+def pruned_since(journal: Journal, since: datetime) -> list[dict]:
+    """Backups bak pruned since a local time, as journal rows (UTC times there)."""
+    start = since.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return journal.query(kind="prune", status="ok", since=start, limit=100000)
 
 
 def status(config: Config, now: datetime | None = None) -> Outcome:
@@ -167,13 +196,14 @@ def status(config: Config, now: datetime | None = None) -> Outcome:
     journal = Journal.default()
     try:
         history = {"create": journal.latest("create"), "verify": journal.latest("verify"),
-                   "drill": journal.latest("drill"), "drill_ok": journal.latest("drill", status="ok")}
+                   "drill": journal.latest("drill"), "drill_ok": journal.latest("drill", status="ok"),
+                   "pruned": pruned_since(journal, now - timedelta(seconds=forecast.WINDOW_S))}
     finally:
         journal.close()
-    with Hosts(config) as hosts:
+    with Hosts(config) as hosts:  # open while sizes are read from snapshot manifests
         scanned = gather(config, hosts)
-    targets = [target_health(config, t, scanned, history, now) for t in config.targets if t.enabled]
-    destinations = [destination_health(config, name, scanned[name]) for name in sorted(scanned)]
+        targets = [target_health(config, t, scanned, history, now) for t in config.targets if t.enabled]
+        destinations = [destination_health(config, name, scanned[name], history["pruned"], now) for name in sorted(scanned)]
     outcome = Outcome({"summary": "", "targets": targets, "destinations": destinations})
     for entry in targets:
         for problem in entry["problems"]:
