@@ -580,11 +580,15 @@ def _human_status(result: dict) -> None:
         change = f" ({t['size_change_pct']:+.0f}%)" if "size_change_pct" in t else ""
         verify = (t["last_verify"] or {}).get("status", "never")
         drill = (t["last_drill"] or {}).get("status", "never") + (" (overdue)" if t["drill_overdue"] else "")
+        proven = t.get("proven_rpo")
+        rpo = "[red]none[/]" if proven is None else (
+            _hours_text(proven["age_h"]) if proven["ok"] else f"[red]{_hours_text(proven['age_h'])}[/]")
         rows.append([t["target"], f"[{_STATE_STYLE[t['state']]}]{t['state']}[/]", newest.get("when", "-"),
                      f"{newest['age_h']:.1f}h" if newest else "-", human_size(newest.get("size")) + change,
                      ", ".join(t["copies"]["destinations"]) or "-", "ok" if t["copies"]["ok"] else "[yellow]gap[/]",
-                     verify, drill, "; ".join(t["problems"])])
-    table("Targets", ["target", "state", "newest", "age", "size", "copies", "3-2-1", "verify", "drill", "problems"], rows)
+                     verify, drill, rpo, "; ".join(t["problems"])])
+    table("Targets", ["target", "state", "newest", "age", "size", "copies", "3-2-1", "verify", "drill", "proven RPO",
+                      "problems"], rows)
     colour = {"ok": "green", "warn": "yellow"}
     table("Destinations", ["destination", "kind", "host", "medium", "on", "used", "free", "level"],
           [[d["destination"], d["kind"], d["host"], d.get("medium") or "-", d.get("on", "-"),
@@ -593,10 +597,14 @@ def _human_status(result: dict) -> None:
     say(result["summary"])
 
 
+def _hours_text(hours: float) -> str:
+    return f"{hours / 24:.1f}d" if hours >= 48 else f"{hours:.1f}h"
+
+
 @cli.command("status", context_settings=CONTEXT)
 @action("status", human=_human_status)
 def status_command(config):
-    """Dashboard: each target's age vs interval, size trend, 3-2-1 copies, last verify and drill; free space."""
+    """Dashboard: each target's age vs interval, size trend, 3-2-1 copies, last verify and drill, proven RPO; free space."""
     from bak.status import status
 
     return status(config)
