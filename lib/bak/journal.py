@@ -37,6 +37,12 @@ ERROR_TAIL_CHARS = 4000
 HELD_WAIT_S = 10.0
 
 
+def default_path() -> Path:
+    from bak.paths import state_dir
+
+    return state_dir() / "journal.sqlite"
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -69,9 +75,7 @@ class Journal:
 
     @classmethod
     def default(cls) -> "Journal":
-        from bak.paths import state_dir
-
-        return cls(state_dir() / "journal.sqlite")
+        return cls(default_path())
 
     def close(self) -> None:
         self.db.close()

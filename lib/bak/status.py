@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from bak import catalog, media
 from bak.config import Config, Target, parse_duration
+from bak.discover import coverage_summary
 from bak.errors import BakError
 from bak.journal import Journal
 from bak.report import Outcome
@@ -186,13 +187,17 @@ def status(config: Config, now: datetime | None = None) -> Outcome:
     try:
         history = {"create": journal.latest("create"), "verify": journal.latest("verify"),
                    "drill": journal.latest("drill"), "drill_by_copy": journal.latest_by_copy("drill")}
+        coverage = coverage_summary(config, next(iter(journal.query(kind="discover", limit=1)), None))
     finally:
         journal.close()
     with Hosts(config) as hosts:
         scanned = gather(config, hosts)
     targets = [target_health(config, t, scanned, history, now) for t in config.targets if t.enabled]
     destinations = [destination_health(config, name, scanned[name]) for name in sorted(scanned)]
-    outcome = Outcome({"summary": "", "targets": targets, "destinations": destinations})
+    outcome = Outcome({"summary": "", "targets": targets, "destinations": destinations, "coverage": coverage})
+    if coverage and coverage["unprotected"]:
+        outcome.problem("unprotected", f"{coverage['unprotected']} item(s) found by bak discover that no target backs up: "
+                        + ", ".join(coverage["unprotected_items"][:5]), None, "See them all: bak discover")
     for entry in targets:
         for problem in entry["problems"]:
             outcome.problem(f"target_{entry['state'].lower()}" if entry["state"] != "OK" else "target_attention",
@@ -208,10 +213,12 @@ def status(config: Config, now: datetime | None = None) -> Outcome:
                             dest["destination"], "Prune (bak prune --dry-run) or add space.")
     attention = [t["target"] for t in targets if t["problems"]]
     tight = [d["destination"] for d in destinations if d["level"] != "ok"]
-    if not attention and not tight:
+    unprotected = coverage["unprotected"] if coverage else 0
+    if not attention and not tight and not unprotected:
         outcome.result["summary"] = f"HEALTHY: {len(targets)} target(s) OK, {len(destinations)} destination(s) OK"
     else:
         outcome.result["summary"] = (f"ATTENTION: {len(attention)} of {len(targets)} target(s) need attention"
                                      + (f" ({', '.join(attention)})" if attention else "")
-                                     + (f"; destinations: {', '.join(tight)}" if tight else ""))
+                                     + (f"; destinations: {', '.join(tight)}" if tight else "")
+                                     + (f"; {unprotected} unprotected item(s)" if unprotected else ""))
     return outcome

@@ -200,12 +200,17 @@ class ResticStore(Store):
             return b"".join(iter(lambda: stream.read(1 << 20), b""))[:limit]
 
     def write_small(self, folder: str, name: str, data: bytes, mtime: float | None = None) -> None:
-        """A sidecar (.meta.json, .globals.sql) is a small snapshot of its own, tagged like an artifact."""
+        """A sidecar (.meta.json, .globals.sql) or a file of the recovery kit is a small snapshot of its own,
+        tagged like an artifact; it replaces the snapshots an earlier write of that name made."""
         import hashlib
 
+        earlier = [s["id"] for s in self.list_snapshots() if s["folder"] == folder and s["name"] == name and s["complete"]]
         writer = ResticWriter(self, folder, name)
         writer.write(data)
         writer.commit(hashlib.sha256(data).hexdigest())
+        if earlier:
+            self.run(["restic", "forget", *earlier])
+            self._snapshots = None
 
     def open_read(self, folder: str, name: str) -> BinaryIO:
         snapshot = self._find(folder, name)
