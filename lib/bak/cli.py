@@ -724,7 +724,8 @@ def _human_plan(result: dict) -> None:
             f"{s['source']['destination']} ({'off-site' if s['source']['offsite'] else 'on-site'})" if s["source"] else "-",
             "-" if not s["backup"] else "drilled" if s["backup"]["drilled"] else "verified" if s["backup"]["checked"]
             else "[yellow]never[/]", duration_text((s["estimate"] or {}).get("seconds"))] for s in result["steps"]])
-    say(rto_text(result)[0].upper() + rto_text(result)[1:] + ".")
+    rto = rto_text(result)
+    say(rto[:1].upper() + rto[1:] + ".")
     say(f"runbook written to {result['runbook']}" if result.get("runbook") else
         "The commands of each step, bak's and by hand: bak dr plan --runbook FILE.md (or .html).")
 
@@ -754,9 +755,11 @@ def _human_dr_drill(result: dict) -> None:
           [[s["step"], s["target"], s.get("backup") or "-", s.get("store") or "-", verdict(s),
             duration_text(s.get("restore_s")), duration_text(s["estimate_s"]),
             "-" if s.get("difference_s") is None else f"{s['difference_s']:+.1f}s"] for s in result["steps"]])
+    expected = [s["estimate_s"] for s in result["steps"] if s["estimate_s"] is not None]
     say(f"{result['passed']} passed, {result['failed']} failed, {result['skipped']} skipped; restores took "
         f"{duration_text(result['restore_s'])} in total ({duration_text(result['measured_s'])} with checks and "
-        f"clean-up), the plan expected {duration_text(result['planned_rto_s'])}.")
+        "clean-up); " + (f"the plan expected {duration_text(result['planned_rto_s'])}." if expected
+                         else "the plan had no measured time yet: this drill gives it one."))
 
 
 @dr_group.command("drill")
@@ -776,9 +779,10 @@ def _human_discover(result: dict) -> None:
     from bak.discover import label
     from bak.report import say, table
 
-    table("Found on the configured hosts", ["kind", "host", "name", "detail", "backed up by"],
-          [[i["kind"], i["host"], i["name"], i.get("detail") or i.get("server") or i.get("cli") or "",
-            ", ".join(i["covered_by"]) or "[red]NOTHING[/]"] for i in result["items"]])
+    if result["items"]:
+        table("Found on the configured hosts", ["kind", "host", "name", "detail", "backed up by"],
+              [[i["kind"], i["host"], i["name"], i.get("detail") or i.get("server") or i.get("cli") or "",
+                ", ".join(i["covered_by"]) or "[red]NOTHING[/]"] for i in result["items"]])
     say(f"{result['unprotected']} of {len(result['items'])} item(s) unprotected"
         + (": " + "; ".join(label(i) for i in result["items"] if not i["covered_by"]) if result["unprotected"] else ""))
 

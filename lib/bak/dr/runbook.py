@@ -23,10 +23,12 @@ def duration_text(seconds: float | None) -> str:
 
 
 def rto_text(plan: dict) -> str:
+    """The expected RTO, and the steps no drill has timed (their time is not in it)."""
+    missing = plan["unestimated"]
+    if missing and len(missing) == len(plan["steps"]):
+        return f"expected RTO unknown: no step was drilled yet ({', '.join(missing)})"
     text = f"expected RTO {duration_text(plan['rto_s'])}"
-    if plan["unestimated"]:
-        text += f" plus {len(plan['unestimated'])} step(s) never drilled ({', '.join(plan['unestimated'])})"
-    return text
+    return text + (f" plus {len(missing)} step(s) never drilled ({', '.join(missing)})" if missing else "")
 
 
 def _where(copy: dict | None) -> str:
