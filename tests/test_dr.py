@@ -291,3 +291,81 @@ def test_runbooks_and_the_kit_survive_the_machine(lab, tmp_path, monkeypatch):
     assert again.code == 3 and again.envelope["errors"][0]["code"] == "would_overwrite"
     with sqlite3.connect(fresh / ".local" / "state" / "bak" / "journal.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.fixture
+def small_lab(bak_home):
+    """A file tree backed up to a folder; a restic repository beside: no servers."""
+    need("rsync", "restic")
+    (bak_home / "tree" / "sub").mkdir(parents=True)
+    (bak_home / "tree" / "sub" / "a.txt").write_text("a\n")
+    secret = bak_home / "restic.pass"
+    secret.write_text("correct horse battery staple\n")
+    secret.chmod(0o600)
+    write_config(bak_home / "config.yaml", {
+        "version": 1,
+        "destinations": {"disk": {"kind": "local", "path": str(bak_home / "disk")},
+                         "usb": {"kind": "restic", "repository": str(bak_home / "restic"), "password": {"file": str(secret)}}},
+        "targets": [{"name": "tree", "method": "rsync", "destinations": ["disk"], "rsync": {"source": str(bak_home / "tree")}}]})
+    return bak_home
+
+
+def test_the_kit_in_a_restic_repository_replaces_itself_and_bootstraps_by_its_runbook_lines(small_lab, tmp_path,
+                                                                                               monkeypatch):
+    from bak import config as bak_config
+    from bak.actions import Session
+    from bak.dr import kit, manual
+    from bak.dr.plan import build
+    from bak.stores import open_store
+
+    assert run_cli("create").code == 0
+    loaded = bak_config.load(small_lab / "config.yaml")
+    with Session(loaded) as session:
+        plan, _ = build(session)
+        repo = open_store(loaded.destinations["usb"], session.hosts)
+        for _ in range(2):  # what a create does on each destination it wrote to
+            kit.write(repo, kit.kit_files(loaded, plan))
+    # One snapshot for the whole kit (each restic call pays the key derivation); the second replaced the first.
+    assert [(s["folder"], s["name"]) for s in repo.list_snapshots()] == [("bak", "kit.tar")]
+
+    work = tmp_path / "work"
+    work.mkdir()
+    lines = manual.bootstrap_lines(loaded, loaded.destinations["usb"], None)
+    env = {**os.environ, "RESTIC_PASSWORD_FILE": str(small_lab / "restic.pass")}
+    for line in lines[:-1]:
+        subprocess.run(["sh", "-c", line["run"]], cwd=work, env=env, check=True, capture_output=True)
+    assert lines[-1]["run"] == "bak bootstrap --from bak-kit"
+    fresh = tmp_path / "fresh"
+    monkeypatch.setenv("BAK_CONFIG", str(fresh / "config.yaml"))
+    monkeypatch.setenv("BAK_STATE_DIR", str(fresh / "state"))
+    restored = run_cli("bootstrap", "--from", str(work / "bak-kit"))
+    assert restored.code == 0, restored.envelope
+    assert (fresh / "config.yaml").read_bytes() == (small_lab / "config.yaml").read_bytes()
+    assert restored.envelope["result"]["operations"] >= 1  # the journal came back too
+
+
+def test_bootstrap_refuses_to_overwrite_keeps_what_force_replaces_and_takes_no_damaged_kit(small_lab, tmp_path,
+                                                                                            monkeypatch):
+    assert run_cli("create").code == 0
+    kit = small_lab / "disk" / "bak"
+    fresh = tmp_path / "fresh"
+    monkeypatch.setenv("BAK_CONFIG", str(fresh / "config.yaml"))
+    monkeypatch.setenv("BAK_STATE_DIR", str(fresh / "state"))
+    assert run_cli("bootstrap", "--from", str(small_lab / "disk"), "--key", "/k").code == 2  # SSH options on a folder
+    assert run_cli("bootstrap", "--from", str(small_lab / "tree")).code == 2  # no kit there
+    assert run_cli("bootstrap", "--from", str(small_lab / "disk")).code == 0
+    assert (fresh / "config.yaml").stat().st_mode & 0o777 == 0o600
+    mine = b"version: 1\n# edited on the new machine\n"
+    (fresh / "config.yaml").write_bytes(mine)
+    refused = run_cli("bootstrap", "--from", str(small_lab / "disk"))
+    assert refused.code == 3 and refused.envelope["errors"][0]["code"] == "would_overwrite"
+    assert (fresh / "config.yaml").read_bytes() == mine
+    forced = run_cli("bootstrap", "--from", str(small_lab / "disk"), "--force")
+    assert forced.code == 0
+    kept = forced.envelope["result"]["kept"]
+    assert len(kept) == 2 and any(open(k, "rb").read() == mine for k in kept if k.endswith(tuple("0123456789")))
+    (kit / "config.yaml").write_text((kit / "config.yaml").read_text() + "# tampered\n")
+    damaged = run_cli("bootstrap", "--from", str(small_lab / "disk"), "--force")
+    assert damaged.code == 1 and damaged.envelope["errors"][0]["code"] == "kit_damaged"
+    assert "config.yaml" in damaged.envelope["errors"][0]["message"]
+    assert (fresh / "config.yaml").read_bytes() == (small_lab / "config.yaml").read_bytes()  # nothing was changed

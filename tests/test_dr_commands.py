@@ -125,10 +125,10 @@ def test_bootstrap_lines_for_each_kind_of_destination():
     assert lines(manual.bootstrap_lines(CONFIG, D["disk"], None)) == [(HERE, "bak bootstrap --from '/srv/my backups'")]
     assert lines(manual.bootstrap_lines(CONFIG, D["pve-nfs"], "SHA256:abc")) == [
         (HERE, "bak bootstrap --from root@192.0.2.15:/mnt/pve/nfs --port 22 --key /keys/id --fingerprint SHA256:abc")]
-    restic = lines(manual.bootstrap_lines(CONFIG, D["usb"], None))
-    assert restic[0] == (HERE, "mkdir -p bak-kit/bak") and restic[-1] == (HERE, "bak bootstrap --from bak-kit")
-    assert restic[1] == (HERE, "restic -r /mnt/usb/restic dump --path /bak/kit.json latest /bak/kit.json > bak-kit/bak/kit.json")
-    assert len(restic) == 6
+    assert lines(manual.bootstrap_lines(CONFIG, D["usb"], None)) == [
+        (HERE, "mkdir -p bak-kit"),
+        (HERE, "restic -r /mnt/usb/restic dump --path /bak/kit.tar latest /bak/kit.tar | tar -x -C bak-kit"),
+        (HERE, "bak bootstrap --from bak-kit")]
 
 
 def test_a_line_splits_back_into_its_words_whatever_the_path_holds():

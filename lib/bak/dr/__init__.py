@@ -7,3 +7,4 @@ KIT_FOLDER = "bak"
 KIT_INDEX = "kit.json"  # written last: each file's size and sha256
 KIT_CONFIG, KIT_JOURNAL, KIT_KNOWN_HOSTS = "config.yaml", "journal.sqlite", "known_hosts"
 RUNBOOK_MD, RUNBOOK_HTML = "runbook.md", "runbook.html"
+KIT_TARBALL = "kit.tar"  # the whole kit as one file, in a restic repository

@@ -22,12 +22,15 @@ from pathlib import Path
 
 from bak import __version__
 from bak.config import Config, Host, key_path
-from bak.dr import KIT_CONFIG, KIT_FOLDER, KIT_INDEX, KIT_JOURNAL, KIT_KNOWN_HOSTS, RUNBOOK_HTML, RUNBOOK_MD
+from bak.dr import (KIT_CONFIG, KIT_FOLDER, KIT_INDEX, KIT_JOURNAL, KIT_KNOWN_HOSTS, KIT_TARBALL, RUNBOOK_HTML,
+                    RUNBOOK_MD)
 from bak.errors import BadInput, BakError, HostKeyUnknown, LockHeld, Refused, VerifyFailed
 from bak.report import Outcome
 
 KIT_LOCK = ".recovery-kit"  # a lock name no target can have (target names start with a letter or digit)
 KIT_FILE_LIMIT = 1 << 30
+RESTORED = (KIT_CONFIG, KIT_JOURNAL, KIT_KNOWN_HOSTS)  # what bootstrap puts back (the runbooks are for reading)
+KNOWN_HOSTS_HEAD = b"# bak's known_hosts: the SSH host keys bak trusted on the machine that wrote this kit\n"
 SSH_SOURCE = re.compile(r"^(?P<user>[a-z_][a-z0-9_.-]{0,31})@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):"
                         r"(?P<path>[/~].*)$")
 
@@ -93,9 +96,10 @@ def kit_files(config: Config, plan: dict) -> dict[str, bytes]:
     from bak.paths import state_dir
 
     known = state_dir() / "known_hosts"
+    # Never empty (restic stores no empty file): a comment line heads the keys.
+    keys = KNOWN_HOSTS_HEAD + (known.read_bytes() if known.is_file() else b"")
     return {KIT_CONFIG: Path(config.source).read_bytes(), KIT_JOURNAL: journal_copy(default_path()),
-            KIT_KNOWN_HOSTS: known.read_bytes() if known.is_file() else b"",
-            RUNBOOK_MD: markdown(plan).encode(), RUNBOOK_HTML: page(plan).encode()}
+            KIT_KNOWN_HOSTS: keys, RUNBOOK_MD: markdown(plan).encode(), RUNBOOK_HTML: page(plan).encode()}
 
 
 def index_of(files: dict[str, bytes]) -> bytes:
@@ -106,10 +110,30 @@ def index_of(files: dict[str, bytes]) -> bytes:
 
 
 def write(store, files: dict[str, bytes]) -> None:
-    """Each file atomically, then the index that vouches for them."""
+    """Each file atomically, then the index that vouches for them. A restic repository takes the kit as
+    one tarball of that folder: every restic call pays the repository's key derivation."""
+    index = index_of(files)
+    if store.kind == "restic":
+        store.write_small(KIT_FOLDER, KIT_TARBALL, tarball({**files, KIT_INDEX: index}))
+        return
     for name, data in files.items():
         store.write_small(KIT_FOLDER, name, data)
-    store.write_small(KIT_FOLDER, KIT_INDEX, index_of(files))
+    store.write_small(KIT_FOLDER, KIT_INDEX, index)
+
+
+def tarball(files: dict[str, bytes]) -> bytes:
+    """The files as `bak/NAME` members of a tar, private to their owner: `tar -x` gives the kit's folder back."""
+    import io
+    import tarfile
+    import time
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            member = tarfile.TarInfo(f"{KIT_FOLDER}/{name}")
+            member.size, member.mode, member.mtime = len(data), 0o600, int(time.time())
+            tar.addfile(member, io.BytesIO(data))
+    return out.getvalue()
 
 
 def refresh(config: Config, outcome: Outcome) -> None:
@@ -175,16 +199,20 @@ def source_store(spec: str, port: int, key: str | None, fingerprint: str | None)
 
 
 def read_kit(store) -> tuple[dict, dict[str, bytes]]:
-    """The index and every file it lists, each checked against its size and sha256."""
+    """The index and the files bootstrap puts back, each checked against its size and sha256 there."""
     try:
         index = json.loads(store.read_small(KIT_FOLDER, KIT_INDEX))
-        files = {name: store.read_small(KIT_FOLDER, name, KIT_FILE_LIMIT) for name in index["files"]}
+        files = {name: store.read_small(KIT_FOLDER, name, KIT_FILE_LIMIT) for name in RESTORED if name in index["files"]}
     except FileNotFoundError as exc:
         raise BadInput(f"{store.location(KIT_FOLDER)} holds no complete recovery kit: {exc}", where="--from",
                        hint="Another destination may hold one; `bak create` writes it after each backup.") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise VerifyFailed(f"{store.location(KIT_FOLDER, KIT_INDEX)} is not a readable kit index: {exc}",
                            where="--from", code="kit_damaged") from None
+    missing = [name for name in RESTORED if name not in files]
+    if missing:
+        raise VerifyFailed(f"the kit's index {store.location(KIT_FOLDER, KIT_INDEX)} lists no {', '.join(missing)}",
+                           where="--from", code="kit_damaged", hint="Bootstrap from another destination.")
     for name, data in files.items():
         expected = index["files"][name]
         if len(data) != expected["size"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
@@ -205,7 +233,8 @@ def _put(path: Path, data: bytes) -> None:
 
 def _merged_known_hosts(mine: Path, theirs: bytes) -> tuple[bytes, int]:
     have = mine.read_text().splitlines() if mine.is_file() else []
-    new = [line for line in theirs.decode("utf-8", "replace").splitlines() if line.strip() and line not in have]
+    new = [line for line in theirs.decode("utf-8", "replace").splitlines()
+           if line.strip() and not line.startswith("#") and line not in have]
     return ("\n".join(have + new) + "\n").encode() if have or new else b"", len(new)
 
 
@@ -241,7 +270,7 @@ def bootstrap(spec: str, *, port: int = 22, key: str | None = None, fingerprint:
         outcome.result["kept"].append(str(kept))
     _put(config_path, files[KIT_CONFIG])
     _put(journal_path, files[KIT_JOURNAL])
-    known, added = _merged_known_hosts(state_dir() / "known_hosts", files.get(KIT_KNOWN_HOSTS, b""))
+    known, added = _merged_known_hosts(state_dir() / "known_hosts", files[KIT_KNOWN_HOSTS])
     if added:
         _put(state_dir() / "known_hosts", known)
     outcome.result["known_hosts_added"] = added

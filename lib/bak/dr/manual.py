@@ -12,7 +12,7 @@ import posixpath
 import shlex
 
 from bak.config import LOCAL, Config, Destination, Target
-from bak.dr import KIT_CONFIG, KIT_FOLDER, KIT_INDEX, KIT_JOURNAL, KIT_KNOWN_HOSTS
+from bak.dr import KIT_FOLDER, KIT_TARBALL
 from bak.methods import docker_volume, pg_dump, vzdump
 from bak.methods.rsync import remote_spec
 
@@ -192,9 +192,9 @@ def bootstrap_lines(config: Config, dest: Destination, fingerprint: str | None) 
         argv += ["--key", host.key_file] if host.key_file else []
         argv += ["--fingerprint", fingerprint] if fingerprint else []
         return [line(config, LOCAL, shlex.join(argv))]
-    # restic: out of the repository into a folder first, then bootstrap from that folder
-    folder = posixpath.join(RESTIC_KIT, KIT_FOLDER)
-    return [line(config, LOCAL, shlex.join(["mkdir", "-p", folder])),
-            *(line(config, LOCAL, restic_dump(dest, f"/{KIT_FOLDER}/{name}", posixpath.join(folder, name)))
-              for name in (KIT_INDEX, KIT_CONFIG, KIT_JOURNAL, KIT_KNOWN_HOSTS)),
+    # restic holds the kit as one tarball: out of the repository into a folder, then bootstrap from it
+    inside = f"/{KIT_FOLDER}/{KIT_TARBALL}"
+    return [line(config, LOCAL, shlex.join(["mkdir", "-p", RESTIC_KIT])),
+            line(config, LOCAL, shlex.join(["restic", "-r", dest.repository, "dump", "--path", inside, "latest", inside])
+                 + " | " + shlex.join(["tar", "-x", "-C", RESTIC_KIT])),
             line(config, LOCAL, shlex.join(["bak", "bootstrap", "--from", RESTIC_KIT]))]
