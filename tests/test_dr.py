@@ -369,3 +369,23 @@ def test_bootstrap_refuses_to_overwrite_keeps_what_force_replaces_and_takes_no_d
     assert damaged.code == 1 and damaged.envelope["errors"][0]["code"] == "kit_damaged"
     assert "config.yaml" in damaged.envelope["errors"][0]["message"]
     assert (fresh / "config.yaml").read_bytes() == (small_lab / "config.yaml").read_bytes()  # nothing was changed
+
+
+def test_discover_reports_a_host_it_cannot_reach_and_still_answers_for_the_others(bak_home, sshd):
+    from bak.demo import free_port
+
+    known = sshd.trust(bak_home / "known_hosts")
+    write_config(bak_home / "config.yaml", {
+        "version": 1,
+        "hosts": {"up": sshd.host_config(known), "down": {**sshd.host_config(known), "port": free_port()},
+                  "stranger": sshd.host_config(bak_home / "empty_known_hosts")},
+        "destinations": {"disk": {"kind": "local", "path": str(bak_home / "disk")}},
+        "targets": []})
+    found = run_cli("discover")
+    assert found.code == 1
+    problems = {p["host"]: p for p in found.envelope["result"]["problems"]}
+    assert set(problems) == {"down", "stranger"}  # "up" answered: it is no Proxmox host and runs no target
+    assert "connection refused" in problems["down"]["error"] and "not in" in problems["stranger"]["error"]
+    assert found.envelope["result"]["items"] == []
+    logged = run_cli("log", "--kind", "discover").envelope["result"]["operations"]
+    assert [(o["kind"], o["status"]) for o in logged] == [("discover", "partial")]
