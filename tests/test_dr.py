@@ -235,7 +235,12 @@ def test_whole_lab_plan_drill_proven_rpo_discover(lab):
 def test_runbooks_and_the_kit_survive_the_machine(lab, tmp_path, monkeypatch):
     home = lab["home"]
     assert run_cli("create").code == 0
-    assert run_cli("verify").code == 0 and run_cli("drill").code == 0
+    assert run_cli("dr", "drill", "--from", "nowhere").code == 2
+    # The site is gone: every step drilled from the off-site share (the VMs staged on the PVE host from there).
+    away = run_cli("dr", "drill", "--from", "nfs")
+    assert away.code == 0, away.envelope
+    assert {(s["store"], s["passed"]) for s in away.envelope["result"]["steps"]} == {("nfs", True)}
+    assert run_cli("verify").code == 0
     written = run_cli("dr", "plan", "--runbook", str(tmp_path / "runbook.html"))
     assert written.envelope["result"]["runbook"] == str(tmp_path / "runbook.html")
     page = (tmp_path / "runbook.html").read_text()

@@ -111,6 +111,20 @@ def test_healthy_lab_exits_0(lab):
     assert cfg
 
 
+def test_a_proven_rpo_past_the_configured_bound_is_flagged(lab):
+    import yaml
+
+    data = yaml.safe_load((lab / "config.yaml").read_text())
+    data["dr"] = {"proven_rpo_max": "6h"}
+    write_config(lab / "config.yaml", data)
+    targets = {t["target"]: t for t in run_cli("status").envelope["result"]["targets"]}
+    late, fresh = targets["late"]["proven_rpo"], targets["fresh"]["proven_rpo"]
+    assert late["bound_h"] == 6 and 7.9 < late["age_h"] < 8.2 and not late["ok"]
+    assert f"proven RPO 8.0h exceeds 6.0h: the newest backup that passed a restore drill is {late['backup']}" in \
+        targets["late"]["problems"]
+    assert fresh["ok"] and not any("proven RPO" in p for p in targets["fresh"]["problems"])
+
+
 def test_list_filters(lab):
     everything = run_cli("list").envelope["result"]["backups"]
     assert {b["target"] for b in everything} == {"fresh", "late", "stale", "failing", "leftover", "nodrill", "onecopy", "full"}

@@ -13,11 +13,14 @@ import time
 from bak.actions import Session, copies_of, drill_backup, failed_drill
 from bak.config import Config
 from bak.dr.plan import build
-from bak.errors import BakError
+from bak.errors import EXIT_BAD_INPUT, BadInput, BakError
 from bak.report import Outcome
 
 
 def drill_all(config: Config, store_name: str | None = None, progress=None) -> Outcome:
+    if store_name is not None and store_name not in config.destinations:
+        raise BadInput(f"no destination named {store_name!r}", where="--from",
+                       hint="Destinations: " + (", ".join(sorted(config.destinations)) or "none"))
     outcome = Outcome({"from": store_name, "steps": []})
     with Session(config, progress) as session:
         plan, steps = build(session)
@@ -37,7 +40,10 @@ def drill_all(config: Config, store_name: str | None = None, progress=None) -> O
                 result = drill_backup(session, target, store, backup)
             except BakError as exc:
                 result = failed_drill(target, store, backup, exc)
-                outcome.failed(exc)
+                if exc.exit_code == EXIT_BAD_INPUT:  # no backup to drill: a finding of this run, not bad input to it
+                    outcome.problem(exc.code, exc.message, exc.where, exc.hint)
+                else:
+                    outcome.failed(exc)
             restore_s = result.get("restore_duration_s")
             row.update(backup=result.get("backup"), store=result.get("store"), passed=bool(result.get("passed")),
                        restore_s=restore_s, measured_s=round(time.monotonic() - started, 3),

@@ -24,7 +24,7 @@ from bak import __version__
 from bak.config import Config, Host, key_path
 from bak.dr import (KIT_CONFIG, KIT_FOLDER, KIT_INDEX, KIT_JOURNAL, KIT_KNOWN_HOSTS, KIT_TARBALL, RUNBOOK_HTML,
                     RUNBOOK_MD)
-from bak.errors import BadInput, BakError, HostKeyUnknown, LockHeld, Refused, VerifyFailed
+from bak.errors import BadInput, BakError, HostKeyUnknown, LockHeld, Refused, VerifyFailed, WriteFailed
 from bak.report import Outcome
 
 KIT_LOCK = ".recovery-kit"  # a lock name no target can have (target names start with a letter or digit)
@@ -264,15 +264,19 @@ def bootstrap(spec: str, *, port: int = 22, key: str | None = None, fingerprint:
                        "written_by": index.get("written_by"), "config": str(config_path), "journal": str(journal_path),
                        "kept": [], "operations": 0, "known_hosts_added": 0, "secrets": []})
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for path in present:
-        kept = path.with_name(f"{path.name}.before-bootstrap-{stamp}")
-        os.replace(path, kept)
-        outcome.result["kept"].append(str(kept))
-    _put(config_path, files[KIT_CONFIG])
-    _put(journal_path, files[KIT_JOURNAL])
-    known, added = _merged_known_hosts(state_dir() / "known_hosts", files[KIT_KNOWN_HOSTS])
-    if added:
-        _put(state_dir() / "known_hosts", known)
+    try:
+        for path in present:
+            kept = path.with_name(f"{path.name}.before-bootstrap-{stamp}")
+            os.replace(path, kept)
+            outcome.result["kept"].append(str(kept))
+        _put(config_path, files[KIT_CONFIG])
+        _put(journal_path, files[KIT_JOURNAL])
+        known, added = _merged_known_hosts(state_dir() / "known_hosts", files[KIT_KNOWN_HOSTS])
+        if added:
+            _put(state_dir() / "known_hosts", known)
+    except OSError as exc:
+        raise WriteFailed(f"could not write {exc.filename}: {exc.strerror}", where=str(exc.filename),
+                          hint="Check that folder's rights and free space, then run again.") from None
     outcome.result["known_hosts_added"] = added
     db = sqlite3.connect(journal_path)
     try:
