@@ -200,10 +200,12 @@ class Journal:
         sql = f"SELECT * FROM operations WHERE id IN (SELECT max(id) FROM operations WHERE {where} GROUP BY target)"
         return {row["target"]: row for row in self._rows(sql, args)}
 
-    def latest_by_copy(self, kind: str) -> dict[str, dict[tuple[str, str], dict]]:
-        """The newest operation of a kind (verify, drill) on each copy of each backup, in one query:
-        {target: {(store, backup name): row}}. Rows that name no copy are left out."""
-        sql = ("SELECT * FROM operations WHERE id IN (SELECT max(id) FROM operations WHERE kind = ? AND json_valid(details) "
+    def verdicts_by_copy(self, kind: str) -> dict[str, dict[tuple[str, str], dict]]:
+        """The newest verdict (ok or failed: an interrupted run tells nothing) of a kind (verify, drill) on
+        each copy of each backup, in one query: {target: {(store, backup name): row}}. Rows that name no
+        copy are left out."""
+        sql = ("SELECT * FROM operations WHERE id IN (SELECT max(id) FROM operations WHERE kind = ? "
+               "AND status IN ('ok', 'failed') AND json_valid(details) "
                "GROUP BY target, json_extract(details, '$.store'), json_extract(details, '$.name'))")
         found: dict[str, dict[tuple[str, str], dict]] = {}
         for row in self._rows(sql, [kind]):

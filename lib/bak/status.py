@@ -186,7 +186,7 @@ def status(config: Config, now: datetime | None = None) -> Outcome:
     journal = Journal.default()
     try:
         history = {"create": journal.latest("create"), "verify": journal.latest("verify"),
-                   "drill": journal.latest("drill"), "drill_by_copy": journal.latest_by_copy("drill")}
+                   "drill": journal.latest("drill"), "drill_by_copy": journal.verdicts_by_copy("drill")}
         coverage = coverage_summary(config, next(iter(journal.query(kind="discover", limit=1)), None))
     finally:
         journal.close()

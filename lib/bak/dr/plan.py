@@ -53,7 +53,7 @@ def choose(target: Target, listings: list[catalog.Listing], verified: dict, dril
                 copies.setdefault(backup.name, []).append((backup.reader, backup))
     names = sorted(copies, key=lambda n: (copies[n][0][1].when, n), reverse=True)
     last_drill = latest_drill_of_each_backup(drilled)
-    names = [n for n in names if last_drill.get(n, {}).get("status", "ok") == "ok"]  # a failed drill rules it out
+    names = [n for n in names if last_drill.get(n, {}).get("status") != "failed"]  # its last drill failed: ruled out
 
     def state(pair):
         check = last_check(verified, drilled, (pair[0].name, pair[1].name))
@@ -91,8 +91,8 @@ def build(session, targets: list[Target] | None = None) -> tuple[dict, list[Step
     now = datetime.now().replace(microsecond=0)
     targets = targets if targets is not None else [t for t in config.targets if t.enabled]
     ordered, found, left_out = recovery_order(config, targets)
-    verified = session.journal.latest_by_copy("verify")
-    drilled = session.journal.latest_by_copy("drill")
+    verified = session.journal.verdicts_by_copy("verify")
+    drilled = session.journal.verdicts_by_copy("drill")
     scanned = gather(config, session.hosts)
     steps = []
     for number, target in enumerate(ordered, 1):
