@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bak import naming
-from conftest import REPO, bak_subprocess, kill_tree, need, run_cli, write_config
+from conftest import bak_subprocess, kill_tree, need, run_cli, write_config
 from test_files import files_config, make_tree
 from test_pg import PASSWORD, pg_options
 

@@ -187,6 +187,10 @@ def restore(config: Config, target: Target, *, name: str | None, store_name: str
             force: bool, dry_run: bool, options: dict) -> Outcome:
     """From the first copy that proves intact while it is read; a damaged copy is skipped (and said),
     unless --from chose it. The dry run checks rights and what would be replaced, and refuses as the run would."""
+    for where, value in (("--into", into), ("--file", options.get("file"))):
+        if value is not None and any(ord(c) < 32 or c == "\x7f" for c in value):
+            raise BadInput(f"{where} {value[:80]!r} holds a control character (a newline?)", where=where,
+                           hint="Name the place to restore into without control characters.")
     with Session(config) as session:
         method = method_for(target.method)
         candidates = copies_of(session, target, name, store_name)

@@ -569,7 +569,7 @@ def list_command(targets, all_targets, method, host, vmid, destination, since, u
     return actions.listing(config, config.select(targets), filters)
 
 
-_STATE_STYLE = {"OK": "green", "LATE": "yellow", "STALE": "red", "MISSING": "red", "FAILING": "red bold"}
+_STATE_STYLE = {"OK": "green", "LATE": "yellow", "STALE": "red", "MISSING": "red", "UNKNOWN": "red", "FAILING": "red bold"}
 
 
 def _human_status(result: dict) -> None:

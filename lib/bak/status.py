@@ -84,8 +84,9 @@ def _when(text) -> datetime | None:
 
 
 def target_health(config: Config, target: Target, scanned: dict, journal: dict, now: datetime) -> dict:
+    unreadable = [d for d in target.destinations if scanned[d]["error"] is not None or scanned[d]["store"] is None]
     listings = [catalog.listing_from(target, scanned[dest]["store"], scanned[dest]["indexes"])
-                for dest in target.destinations if scanned[dest]["store"] is not None]
+                for dest in target.destinations if dest not in unreadable]
     backups = sorted((b for l in listings for b in l.backups), key=lambda b: (b.when, b.name), reverse=True)
     problems: list[str] = []
     ahead = [b for b in backups if b.in_future(now)]
@@ -99,7 +100,7 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
     last_create = journal["create"].get(target.name)
     utc_now = datetime.now(timezone.utc)
     if newest is None:
-        state = "MISSING"
+        state = "UNKNOWN" if unreadable else "MISSING"  # a backup may sit where bak could not look
     else:
         age = now - newest.when
         state = "OK" if age <= target.interval else ("LATE" if age <= 2 * target.interval else "STALE")
@@ -115,6 +116,8 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
             problems.append(f"last backup {last_create['status']}: {first_line(last_create['error_tail'])}")
     if state in ("LATE", "STALE"):
         problems.append(f"newest backup is {_age_text(now - newest.when)} old (interval {_age_text(target.interval)})")
+    elif state == "UNKNOWN":
+        problems.append(f"no backup found, and {', '.join(unreadable)} could not be read")
     elif state == "MISSING":
         problems.append("no backup on any destination")
     entry["state"] = state

@@ -14,13 +14,13 @@ import shutil
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
 
 from bak.errors import BadInput, BakError, WriteFailed
 from bak.naming import PARTIAL_SUFFIX, SIDECAR_SUFFIXES
 from bak.run.local import LocalRunner
 from bak.secrets import read_secret
-from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line
+from bak.stores.base import ArtifactWriter, Entry, Store, Usage, chunks_of, sha256_line
 
 TAG = "bak"
 
@@ -199,15 +199,18 @@ class ResticStore(Store):
         with self.open_read(folder, name) as stream:
             return b"".join(iter(lambda: stream.read(1 << 20), b""))[:limit]
 
-    def write_small(self, folder: str, name: str, data: bytes, mtime: float | None = None) -> None:
-        """A sidecar (.meta.json, .globals.sql) or a file of the recovery kit is a small snapshot of its own,
-        tagged like an artifact; it replaces the snapshots an earlier write of that name made."""
+    def write_small(self, folder: str, name: str, data: bytes | Iterable[bytes], mtime: float | None = None) -> None:
+        """A sidecar (.meta.json, .globals.sql) or the recovery kit is a small snapshot of its own, tagged like
+        an artifact; it replaces the snapshots an earlier write of that name made."""
         import hashlib
 
         earlier = [s["id"] for s in self.list_snapshots() if s["folder"] == folder and s["name"] == name and s["complete"]]
+        digest = hashlib.sha256()
         writer = ResticWriter(self, folder, name)
-        writer.write(data)
-        writer.commit(hashlib.sha256(data).hexdigest())
+        for chunk in chunks_of(data):
+            digest.update(chunk)
+            writer.write(chunk)
+        writer.commit(digest.hexdigest())
         if earlier:
             self.run(["restic", "forget", *earlier])
             self._snapshots = None
