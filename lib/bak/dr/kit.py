@@ -231,6 +231,16 @@ def _put(path: Path, data: bytes) -> None:
     LocalStore.write_small_at(path.parent, path.name, data)
 
 
+def _aside(path: Path) -> Path:
+    """A name beside `path` that nothing has: a file kept aside is never replaced by the next one."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    kept, number = path.with_name(f"{path.name}.before-bootstrap-{stamp}"), 1
+    while kept.exists():
+        number += 1
+        kept = path.with_name(f"{path.name}.before-bootstrap-{stamp}-{number}")
+    return kept
+
+
 def _merged_known_hosts(mine: Path, theirs: bytes) -> tuple[bytes, int]:
     have = mine.read_text().splitlines() if mine.is_file() else []
     new = [line for line in theirs.decode("utf-8", "replace").splitlines()
@@ -263,10 +273,9 @@ def bootstrap(spec: str, *, port: int = 22, key: str | None = None, fingerprint:
     outcome = Outcome({"from": spec, "kit": location, "written_at": index.get("written_at"),
                        "written_by": index.get("written_by"), "config": str(config_path), "journal": str(journal_path),
                        "kept": [], "operations": 0, "known_hosts_added": 0, "secrets": []})
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
         for path in present:
-            kept = path.with_name(f"{path.name}.before-bootstrap-{stamp}")
+            kept = _aside(path)
             os.replace(path, kept)
             outcome.result["kept"].append(str(kept))
         _put(config_path, files[KIT_CONFIG])
