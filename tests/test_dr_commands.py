@@ -27,7 +27,8 @@ CONFIG = config.from_data({
         {"name": "ct-200", "method": "vzdump", "host": "pve", "destinations": ["pve-local", "nfs", "disk", "pve-nfs"],
          "vzdump": {"vmid": 200, "guest": "lxc", "storage": "local"}},
         {"name": "pg-app", "method": "pg_dump", "host": "store", "destinations": ["nfs", "usb"],
-         "pg_dump": {"database": "app", "user": "backup", "bin_dir": PG_BIN, "format": "plain_gz", "globals": True}},
+         "pg_dump": {"database": "app", "user": "backup", "bin_dir": PG_BIN, "format": "plain_gz", "globals": True,
+                     "password": {"pgpass": "~/.pgpass"}}},
         {"name": "files-main", "method": "rsync", "host": "main", "destinations": ["disk", "nfs"],
          "rsync": {"source": "/home/me/projects"}},
         {"name": "vault", "method": "vault", "destinations": ["disk", "nfs"], "vault": {"path": "/home/me/vault"}},
@@ -148,3 +149,12 @@ def test_volume_listing_argv():
 def test_name_lists_parse_back(names):
     assert parse_names("\n".join(names) + "\n") == [n.strip() for n in names if n.strip()]
     assert parse_names("\r\n".join(names)) == [n.strip() for n in names if n.strip()]
+
+
+def test_what_bak_never_copies_is_named_with_the_machine_that_reads_it():
+    from bak.dr.kit import secret_references
+
+    assert secret_references(CONFIG) == [
+        {"where": "hosts.pve.key_file", "ref": "/keys/id", "on": "local", "here": False},
+        {"where": "destinations.usb.password", "ref": "env RESTIC_PW", "on": "local", "here": False},
+        {"where": "targets[2].pg_dump.password", "ref": "pgpass ~/.pgpass", "on": "store", "here": None}]

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bak import __version__
-from bak.config import Config, Host, key_path
+from bak.config import LOCAL, Config, Host, key_path
 from bak.dr import (KIT_CONFIG, KIT_FOLDER, KIT_INDEX, KIT_JOURNAL, KIT_KNOWN_HOSTS, KIT_TARBALL, RUNBOOK_HTML,
                     RUNBOOK_MD)
 from bak.errors import BadInput, BakError, HostKeyUnknown, LockHeld, Refused, VerifyFailed, WriteFailed
@@ -69,24 +69,29 @@ def recorded_fingerprint(host: Host) -> str | None:
 
 
 def secret_references(config: Config) -> list[dict]:
-    """Every key file and secret the config points to: what bak never copies and a new machine needs."""
-    found = [{"where": f"hosts.{name}.key_file", "ref": host.key_file, "here": Path(host.key_file).expanduser().is_file()}
-             for name, host in config.hosts.items() if host.key_file]
+    """Every key file and secret the config points to: what bak never copies and a new machine needs.
+    `on` is the machine that reads it (a target's pgpass is read where the target runs); `here` says
+    whether it is on this machine, when this machine is the one."""
+    found = [{"where": f"hosts.{name}.key_file", "ref": host.key_file, "on": LOCAL,
+              "here": Path(host.key_file).expanduser().is_file()} for name, host in config.hosts.items() if host.key_file]
 
-    def walk(node, path):
+    def walk(node, path, on):
         if isinstance(node, dict):
+            on = node.get("host", on) if path[:1] == ["targets"] and len(path) == 2 else on
             for key, value in node.items():
                 if key == "password" and isinstance(value, dict):
                     kind, ref = next(iter(value.items()))
-                    here = ref in os.environ if kind == "env" else Path(ref).expanduser().is_file()
-                    found.append({"where": key_path([*path, key]), "ref": f"{kind} {ref}", "here": here})
+                    reader = on if kind == "pgpass" else LOCAL  # bak reads the others and hands them over
+                    here = None if reader != LOCAL else ref in os.environ if kind == "env" else \
+                        Path(ref).expanduser().is_file()
+                    found.append({"where": key_path([*path, key]), "ref": f"{kind} {ref}", "on": reader, "here": here})
                 else:
-                    walk(value, [*path, key])
+                    walk(value, [*path, key], on)
         elif isinstance(node, list):
             for index, value in enumerate(node):
-                walk(value, [*path, index])
+                walk(value, [*path, index], on)
 
-    walk(config.raw, [])
+    walk(config.raw, [], LOCAL)
     return found
 
 
@@ -299,7 +304,7 @@ def bootstrap(spec: str, *, port: int = 22, key: str | None = None, fingerprint:
         return outcome
     outcome.result["secrets"] = secret_references(loaded)
     for secret in outcome.result["secrets"]:
-        if not secret["here"]:
+        if secret["here"] is False:
             outcome.warnings.append(f"{secret['where']} points to {secret['ref']}, which is not on this machine: "
                                     "put it back before bak needs it")
     return outcome

@@ -31,6 +31,10 @@ def rto_text(plan: dict) -> str:
     return text + (f" plus {len(missing)} step(s) never drilled ({', '.join(missing)})" if missing else "")
 
 
+def _read_on(secret: dict) -> str:
+    return "" if secret["on"] == "local" else f" (on {secret['on']}, which reads it)"
+
+
 def _where(copy: dict | None) -> str:
     if copy is None:
         return "-"
@@ -66,7 +70,7 @@ def markdown(plan: dict) -> str:
                 *(f"# on {line['on']}\n{line['run']}" for line in place["bootstrap"]), "```", ""]
     if plan["secrets"]:
         out += ["bak never copies secrets: put these back where the config points before you start.", ""]
-        out += [f"- `{s['where']}`: {s['ref']}" for s in plan["secrets"]] + [""]
+        out += [f"- `{s['where']}`: {s['ref']}{_read_on(s)}" for s in plan["secrets"]] + [""]
     out += ["Then `bak status` and `bak dr plan` show where things stand.", "", "## Order", "",
             "| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
     out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in _summary_rows(plan)]
@@ -125,7 +129,7 @@ def page(plan: dict) -> str:
                 _lines_html(place["bootstrap"])]
     if plan["secrets"]:
         out += ["<p>bak never copies secrets: put these back where the config points before you start.</p><ul>",
-                *(f"<li><code>{e(s['where'])}</code>: {e(str(s['ref']))}</li>" for s in plan["secrets"]), "</ul>"]
+                *(f"<li><code>{e(s['where'])}</code>: {e(s['ref'] + _read_on(s))}</li>" for s in plan["secrets"]), "</ul>"]
     out += ["<h2>Order</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in SUMMARY_HEADER) + "</tr>",
             *("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in _summary_rows(plan)),
             "</table>", *(f"<p>Note: {e(note)}.</p>" for note in plan["left_out"])]
