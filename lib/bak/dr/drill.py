@@ -45,9 +45,10 @@ def drill_all(config: Config, store_name: str | None = None, progress=None) -> O
                 else:
                     outcome.failed(exc)
             restore_s = result.get("restore_duration_s")
+            timed = restore_s is not None and estimate is not None
             row.update(backup=result.get("backup"), store=result.get("store"), passed=bool(result.get("passed")),
                        restore_s=restore_s, measured_s=round(time.monotonic() - started, 3),
-                       difference_s=round(restore_s - estimate, 3) if restore_s is not None and estimate is not None else None,
+                       difference_s=round(restore_s - estimate, 3) if timed else None,
                        checks=result.get("checks", []), **({"error": result["error"]} if "error" in result else {}))
             outcome.result["steps"].append(row)
         outcome.warnings.extend(session.ctx.warnings)
