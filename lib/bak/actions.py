@@ -7,13 +7,14 @@ from datetime import datetime
 from bak import catalog, notify, watch
 from bak.catalog import Backup
 from bak.config import Config, Target
+from bak.dr import kit
 from bak.errors import BadInput, BakError, VerifyFailed
 from bak.journal import Journal
 from bak.locks import target_lock
 from bak.methods import Context, method_for
 from bak.report import Outcome
 from bak.run import Hosts
-from bak.stores import open_store, stores_for
+from bak.stores import Store, open_store, stores_for
 
 
 class Session:
@@ -38,6 +39,7 @@ def create(config: Config, targets: list[Target], *, dry_run: bool = False, prog
            ping_url: str | None = None) -> Outcome:
     outcome = _create(config, targets, dry_run=dry_run, progress=progress, ping_url=ping_url)
     if not dry_run:
+        kit.refresh(config, outcome)
         report_run(config, outcome, ping_url)
         watch.after_create(config, outcome)
     return outcome
@@ -232,23 +234,32 @@ def drill(config: Config, targets: list[Target], store_name: str | None = None) 
         for target in targets:
             store = backup = None
             try:
-                method = method_for(target.method)
                 store, backup = copies_of(session, target, None, store_name)[0]
-                with target_lock(target.name, "drill"):
-                    with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op:
-                        result = method.drill(session.ctx, target, store, backup)
-                        op.details.update(result)
-                        op.bytes = backup.size
+                result = drill_backup(session, target, store, backup)
                 outcome.result["drills"].append(result)
             except BakError as exc:
-                row = {"target": target.name, "backup": backup and backup.name, "store": store and store.name,
-                       "passed": False, **(exc.details.get("result") or {}), "error": exc.message}
-                outcome.result["drills"].append(row)
+                outcome.result["drills"].append(failed_drill(target, store, backup, exc))
                 outcome.failed(exc)
         outcome.warnings.extend(session.ctx.warnings)
     notify.report_failures(config, "drill_failed", "restore drill",
                            [d["target"] for d in outcome.result["drills"] if not d.get("passed")], outcome)
     return outcome
+
+
+def drill_backup(session: Session, target: Target, store: Store, backup: Backup) -> dict:
+    """One drill of one copy, under the target's lock, journaled with the copy it read."""
+    method = method_for(target.method)
+    with target_lock(target.name, "drill"):
+        with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op:
+            result = method.drill(session.ctx, target, store, backup)
+            op.details.update(result)
+            op.bytes = backup.size
+    return result
+
+
+def failed_drill(target: Target, store: Store | None, backup: Backup | None, exc: BakError) -> dict:
+    return {"target": target.name, "backup": backup and backup.name, "store": store and store.name,
+            "passed": False, **(exc.details.get("result") or {}), "error": exc.message}
 
 
 def listing(config: Config, targets: list[Target], filters: dict | None = None) -> Outcome:

@@ -1,4 +1,5 @@
-"""Health per target and destination: age vs interval, size trend, 3-2-1 copies, verify and drill, space.
+"""Health per target and destination: age vs interval, size trend, 3-2-1 copies, verify and drill, proven RPO
+(the age of the newest backup that passed a restore drill), space.
 
 Every host is asked in parallel over its one connection, each folder is listed and parsed once
 for all the targets that write there, and the journal is read once per kind: a run costs about
@@ -11,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 from bak import catalog, forecast, media, naming
-from bak.config import Config, Target
+from bak.config import Config, Target, parse_duration
+from bak.discover import coverage_summary
 from bak.errors import BakError
 from bak.journal import Journal
 from bak.report import Outcome
@@ -136,16 +138,36 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
     drill = journal["drill"].get(target.name)
     entry["last_drill"] = ({"at": drill["started_at"], "status": drill["status"],
                             "restore_s": (drill["details"] or {}).get("restore_duration_s")} if drill else None)
-    good_drill = journal["drill_ok"].get(target.name)
-    drilled_at = _when(good_drill["started_at"]) if good_drill else None
-    entry["drill_overdue"] = drilled_at is None or utc_now - drilled_at > DRILL_EVERY
-    if entry["drill_overdue"] and newest is not None:
-        problems.append("no successful restore drill in 31 days" if good_drill else "never test-restored")
+    drills = latest_drill_of_each_backup(journal["drill_by_copy"].get(target.name, {}))
+    passed = [when for when in (_when(r["started_at"]) for r in drills.values() if r["status"] == "ok") if when]
+    entry["drill_overdue"] = not passed or utc_now - max(passed) > DRILL_EVERY
+    proven = next((b for b in backups if drills.get(b.name, {}).get("status") == "ok"), None)
+    bound = parse_duration(config.dr["proven_rpo_max"])
+    entry["proven_rpo"] = None
+    if proven is not None:
+        age = now - proven.when
+        entry["proven_rpo"] = {"backup": proven.name, "when": proven.when.isoformat(),
+                               "age_h": round(age.total_seconds() / 3600, 2), "bound_h": bound.total_seconds() / 3600,
+                               "ok": age <= bound}
+        if age > bound:
+            problems.append(f"proven RPO {_age_text(age)} exceeds {_age_text(bound)}: the newest backup that passed a "
+                            f"restore drill is {proven.name}")
+    elif newest is not None:
+        problems.append("never test-restored: no backup on its destinations passed a restore drill")
     entry["partials"] = [{"store": l.store, "name": p.name} for l in listings for p in l.partials]
     if entry["partials"]:
         problems.append(f"{len(entry['partials'])} leftover .partial file(s) from interrupted runs")
     entry["problems"] = problems
     return entry
+
+
+def latest_drill_of_each_backup(by_copy: dict[tuple[str, str], dict]) -> dict[str, dict]:
+    """The newest drill of each backup, whichever copy it read: a backup is proven while its last drill passed."""
+    latest: dict[str, dict] = {}
+    for (_, name), row in by_copy.items():
+        if name not in latest or row["id"] > latest[name]["id"]:
+            latest[name] = row
+    return latest
 
 
 def space_series(name: str, scanned: dict, pruned: list[dict], now: datetime) -> list[tuple[float, float]]:
@@ -196,15 +218,19 @@ def status(config: Config, now: datetime | None = None) -> Outcome:
     journal = Journal.default()
     try:
         history = {"create": journal.latest("create"), "verify": journal.latest("verify"),
-                   "drill": journal.latest("drill"), "drill_ok": journal.latest("drill", status="ok"),
+                   "drill": journal.latest("drill"), "drill_by_copy": journal.verdicts_by_copy("drill"),
                    "pruned": pruned_since(journal, now - timedelta(seconds=forecast.WINDOW_S))}
+        coverage = coverage_summary(config, next(iter(journal.query(kind="discover", limit=1)), None))
     finally:
         journal.close()
     with Hosts(config) as hosts:  # open while sizes are read from snapshot manifests
         scanned = gather(config, hosts)
         targets = [target_health(config, t, scanned, history, now) for t in config.targets if t.enabled]
         destinations = [destination_health(config, name, scanned[name], history["pruned"], now) for name in sorted(scanned)]
-    outcome = Outcome({"summary": "", "targets": targets, "destinations": destinations})
+    outcome = Outcome({"summary": "", "targets": targets, "destinations": destinations, "coverage": coverage})
+    if coverage and coverage["unprotected"]:
+        outcome.problem("unprotected", f"{coverage['unprotected']} item(s) found by bak discover that no target backs up: "
+                        + ", ".join(coverage["unprotected_items"][:5]), None, "See them all: bak discover")
     for entry in targets:
         for problem in entry["problems"]:
             outcome.problem(f"target_{entry['state'].lower()}" if entry["state"] != "OK" else "target_attention",
@@ -220,10 +246,12 @@ def status(config: Config, now: datetime | None = None) -> Outcome:
                             dest["destination"], "Prune (bak prune --dry-run) or add space.")
     attention = [t["target"] for t in targets if t["problems"]]
     tight = [d["destination"] for d in destinations if d["level"] != "ok"]
-    if not attention and not tight:
+    unprotected = coverage["unprotected"] if coverage else 0
+    if not attention and not tight and not unprotected:
         outcome.result["summary"] = f"HEALTHY: {len(targets)} target(s) OK, {len(destinations)} destination(s) OK"
     else:
         outcome.result["summary"] = (f"ATTENTION: {len(attention)} of {len(targets)} target(s) need attention"
                                      + (f" ({', '.join(attention)})" if attention else "")
-                                     + (f"; destinations: {', '.join(tight)}" if tight else ""))
+                                     + (f"; destinations: {', '.join(tight)}" if tight else "")
+                                     + (f"; {unprotected} unprotected item(s)" if unprotected else ""))
     return outcome

@@ -200,15 +200,20 @@ class ResticStore(Store):
             return b"".join(iter(lambda: stream.read(1 << 20), b""))[:limit]
 
     def write_small(self, folder: str, name: str, data: bytes | Iterable[bytes], mtime: float | None = None) -> None:
-        """A sidecar (.meta.json, .globals.sql) is a small snapshot of its own, tagged like an artifact."""
+        """A sidecar (.meta.json, .globals.sql) or the recovery kit is a small snapshot of its own, tagged like
+        an artifact; it replaces the snapshots an earlier write of that name made."""
         import hashlib
 
+        earlier = [s["id"] for s in self.list_snapshots() if s["folder"] == folder and s["name"] == name and s["complete"]]
         digest = hashlib.sha256()
         writer = ResticWriter(self, folder, name)
         for chunk in chunks_of(data):
             digest.update(chunk)
             writer.write(chunk)
         writer.commit(digest.hexdigest())
+        if earlier:
+            self.run(["restic", "forget", *earlier])
+            self._snapshots = None
 
     def open_read(self, folder: str, name: str) -> BinaryIO:
         snapshot = self._find(folder, name)
