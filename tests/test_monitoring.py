@@ -115,7 +115,8 @@ def test_the_textfile_holds_what_the_lab_knows(bak_home):
         journal_row("create", "old", "failed", utc - timedelta(hours=hours))
     journal_row("verify", "app", "ok", utc - timedelta(hours=1))
     journal_row("verify", "old", "failed", utc - timedelta(hours=1))
-    journal_row("drill", "app", "ok", utc - timedelta(hours=3), details={"name": naming.pg_dump_name("app", drilled)})
+    journal_row("drill", "app", "ok", utc - timedelta(hours=3),
+                details={"store": "store", "name": naming.pg_dump_name("app", drilled)})  # as a real drill records it
     journal_row("drill", "app", "failed", utc - timedelta(minutes=30))
     folder = bak_home / "textfile"
     folder.mkdir()

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bak import naming
 from bak.config import Config
 from bak.errors import BadInput
 from bak.journal import Journal
@@ -76,17 +75,6 @@ def _epoch(text: str | None, naive_is_utc: bool = True) -> float | None:
     return value.timestamp()
 
 
-def proven_backup_times(journal: Journal) -> dict[str, datetime]:
-    """Per target, the creation time of the newest backup a restore drill passed on: what a restore is proven
-    to give back. Its age is the proven recovery point objective."""
-    proven: dict[str, datetime] = {}
-    for row in journal.query(kind="drill", status="ok", limit=1_000_000):
-        parsed = naming.parse((row["details"] or {}).get("name") or "")
-        if parsed and row["target"] and (row["target"] not in proven or parsed.when > proven[row["target"]]):
-            proven[row["target"]] = parsed.when
-    return proven
-
-
 def collect(status_result: dict, journal: Journal, now: datetime) -> list[Family]:
     """Every family, from a `bak status` result and the journal; `now` is local and naive like backup times."""
     F = Family
@@ -115,7 +103,6 @@ def collect(status_result: dict, journal: Journal, now: datetime) -> list[Family
     last_ok = journal.latest("create", status="ok")
     last_create = journal.latest("create")
     failed = journal.counts("create", FAILED)
-    proven = proven_backup_times(journal)
     for entry in status_result["targets"]:
         name = entry["target"]
         for each in STATES:
@@ -137,8 +124,8 @@ def collect(status_result: dict, journal: Journal, now: datetime) -> list[Family
             if entry.get(check):
                 ok_family.add(entry[check]["status"] == "ok", target=name)
                 at_family.add(_epoch(entry[check]["at"]), target=name)
-        if name in proven:
-            rpo.add(max(0.0, (now - proven[name]).total_seconds()), target=name)
+        if entry.get("proven_rpo"):  # status's: the newest backup still there whose last drill passed
+            rpo.add(max(0.0, (now - datetime.fromisoformat(entry["proven_rpo"]["when"])).total_seconds()), target=name)
         rule.add(entry["copies"]["ok"], target=name)
     for dest in status_result["destinations"]:
         reachable = dest["level"] != "unreachable"
