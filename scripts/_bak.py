@@ -32,7 +32,8 @@ LIB = SCRIPTS.parent / "lib"
 REQUIREMENTS = SCRIPTS / "requirements.lock"
 # The import name of each distribution that pyproject.toml lists as a dependency.
 MODULES = {"click": "click", "paramiko": "paramiko", "pyyaml": "yaml", "jsonschema": "jsonschema",
-           "platformdirs": "platformdirs", "filelock": "filelock", "rich": "rich", "zstandard": "zstandard"}
+           "platformdirs": "platformdirs", "filelock": "filelock", "rich": "rich", "zstandard": "zstandard",
+           "apprise": "apprise"}
 RERUN_MARK = "BAK_ENV_READY"  # set for the second run, so a broken environment cannot loop
 EXIT_REFUSED = 3
 

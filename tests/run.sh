@@ -5,15 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(rsync openssh-server openssh-client postgresql restic rclone zstd git gzip tar procps util-linux coreutils
-          systemd findutils podman runc conmon podman-docker busybox-static)
+          systemd findutils podman runc conmon podman-docker busybox-static chromium fonts-liberation)
 have_all() {
   local tool
   for tool in rsync /usr/sbin/sshd ssh ssh-keygen restic rclone zstd git gzip tar pkill mount unshare runuser sha256sum \
-              systemd-analyze find podman runc conmon docker /bin/busybox; do
+              systemd-analyze find podman runc conmon docker /bin/busybox chromium; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || return 1
   done
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || return 1
   id postgres >/dev/null 2>&1 || return 1
+  [ -d /usr/share/fonts/truetype/liberation ] || return 1
 }
 
 if ! have_all; then

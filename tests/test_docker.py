@@ -510,6 +510,29 @@ def test_config_names_match_whole_strings_and_cli_is_checked(bak_home):
         assert [p["where"] for p in config.validate(bad)] == [f"targets[0].docker_volume.{key}"], (key, value)
 
 
+# --- discover --------------------------------------------------------------------------------------
+def test_discover_lists_the_engines_volumes_on_each_host_and_flags_those_no_target_backs_up(engine, engine_host, app,
+                                                                                              bak_home):
+    forgotten = f"forgotten{app.volume}"
+    engine.podman("volume", "create", forgotten)
+    known = engine_host.trust(bak_home / "known_hosts")
+    target = {"method": "docker_volume", "destinations": ["nfs"],
+              "docker_volume": {"container": app.container, "volume": app.volume}}
+    write_config(bak_home / "config.yaml", {
+        "version": 1, "hosts": {"engine": engine_host.host_config(known)},
+        "destinations": {"nfs": {"kind": "local", "path": str(bak_home / "dest")}},
+        "targets": [{**target, "name": "here", "docker_volume": {**target["docker_volume"], "cli": "podman"}},
+                    {**target, "name": "there", "host": "engine"}]})
+    found = run_cli("discover")
+    assert found.code == 1
+    items = {(i["host"], i["cli"], i["name"]): i["covered_by"] for i in found.envelope["result"]["items"]}
+    assert items == {("local", "podman", app.volume): ["here"], ("local", "podman", forgotten): [],
+                     ("engine", "docker", app.volume): ["there"], ("engine", "docker", forgotten): []}
+    assert {e["message"] for e in found.envelope["errors"]} == {
+        f"podman volume {forgotten} on local: no target backs it up",
+        f"docker volume {forgotten} on engine: no target backs it up"}
+
+
 # --- the stand-in, for the one fault a real engine does not produce -----------------------------
 @pytest.fixture
 def standin(bak_home, monkeypatch):

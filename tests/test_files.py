@@ -252,3 +252,60 @@ def test_diverged_remote_is_reported_not_force_pushed(vault, bak_home):
     assert git("--git-dir", str(remote), "rev-parse", "main") == remote_head
     verify = run_cli("verify")
     assert verify.code == 1 and "remote origin HEAD" in verify.envelope["errors"][0]["message"]
+
+
+def test_every_manifest_row_holds_the_files_real_checksum(bak_home):
+    """New files (rsync's own sum), changed ones, unchanged ones (from the previous manifest) and unchanged
+    ones with no manifest to take them from (asked of rsync), each checked with the xxHash reference library."""
+    need("rsync")
+    source, dest = bak_home / "src", bak_home / "dest"
+    make_tree(source, files=30, size=4096)
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, excludes=[])
+    folder = dest / "rsync" / "files"
+
+    def check(name):
+        head, *rows = [json.loads(line) for line in (folder / f"{name}.manifest").read_text().splitlines()]
+        files = {r["path"]: r for r in rows if r["type"] == "f"}
+        assert head["files"] == len(files) == sum(1 for p in (folder / name).rglob("*") if p.is_file())
+        for path, row in files.items():
+            assert row["xxh128"] == xxhash.xxh3_128_hexdigest((folder / name / path).read_bytes()), path
+        return files
+
+    first = run_cli("create").envelope["result"]["targets"][0]["name"]
+    check(first)
+    (source / "dir1" / "file1.txt").write_bytes(b"changed content")
+    (source / "dir2" / "new.txt").write_bytes(b"a new file")
+    (source / "dir3" / "file3.txt").unlink()
+    time.sleep(1.05)
+    second = run_cli("create").envelope["result"]["targets"][0]["name"]
+    rows = check(second)
+    assert "dir3/file3.txt" not in rows and "dir2/new.txt" in rows
+    # No manifest to take unchanged files' sums from (a run killed before writing it, a copy without it):
+    # they are asked of rsync on the store's host.
+    (folder / f"{second}.manifest").rename(folder / "kept-aside")
+    time.sleep(1.05)
+    third = run_cli("create").envelope["result"]["targets"][0]
+    assert third["copies"][0]["ok"] and third["copies"][0]["stats"]["files_transferred"] == 0
+    check(third["name"])
+
+
+def test_verify_reads_a_big_tree_with_one_rsync_per_core_and_still_finds_a_flipped_byte(bak_home, monkeypatch):
+    import bak.methods.rsync as rsync_method
+
+    need("rsync")
+    monkeypatch.setattr(rsync_method, "PARALLEL_MIN_BYTES", 0)  # every tree counts as big
+    monkeypatch.setattr(rsync_method, "cores", lambda runner: 3)
+    source, dest = bak_home / "src", bak_home / "dest"
+    make_tree(source, files=40, size=3000)
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, excludes=[])
+    name = run_cli("create").envelope["result"]["targets"][0]["name"]
+    checked = run_cli("verify")
+    assert checked.code == 0 and checked.envelope["result"]["checked"][0]["files"] == 42
+    victim = dest / "rsync" / "files" / name / "dir7" / "file17.txt"
+    stat = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[100] ^= 4
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    caught = run_cli("verify")
+    assert caught.code == 1 and "dir7/file17.txt (content differs)" in caught.envelope["errors"][0]["message"]

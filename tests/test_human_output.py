@@ -65,8 +65,9 @@ def lab(bak_home, sshd, monkeypatch):
     answers = bak_home / "answers.yaml"
     answers.write_text(yaml.safe_dump({"destinations": {"here": {"kind": "local", "path": str(bak_home / "w")}},
                                        "folders": [{"name": "documents", "source": str(source)}]}))
+    (bak_home / "textfile").mkdir()
     return {"home": bak_home, "answers": answers, "fingerprint": sshd.fingerprint(),
-            "crontab": bak_home / "crontab"}
+            "crontab": bak_home / "crontab", "textfile": bak_home / "textfile"}
 
 
 def scenarios(lab, width):
@@ -88,6 +89,10 @@ def scenarios(lab, width):
         "pg restore": [["pg", "restore", "-t", "project-files"]],
         "pg drill": [["pg", "drill"]],
         "drill": [["drill"]],
+        "dr plan": [["dr", "plan"], ["dr", "plan", "--runbook", str(home / f"runbook-{width}.md")]],
+        "dr drill": [["dr", "drill"]],
+        "discover": [["discover"]],
+        "bootstrap": [["bootstrap", "--from", str(home / "backups-on-this-disk"), "--force"]],
         "schedule show": [["schedule", "show", "--crontab-file", str(lab["crontab"])]],
         "schedule install": [["schedule", "install", "--dry-run", "--crontab-file", str(lab["crontab"]),
                               "--unit-dir", str(home / "units"), "--task-dir", str(home / "tasks")]],
@@ -96,6 +101,8 @@ def scenarios(lab, width):
         "wizard setup": [["wizard", "setup", "--answers", str(lab["answers"]), "--output", str(home / f"new-{width}.yaml")]],
         "wizard strategy": [["wizard", "strategy", "--measure"]],
         "doctor": [["doctor"]],
+        "metrics": [["metrics", "--textfile", str(lab["textfile"])]],
+        "report": [["report", "--html", str(home / f"report-{width}.html")]],
         "skill install": [["skill", "install"]],
         "sync": [["sync", "--to", "usb-restic", "--dry-run"], ["sync", "--to", "usb-restic"]],
         "destination init": [["destination", "init", f"spare-{width}"]],
@@ -107,7 +114,7 @@ def words(text: str) -> list[str]:
 
 
 def test_every_command_is_covered(tmp_path):
-    stub = {"home": tmp_path, "answers": "", "fingerprint": "", "crontab": ""}
+    stub = {"home": tmp_path, "answers": "", "fingerprint": "", "crontab": "", "textfile": ""}
     assert set(leaf_commands()) == set(scenarios(stub, 80)) | NOT_TABLES
 
 

@@ -6,17 +6,14 @@ killed mid-upload, a wrong password, a live and a stale lock, a full disk behind
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from bak.stores.restic import ResticStore
-from conftest import REPO, ResticServer, bak_subprocess, free_port, kill_tree, need, run_cli, write_config
+from conftest import ResticServer, bak_subprocess, free_port, kill_tree, need, run_cli, write_config
 from test_files import make_tree
 from test_pg import pg  # noqa: F401  (the module fixture: a database with tables)
 

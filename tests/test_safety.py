@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bak import naming
-from conftest import REPO, bak_subprocess, kill_tree, need, run_cli, write_config
+from conftest import bak_subprocess, kill_tree, need, run_cli, write_config
 from test_files import files_config, make_tree
 from test_pg import PASSWORD, pg_options
 
@@ -404,7 +404,8 @@ def test_no_secret_on_disk_or_in_a_child_environment_even_after_sigkill(bak_home
             "targets": [{"name": "slow", "method": "pg_dump", "host": host, "destinations": ["nfs"],
                          "pg_dump": pg_options(postgres, database="slow", format="plain_gz")}]})
         proc = bak_subprocess("create", "--json")
-        dumper = wait_for(lambda: [p for p in processes_naming("pg_dump") if comm(p) == "pg_dump"], what="pg_dump running")[0]
+        ours = f"-p\0{postgres.port}\0"  # this session's server: other runs on the machine dump elsewhere
+        dumper = wait_for(lambda: [p for p in processes_naming(ours) if comm(p) == "pg_dump"], what="pg_dump running")[0]
         environ = Path(f"/proc/{dumper}/environ").read_bytes().split(b"\0")
         assert not any(v.startswith(b"BAK_TEST_PG_PASSWORD=") for v in environ)
         passfile = next(v for v in environ if v.startswith(b"PGPASSFILE=")).split(b"=", 1)[1].decode()
@@ -416,7 +417,7 @@ def test_no_secret_on_disk_or_in_a_child_environment_even_after_sigkill(bak_home
         proc.wait()
         if host != "local":
             wait_for(lambda: not Path(passfile).parent.exists(), timeout=10, what="the remote passfile removed")
-        wait_for(lambda: not [p for p in processes_naming("pg_dump") if comm(p) == "pg_dump"], timeout=10,
+        wait_for(lambda: not [p for p in processes_naming(ours) if comm(p) == "pg_dump"], timeout=10,
                  what="no pg_dump left")
     # bak's private temp files (here and on the SSH host), shared memory and the lab: no copy of the password.
     temp = Path(__import__("tempfile").gettempdir())

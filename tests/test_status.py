@@ -22,9 +22,9 @@ def dump(folder, db, hours_ago, data=b"PGDMP-data"):
     return name
 
 
-def journal_row(kind, target, status, days_ago=0.0, error=None):
+def journal_row(kind, target, status, days_ago=0.0, error=None, details=None):
     journal = Journal.default()
-    op = journal.start(kind, target)
+    op = journal.start(kind, target, details)
     journal.finish(op, status, error_tail=error)
     when = (datetime.now(timezone.utc) - timedelta(days=days_ago)).isoformat(timespec="seconds")
     journal.db.execute("UPDATE operations SET started_at = ? WHERE id = ?", (when, op))
@@ -50,17 +50,20 @@ def lab(bak_home, tiny_disk, sshd):
                     target("failing", "failing", ["a", "b"]), target("leftover", "leftover", ["a", "b"]),
                     target("nodrill", "nodrill", ["a", "b"]), target("onecopy", "onecopy", ["c"]),
                     target("full", "full", ["a", "tiny"])]})
+    made = {}
     for name, hours in (("fresh", 1), ("late", 8), ("stale", 20), ("failing", 3), ("leftover", 1), ("nodrill", 1),
                         ("full", 1)):
         for dest in ("a", "b") if name != "full" else ("a",):
-            dump(bak_home / dest / "postgresql", name, hours)
-    dump(bak_home / "c" / "postgresql", "onecopy", 1)
+            made[name] = dump(bak_home / dest / "postgresql", name, hours)
+    made["onecopy"] = dump(bak_home / "c" / "postgresql", "onecopy", 1)
     dump(tiny_disk / "postgresql", "full", 1, data=os.urandom(950 * 1024))
     (bak_home / "a" / "postgresql" / (naming.pg_dump_name("leftover", NOW) + ".partial")).write_bytes(b"half")
     for name in ("fresh", "late", "stale", "failing", "leftover", "onecopy", "full"):
-        journal_row("drill", name, "ok", days_ago=2)
-        journal_row("verify", name, "ok", days_ago=1)
-    journal_row("drill", "nodrill", "ok", days_ago=40)
+        journal_row("drill", name, "ok", days_ago=2, details={"store": "a", "name": made[name]})
+        journal_row("verify", name, "ok", days_ago=1, details={"store": "a", "name": made[name]})
+    # nodrill's one drill, 40 days ago, restored a backup pruned since: nothing on its destinations is proven.
+    journal_row("drill", "nodrill", "ok", days_ago=40,
+                details={"store": "a", "name": naming.pg_dump_name("nodrill", NOW - timedelta(days=40))})
     journal_row("create", "failing", "failed", days_ago=0, error="pg_not_ready: PostgreSQL at 127.0.0.1:5432 is not ready")
     return bak_home
 
@@ -79,7 +82,10 @@ def test_status_reports_each_state(lab):
     assert any(m.endswith("on this machine") for m in fresh["media"]) and any(m.endswith("on 127.0.0.1") for m in fresh["media"])
     assert "pg_not_ready" in targets["failing"]["problems"][0]
     assert targets["leftover"]["partials"] == [{"store": "a", "name": naming.pg_dump_name("leftover", NOW) + ".partial"}]
-    assert targets["nodrill"]["drill_overdue"] and "no successful restore drill in 31 days" in targets["nodrill"]["problems"]
+    assert targets["nodrill"]["drill_overdue"] and targets["nodrill"]["proven_rpo"] is None
+    assert "never test-restored: no backup on its destinations passed a restore drill" in targets["nodrill"]["problems"]
+    assert targets["fresh"]["proven_rpo"]["backup"] == naming.pg_dump_name("fresh", NOW - timedelta(hours=1))
+    assert 0.9 < targets["fresh"]["proven_rpo"]["age_h"] < 1.2 and targets["fresh"]["proven_rpo"]["ok"]
     assert targets["onecopy"]["copies"]["copies"] == 2 and not targets["onecopy"]["copies"]["ok"]
     assert "3-2-1 not met: missing 3 copies, 2 media, 1 offsite" in targets["onecopy"]["problems"]
     assert targets["missing"]["problems"] == ["no backup on any destination"]
@@ -103,6 +109,21 @@ def test_healthy_lab_exits_0(lab):
     assert result.code == 0, result.envelope
     assert result.envelope["result"]["summary"].startswith("HEALTHY")
     assert cfg
+
+
+def test_a_proven_rpo_past_the_configured_bound_is_flagged(lab):
+    import yaml
+
+    data = yaml.safe_load((lab / "config.yaml").read_text())
+    data["dr"] = {"proven_rpo_max": "6h"}
+    write_config(lab / "config.yaml", data)
+    targets = {t["target"]: t for t in run_cli("status").envelope["result"]["targets"]}
+    late, fresh = targets["late"]["proven_rpo"], targets["fresh"]["proven_rpo"]
+    expected_h = 8 + (datetime.now() - NOW).total_seconds() / 3600  # NOW was taken when the module was collected
+    assert late["bound_h"] == 6 and abs(late["age_h"] - expected_h) < 0.1 and not late["ok"]
+    assert f"proven RPO {late['age_h']:.1f}h exceeds 6.0h: the newest backup that passed a restore drill is " \
+        f"{late['backup']}" in targets["late"]["problems"]
+    assert fresh["ok"] and not any("proven RPO" in p for p in targets["fresh"]["problems"])
 
 
 def test_list_filters(lab):

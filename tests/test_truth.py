@@ -31,14 +31,17 @@ def status_lab(home: Path) -> None:
 
 
 journal_rows = st.lists(st.fixed_dictionaries({
-    "kind": st.sampled_from(["create", "verify", "drill", "restore", "prune", "bogus"]),
+    "kind": st.sampled_from(["create", "verify", "drill", "restore", "prune", "discover", "bogus"]),
     "target": st.one_of(st.none(), st.sampled_from(["db", "other", "gone"]), st.text(max_size=5)),
     "started_at": st.one_of(st.just(datetime.now(timezone.utc).isoformat(timespec="seconds")),
                             st.text(max_size=12), st.just("2026-13-45T99:99:99")),
     "status": st.sampled_from(["ok", "failed", "partial", "interrupted", "running", "??"]),
     "error_tail": st.one_of(st.none(), st.just(""), st.just("\n\n"), st.text(max_size=40)),
     "details": st.one_of(st.none(), st.just("{}"), st.just("[1, 2]"), st.just("not json"),
-                         st.just('{"restore_duration_s": "x"}'), st.just('{"name": 5}')),
+                         st.just('{"restore_duration_s": "x"}'), st.just('{"name": 5}'),
+                         st.just('{"store": "here", "name": "pg-db-2026-01-01_000000.dump", "restore_duration_s": 2}'),
+                         st.just('{"items": 5}'), st.just('{"items": [1, {"host": 2}, {"host": "h", "name": "n", '
+                                                         '"kind": "guest", "vmid": "x"}]}')),
     "pid": st.one_of(st.none(), st.integers(1, 4 << 20)),
 }), max_size=12)
 
@@ -59,8 +62,8 @@ def test_status_answers_whatever_the_journal_holds(bak_home, rows):
                                                 row["error_tail"], row["details"], row["pid"], os.uname().nodename))
     db.commit()
     db.close()
-    for command in ("status", "log"):
-        result = run_cli(command)
+    for command in (["status"], ["log"], ["dr", "plan"]):
+        result = run_cli(*command)
         assert result.code in (0, 1), result.stdout
         assert result.envelope is not None
 

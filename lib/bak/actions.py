@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bak import catalog
+from bak import catalog, notify, watch
 from bak.catalog import Backup
 from bak.config import Config, Target
+from bak.dr import kit
 from bak.errors import BadInput, BakError, VerifyFailed
 from bak.journal import Journal
 from bak.locks import target_lock
 from bak.methods import Context, method_for
 from bak.report import Outcome
 from bak.run import Hosts
-from bak.stores import open_store, stores_for
+from bak.stores import Store, open_store, stores_for
 
 
 class Session:
@@ -38,26 +39,33 @@ def create(config: Config, targets: list[Target], *, dry_run: bool = False, prog
            ping_url: str | None = None) -> Outcome:
     outcome = _create(config, targets, dry_run=dry_run, progress=progress, ping_url=ping_url)
     if not dry_run:
+        kit.refresh(config, outcome)
         report_run(config, outcome, ping_url)
+        watch.after_create(config, outcome)
     return outcome
 
 
 def report_run(config: Config, outcome: Outcome, ping_url: str | None) -> None:
-    """The end of a (scheduled) run: the success or fail ping, and the webhook for configured events."""
+    """The end of a (scheduled) run: the success or fail ping, and the notifiers for configured events."""
+    import socket
+
     from bak import notify
 
     failed = bool(outcome.errors)
     tail = "\n".join(f"{e['where']}: {e['message']}" for e in outcome.errors)
-    problems = []
     if ping_url:
-        problems.append(notify.ping(ping_url, "fail" if failed else "success", tail))
-    hook = config.notify.get("webhook_url")
-    event = "failure" if failed else "success"
-    if hook and event in config.notify.get("events", ["failure"]):
-        targets = [t["target"] for t in outcome.result["targets"]]
-        problems.append(notify.webhook(hook, event, tail or f"backed up {', '.join(targets)}",
-                                       {"targets": outcome.result["targets"], "errors": outcome.errors}))
-    outcome.warnings.extend(f"notification failed: {p}" for p in problems if p)
+        problem = notify.ping(ping_url, "fail" if failed else "success", tail)
+        outcome.warnings.extend([f"notification failed: {problem}"] if problem else [])
+    targets = [t["target"] for t in outcome.result["targets"]]
+    failing = [t["target"] for t in outcome.result["targets"] if t.get("status") != "ok"]
+    details = {"targets": outcome.result["targets"], "errors": outcome.errors}
+    if failed:
+        title = f"bak: backup of {', '.join(failing or targets)} failed on {socket.gethostname()}"
+        outcome.warnings.extend(notify.send(config, "failure", title, tail, details))
+    else:
+        summary = f"backed up {', '.join(targets)}"
+        outcome.warnings.extend(notify.send(config, "success", f"bak: {summary} on {socket.gethostname()}", summary,
+                                            details))
 
 
 def _create(config: Config, targets: list[Target], *, dry_run: bool, progress, ping_url: str | None) -> Outcome:
@@ -187,6 +195,8 @@ def verify(config: Config, targets: list[Target], *, every: bool = False, names:
             rows = check_repositories(config, targets, session.hosts, session.journal, outcome, session.ctx.progress)
             if rows:
                 outcome.result["repositories"] = rows
+    notify.report_failures(config, "verify_failed", "verify",
+                           sorted({r["target"] for r in outcome.result["checked"] if not r["ok"]}), outcome)
     return outcome
 
 
@@ -208,6 +218,10 @@ def restore(config: Config, target: Target, *, name: str | None, store_name: str
             force: bool, dry_run: bool, options: dict) -> Outcome:
     """From the first copy that proves intact while it is read; a damaged copy is skipped (and said),
     unless --from chose it. The dry run checks rights and what would be replaced, and refuses as the run would."""
+    for where, value in (("--into", into), ("--file", options.get("file"))):
+        if value is not None and any(ord(c) < 32 or c == "\x7f" for c in value):
+            raise BadInput(f"{where} {value[:80]!r} holds a control character (a newline?)", where=where,
+                           hint="Name the place to restore into without control characters.")
     with Session(config) as session:
         method = method_for(target.method)
         candidates = copies_of(session, target, name, store_name)
@@ -243,21 +257,32 @@ def drill(config: Config, targets: list[Target], store_name: str | None = None) 
         for target in targets:
             store = backup = None
             try:
-                method = method_for(target.method)
                 store, backup = copies_of(session, target, None, store_name)[0]
-                with target_lock(target.name, "drill"):
-                    with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op:
-                        result = method.drill(session.ctx, target, store, backup)
-                        op.details.update(result)
-                        op.bytes = backup.size
+                result = drill_backup(session, target, store, backup)
                 outcome.result["drills"].append(result)
             except BakError as exc:
-                row = {"target": target.name, "backup": backup and backup.name, "store": store and store.name,
-                       "passed": False, **(exc.details.get("result") or {}), "error": exc.message}
-                outcome.result["drills"].append(row)
+                outcome.result["drills"].append(failed_drill(target, store, backup, exc))
                 outcome.failed(exc)
         outcome.warnings.extend(session.ctx.warnings)
+    notify.report_failures(config, "drill_failed", "restore drill",
+                           [d["target"] for d in outcome.result["drills"] if not d.get("passed")], outcome)
     return outcome
+
+
+def drill_backup(session: Session, target: Target, store: Store, backup: Backup) -> dict:
+    """One drill of one copy, under the target's lock, journaled with the copy it read."""
+    method = method_for(target.method)
+    with target_lock(target.name, "drill"):
+        with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op:
+            result = method.drill(session.ctx, target, store, backup)
+            op.details.update(result)
+            op.bytes = backup.size
+    return result
+
+
+def failed_drill(target: Target, store: Store | None, backup: Backup | None, exc: BakError) -> dict:
+    return {"target": target.name, "backup": backup and backup.name, "store": store and store.name,
+            "passed": False, **(exc.details.get("result") or {}), "error": exc.message}
 
 
 def listing(config: Config, targets: list[Target], filters: dict | None = None) -> Outcome:

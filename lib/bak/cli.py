@@ -258,7 +258,7 @@ def _human_log(result: dict) -> None:
 
 @cli.command("log", context_settings=CONTEXT)
 @click.option("--target", help="Only this target.")
-@click.option("--kind", type=click.Choice(["create", "verify", "restore", "drill", "prune", "sync", "check"]),
+@click.option("--kind", type=click.Choice(["create", "verify", "restore", "drill", "prune", "discover", "sync", "check"]),
               help="Only this kind (check: a restic repository's check).")
 @click.option("--since", help="Only operations started on or after this date (YYYY-MM-DD or ISO time, UTC).")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True,
@@ -569,10 +569,11 @@ def list_command(targets, all_targets, method, host, vmid, destination, since, u
     return actions.listing(config, config.select(targets), filters)
 
 
-_STATE_STYLE = {"OK": "green", "LATE": "yellow", "STALE": "red", "MISSING": "red", "FAILING": "red bold"}
+_STATE_STYLE = {"OK": "green", "LATE": "yellow", "STALE": "red", "MISSING": "red", "UNKNOWN": "red", "FAILING": "red bold"}
 
 
 def _human_status(result: dict) -> None:
+    from bak.forecast import outlook_text
     from bak.report import human_size, say, table
 
     rows = []
@@ -581,26 +582,79 @@ def _human_status(result: dict) -> None:
         change = f" ({t['size_change_pct']:+.0f}%)" if "size_change_pct" in t else ""
         verify = (t["last_verify"] or {}).get("status", "never")
         drill = (t["last_drill"] or {}).get("status", "never") + (" (overdue)" if t["drill_overdue"] else "")
+        proven = t.get("proven_rpo")
+        rpo = "[red]none[/]" if proven is None else (
+            _hours_text(proven["age_h"]) if proven["ok"] else f"[red]{_hours_text(proven['age_h'])}[/]")
         rows.append([t["target"], f"[{_STATE_STYLE[t['state']]}]{t['state']}[/]", newest.get("when", "-"),
                      f"{newest['age_h']:.1f}h" if newest else "-", human_size(newest.get("size")) + change,
                      ", ".join(t["copies"]["destinations"]) or "-", "ok" if t["copies"]["ok"] else "[yellow]gap[/]",
-                     verify, drill, "; ".join(t["problems"])])
-    table("Targets", ["target", "state", "newest", "age", "size", "copies", "3-2-1", "verify", "drill", "problems"], rows)
+                     verify, drill, rpo, "; ".join(t["problems"])])
+    table("Targets", ["target", "state", "newest", "age", "size", "copies", "3-2-1", "verify", "drill", "proven RPO",
+                      "problems"], rows)
     colour = {"ok": "green", "warn": "yellow"}
-    table("Destinations", ["destination", "kind", "host", "medium", "on", "used", "free", "level"],
+    table("Destinations", ["destination", "kind", "host", "medium", "on", "used", "free", "level", "forecast"],
           [[d["destination"], d["kind"], d["host"], d.get("medium") or "-", d.get("on", "-"),
             f"{d['used_percent']}%" if "used_percent" in d else "-", human_size(d.get("free")),
-            f"[{colour.get(d['level'], 'red')}]{d['level']}[/]"] for d in result["destinations"]])
+            f"[{colour.get(d['level'], 'red')}]{d['level']}[/]",
+            outlook_text(d["forecast"]) if "forecast" in d else "-"] for d in result["destinations"]])
     say(result["summary"])
+
+
+def _hours_text(hours: float) -> str:
+    return f"{hours / 24:.1f}d" if hours >= 48 else f"{hours:.1f}h"
 
 
 @cli.command("status", context_settings=CONTEXT)
 @action("status", human=_human_status)
 def status_command(config):
-    """Dashboard: each target's age vs interval, size trend, 3-2-1 copies, last verify and drill; free space."""
+    """Dashboard: each target's age vs interval, size trend, 3-2-1 copies, last verify and drill, proven RPO; free space."""
     from bak.status import status
 
     return status(config)
+
+
+def _human_metrics(result: dict) -> None:
+    from bak.report import say
+
+    if result["path"]:
+        say(f"wrote {result['path']}: {result['samples']} samples of {result['families']} metrics")
+    else:
+        click.echo(result["text"], nl=False)
+
+
+@cli.command("metrics", context_settings=CONTEXT)
+@click.option("--textfile", "textfile_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write bak.prom into this folder (node_exporter's textfile collector), atomically. Default: "
+                   "notify.prometheus_textfile_dir; without either, print the metrics.")
+@action("metrics", human=_human_metrics)
+def metrics_command(textfile_dir, config):
+    """Prometheus metrics of every target and destination: last success, age, size, duration, verify and drill,
+    proven RPO, free space, failures. `bak create` rewrites the file after each run when the config names it."""
+    from bak.metrics import metrics
+
+    return metrics(config, textfile_dir)
+
+
+def _human_report(result: dict) -> None:
+    from bak.report import human_size, say
+
+    say(f"wrote {result['path']} ({human_size(result['bytes'])}): open it in a browser")
+    say(result["summary"])
+
+
+@cli.command("report", context_settings=CONTEXT)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to this file (default: report.html in bak's state folder).")
+@click.option("--days", type=click.IntRange(1, 366), default=31, show_default=True,
+              help="How many days the calendars show.")
+@action("report", human=_human_report)
+def report_command(html_path, days, config):
+    """One self-contained HTML file: per target a calendar of its backups (kept or to be pruned, verified,
+    drilled, failed runs), size and run length over time; destinations' use and when they fill; 3-2-1; the
+    last operations. Nothing is fetched when it is opened."""
+    from bak.html_report import report
+
+    return report(config, html_path, days)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -698,6 +752,125 @@ def drill_command(targets, all_targets, store_name, config):
     from bak import actions
 
     return actions.drill(config, config.select(targets), store_name)
+
+
+# --- disaster recovery ---------------------------------------------------------------------
+@cli.group("dr", context_settings=CONTEXT)
+def dr_group():
+    """Disaster recovery of the whole homelab: the ordered recovery plan, and its drill."""
+
+
+def _human_plan(result: dict) -> None:
+    from bak.dr.runbook import duration_text, rto_text
+    from bak.report import say, table
+
+    table("Recovery plan", ["step", "target", "restores", "after", "backup", "from", "checked", "expected"],
+          [[s["step"], s["target"], s["restores"], ", ".join(a["target"] for a in s["after"]) or "-",
+            (s["backup"] or {}).get("name", "[red]NONE[/]"),
+            f"{s['source']['destination']} ({'off-site' if s['source']['offsite'] else 'on-site'})" if s["source"] else "-",
+            "-" if not s["backup"] else "drilled" if s["backup"]["drilled"] else "verified" if s["backup"]["checked"]
+            else "[yellow]never[/]", duration_text((s["estimate"] or {}).get("seconds"))] for s in result["steps"]])
+    rto = rto_text(result)
+    say(rto[:1].upper() + rto[1:] + ".")
+    say(f"runbook written to {result['runbook']}" if result.get("runbook") else
+        "The commands of each step, bak's and by hand: bak dr plan --runbook FILE.md (or .html).")
+
+
+@dr_group.command("plan")
+@click.option("--runbook", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the plan as a runbook to this file: Markdown (.md) or one self-contained page (.html).")
+@action("dr plan", human=_human_plan)
+def dr_plan_command(runbook, config):
+    """The ordered recovery of the whole homelab: for each target the newest checked backup, where its copies
+    are, the commands (bak's and by hand) and the expected time from measured drills; the total RTO."""
+    from bak.dr.plan import recovery_plan
+
+    return recovery_plan(config, runbook)
+
+
+def _human_dr_drill(result: dict) -> None:
+    from bak.dr.runbook import duration_text
+    from bak.report import say, table
+
+    def verdict(step):
+        if step["passed"] is None:
+            return f"skipped: {step['skipped']}"
+        return "[green]PASSED[/]" if step["passed"] else f"[red]FAILED[/] {step.get('error', '')}"
+
+    table("Disaster recovery drill", ["step", "target", "backup", "from", "result", "restore", "expected", "difference"],
+          [[s["step"], s["target"], s.get("backup") or "-", s.get("store") or "-", verdict(s),
+            duration_text(s.get("restore_s")), duration_text(s["estimate_s"]),
+            "-" if s.get("difference_s") is None else f"{s['difference_s']:+.1f}s"] for s in result["steps"]])
+    expected = [s["estimate_s"] for s in result["steps"] if s["estimate_s"] is not None]
+    say(f"{result['passed']} passed, {result['failed']} failed, {result['skipped']} skipped; restores took "
+        f"{duration_text(result['restore_s'])} in total ({duration_text(result['measured_s'])} with checks and "
+        "clean-up); " + (f"the plan expected {duration_text(result['planned_rto_s'])}." if expected
+                         else "the plan had no measured time yet: this drill gives it one."))
+
+
+@dr_group.command("drill")
+@click.option("--from", "store_name",
+              help="Drill the newest backup on this destination for every target that has copies there (e.g. the "
+                   "off-site one); default: the copy the plan restores from.")
+@action("dr drill", human=_human_dr_drill)
+def dr_drill_command(store_name, config):
+    """Every target's restore drill in plan order, in scratch places removed after: pass or fail and measured
+    restore time per step and in total, against the plan's estimate."""
+    from bak.dr.drill import drill_all
+
+    return drill_all(config, store_name, progress=_progress)
+
+
+def _human_discover(result: dict) -> None:
+    from bak.discover import label
+    from bak.report import say, table
+
+    if result["items"]:
+        table("Found on the configured hosts", ["kind", "host", "name", "detail", "backed up by"],
+              [[i["kind"], i["host"], i["name"], i.get("detail") or i.get("server") or i.get("cli") or "",
+                ", ".join(i["covered_by"]) or "[red]NOTHING[/]"] for i in result["items"]])
+    say(f"{result['unprotected']} of {len(result['items'])} item(s) unprotected"
+        + (": " + "; ".join(label(i) for i in result["items"] if not i["covered_by"]) if result["unprotected"] else ""))
+
+
+@cli.command("discover", context_settings=CONTEXT)
+@action("discover", human=_human_discover)
+def discover_command(config):
+    """List the guests, databases and Docker volumes on the configured hosts, and flag those no target backs up."""
+    from bak.discover import discover
+
+    return discover(config)
+
+
+def _human_bootstrap(result: dict) -> None:
+    from bak.report import say
+
+    say(f"recovered bak's config into {result['config']} and its journal ({result['operations']} operations) into "
+        f"{result['journal']}, from the kit in {result['kit']} written {result['written_at']} by {result['written_by']}")
+    for kept in result["kept"]:
+        say(f"kept the one that was here as {kept}")
+    say("next: bak status, then bak dr plan")
+
+
+@cli.command("bootstrap", context_settings=CONTEXT)
+@click.option("--from", "source", required=True,
+              help="Root folder of a destination that holds the recovery kit: a path here, or user@host:/path over SSH.")
+@click.option("--port", type=click.IntRange(1, 65535), help="SSH port of --from (default 22).")
+@click.option("--key", type=click.Path(dir_okay=False), help="SSH private key for --from.")
+@click.option("--fingerprint", help="Trust this SHA256:... host key for --from (bak's known_hosts is empty on a "
+                                    "fresh machine); check it on the host first.")
+@click.option("--force", is_flag=True, help="Replace a config or journal already here (each is kept beside, renamed).")
+@action("bootstrap", needs_config=False, human=_human_bootstrap)
+def bootstrap_command(source, port, key, fingerprint, force):
+    """On a fresh machine: bak's config, journal and known_hosts back from the recovery kit that `bak create`
+    keeps beside the backups. Secrets are not in it: the config points to them."""
+    from bak.dr.kit import SSH_SOURCE, bootstrap
+
+    if not SSH_SOURCE.match(source):
+        given = [name for name, value in (("--port", port), ("--key", key), ("--fingerprint", fingerprint)) if value]
+        if given:
+            raise _bad(f"{', '.join(given)} apply to an SSH source (user@host:/path), not to a folder here", given[0])
+    return bootstrap(source, port=port or 22, key=key, fingerprint=fingerprint, force=force)
 
 
 # --- schedule ------------------------------------------------------------------------------

@@ -37,6 +37,12 @@ ERROR_TAIL_CHARS = 4000
 HELD_WAIT_S = 10.0
 
 
+def default_path() -> Path:
+    from bak.paths import state_dir
+
+    return state_dir() / "journal.sqlite"
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -69,9 +75,7 @@ class Journal:
 
     @classmethod
     def default(cls) -> "Journal":
-        from bak.paths import state_dir
-
-        return cls(state_dir() / "journal.sqlite")
+        return cls(default_path())
 
     def close(self) -> None:
         self.db.close()
@@ -195,6 +199,28 @@ class Journal:
         args = [kind, status] if status else [kind]
         sql = f"SELECT * FROM operations WHERE id IN (SELECT max(id) FROM operations WHERE {where} GROUP BY target)"
         return {row["target"]: row for row in self._rows(sql, args)}
+
+    def counts(self, kind: str, statuses: tuple[str, ...]) -> dict[str, int]:
+        """How many operations of a kind ended with one of these statuses, per target."""
+        marks = ",".join("?" * len(statuses))
+        rows = self._run(lambda db: db.execute(
+            f"SELECT target, count(*) FROM operations WHERE kind = ? AND status IN ({marks}) GROUP BY target",
+            [kind, *statuses]).fetchall())
+        return {target: count for target, count in rows}
+
+    def verdicts_by_copy(self, kind: str) -> dict[str, dict[tuple[str, str], dict]]:
+        """The newest verdict (ok or failed: an interrupted run tells nothing) of a kind (verify, drill) on
+        each copy of each backup, in one query: {target: {(store, backup name): row}}. Rows that name no
+        copy are left out."""
+        sql = ("SELECT * FROM operations WHERE id IN (SELECT max(id) FROM operations WHERE kind = ? "
+               "AND status IN ('ok', 'failed') AND json_valid(details) "
+               "GROUP BY target, json_extract(details, '$.store'), json_extract(details, '$.name'))")
+        found: dict[str, dict[tuple[str, str], dict]] = {}
+        for row in self._rows(sql, [kind]):
+            store, name = row["details"].get("store"), row["details"].get("name")
+            if isinstance(row["target"], str) and isinstance(store, str) and isinstance(name, str):
+                found.setdefault(row["target"], {})[(store, name)] = row
+        return found
 
     def _rows(self, sql: str, args: list) -> list[dict]:
         def read(db):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from bak.errors import VerifyFailed
+from bak.streams import read_upto
 
 RECORD = 512
 FIRST_MEMBER = "./etc/vzdump/pct.conf"
@@ -76,17 +77,6 @@ def parse_pax(data: bytes, where: str) -> dict[str, str]:
     return records
 
 
-def _read_upto(stream: BinaryIO, size: int) -> bytes:
-    chunks, missing = [], size
-    while missing:
-        chunk = stream.read(missing)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        missing -= len(chunk)
-    return b"".join(chunks)
-
-
 class _Reader:
     """The stream with its position, so every message can say where."""
 
@@ -95,7 +85,7 @@ class _Reader:
         self.offset = 0
 
     def upto(self, size: int) -> bytes:
-        data = _read_upto(self.stream, size)
+        data = read_upto(self.stream, size)
         self.offset += len(data)
         return data
 

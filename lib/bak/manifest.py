@@ -12,10 +12,14 @@ is an entry. Version 1 manifests (no header; regular files with sha256 only) are
 
 from __future__ import annotations
 
+import calendar
 import json
+import queue
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 VERSION = 2
 # %i itemize (11 chars), %l length, %M mtime, %B permissions, %U/%G numeric owner, %C whole-file checksum
@@ -23,14 +27,17 @@ VERSION = 2
 # control characters anywhere in the line as \#ooo (and a backslash before '#'), so one line is one entry.
 OUT_FORMAT = "%i %l %M %B %U %G %C %n%L"
 CHECKSUM_WIDTH = {"xxh128": 32, "md5": 32}
-_ITEM = re.compile(rb"^([<>ch.*][fdLDS][ .+?a-zA-Z]{9}) (\d+) (\d{4})/(\d\d)/(\d\d)-(\d\d):(\d\d):(\d\d) "
-                   rb"([-rwxsStT]{9}) (\d+) (\d+) ")
 _ESCAPE = re.compile(rb"\\#([0-7]{3})")
-TYPES = {b"f": "f", b"d": "d", b"L": "l", b"D": "device", b"S": "special"}
+TYPES = {ord("f"): "f", ord("d"): "d", ord("L"): "l", ord("D"): "device", ord("S"): "special"}
+_UPDATES = frozenset(b"<>ch.*")
+_PERMISSIONS = re.compile(rb"[-rwxsStT]{9}")
+_STAMP = re.compile(rb"\d{4}/\d\d/\d\d-\d\d:\d\d:\d\d")
+_DAYS: dict[bytes, int] = {}
+_MODES: dict[bytes, int] = {}
 
 
 def unescape(raw: bytes) -> bytes:
-    return _ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), raw)
+    return _ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), raw) if b"\\#" in raw else raw
 
 
 def fs_text(raw: bytes) -> str:
@@ -40,16 +47,27 @@ def fs_text(raw: bytes) -> str:
 
 def mode_bits(text: bytes) -> int:
     """`rwsr-x--T` -> 0o4750 (rsync's %B, as ls shows permissions)."""
-    mode = 0
-    for index, char in enumerate(text.decode()):
-        shift = 8 - index
-        if char in "rwxst":
-            mode |= 1 << shift
-        if char in "sS":
-            mode |= 0o4000 if index == 2 else 0o2000
-        if char in "tT":
-            mode |= 0o1000
+    mode = _MODES.get(text)
+    if mode is None:
+        mode = 0
+        for index, char in enumerate(text.decode()):
+            shift = 8 - index
+            if char in "rwxst":
+                mode |= 1 << shift
+            if char in "sS":
+                mode |= 0o4000 if index == 2 else 0o2000
+            if char in "tT":
+                mode |= 0o1000
+        _MODES[text] = mode
     return mode
+
+
+def epoch(stamp: bytes) -> int:
+    """rsync's `YYYY/MM/DD-HH:MM:SS` (TZ=UTC) as seconds since the epoch; days are computed once each."""
+    base = _DAYS.get(stamp[:10])
+    if base is None:
+        base = _DAYS[stamp[:10]] = calendar.timegm((int(stamp[:4]), int(stamp[5:7]), int(stamp[8:10]), 0, 0, 0))
+    return base + int(stamp[11:13]) * 3600 + int(stamp[14:16]) * 60 + int(stamp[17:19])
 
 
 @dataclass(slots=True)
@@ -70,24 +88,34 @@ class Item:
     link_text: str | None = None
 
     def row(self, algorithm: str) -> dict:
-        row = {"path": self.path, "type": self.type, "mode": self.mode, "uid": self.uid, "gid": self.gid}
+        return json.loads(self.row_line(algorithm))
+
+    def row_line(self, algorithm: str) -> str:
+        """The manifest line, written without the generic JSON encoder (it is the hot path at 500,000 files)."""
+        head = (f'{{"path": {_quote(self.path)}, "type": "{self.type}", "mode": {self.mode}, "uid": {self.uid}, '
+                f'"gid": {self.gid}')
         if self.type == "f":
-            row.update(size=self.size, mtime=self.mtime)
-            row[algorithm] = self.checksum
-        elif self.type == "l":
-            row["target"] = self.target
-        return row
+            checksum = f'"{self.checksum}"' if self.checksum else "null"
+            return f'{head}, "size": {self.size}, "mtime": {self.mtime}, "{algorithm}": {checksum}}}\n'
+        if self.type == "l":
+            return f'{head}, "target": {_quote(self.target or "")}}}\n'
+        return head + "}\n"
 
 
 def parse_item(line: bytes, width: int) -> Item | None:
     """One line of rsync's output in OUT_FORMAT, or None for any other line (stats, notices)."""
-    match = _ITEM.match(line)
-    if not match:
+    if len(line) < 32 or line[11] != 32 or line[0] not in _UPDATES or line[1] not in TYPES:
         return None
-    rest = line[match.end():]
+    fields = line[12:].split(b" ", 5)
+    if len(fields) < 6:
+        return None
+    length, stamp, permissions, uid, gid, rest = fields
+    if not (length.isdigit() and uid.isdigit() and gid.isdigit() and _STAMP.fullmatch(stamp)
+            and _PERMISSIONS.fullmatch(permissions)) or len(rest) <= width:
+        return None
     checksum = rest[:width].strip().decode() or None
     name = rest[width + 1:]
-    kind = TYPES[match.group(1)[1:2]]
+    kind = TYPES[line[1]]
     target = link_text = None
     if kind == "l":
         if name.count(b" -> ") > 1:
@@ -95,10 +123,8 @@ def parse_item(line: bytes, width: int) -> Item | None:
         name, _, target_raw = name.partition(b" -> ")
         target = fs_text(unescape(target_raw))
     path = fs_text(unescape(name)).rstrip("/") or "."
-    y, mo, d, h, mi, s = (int(match.group(i)) for i in range(3, 9))
-    mtime = int(datetime(y, mo, d, h, mi, s, tzinfo=timezone.utc).timestamp())
-    return Item(kind, path, int(match.group(2)), mtime, mode_bits(match.group(9)), int(match.group(10)),
-                int(match.group(11)), checksum, target, match.group(1)[:1] in b"<>", link_text)
+    return Item(kind, path, int(length), epoch(stamp), mode_bits(permissions), int(uid), int(gid), checksum, target,
+                line[0] in b"<>", link_text)
 
 
 def link_splits(text: str) -> list[tuple[str, str]]:
@@ -107,8 +133,60 @@ def link_splits(text: str) -> list[tuple[str, str]]:
     return [(" -> ".join(parts[:k]), " -> ".join(parts[k:])) for k in range(1, len(parts))]
 
 
+_quote = json.encoder.encode_basestring_ascii  # C-accelerated; lone surrogates (undecodable names) become \udcXX
+# A file row as row_line writes it (and json.dumps did before): read back without the generic decoder.
+_FILE_ROW = re.compile(r'\{"path": ("(?:[^"\\]|\\.)*"), "type": "f", "mode": \d+, "uid": \d+, "gid": \d+, '
+                       r'"size": (\d+), "mtime": (-?\d+), "(\w+)": (?:"(\w+)"|null)\}')
+
+
+class PreviousFiles:
+    """The previous snapshot's file rows, read in step with rsync's listing of the new one.
+
+    rsync lists an unchanged tree in the same order every time, and new or removed entries do not
+    reorder the others: a window of rows read ahead finds each unchanged file without holding the
+    whole manifest (500,000 rows) in memory. A file not found there is "unknown" and is hashed.
+    """
+
+    WINDOW = 8192
+    REACH = 16 * WINDOW  # how far past a run of deleted files a miss may look
+
+    def __init__(self, lines, algorithm: str):
+        self._lines = iter(lines)
+        self._algorithm = algorithm
+        self._ahead: OrderedDict[str, tuple[int, int, str | None]] = OrderedDict()
+
+    def _read(self) -> bool:
+        for raw in self._lines:
+            match = _FILE_ROW.fullmatch(raw.decode("utf-8", "surrogateescape").rstrip("\n"))
+            if match and match.group(4) == self._algorithm:
+                literal = match.group(1)
+                path = json.loads(literal) if "\\" in literal else literal[1:-1]
+                self._ahead[path] = (int(match.group(2)), int(match.group(3)), match.group(5))
+                return True
+        return False
+
+    def get(self, path: str) -> tuple[int, int, str | None] | None:
+        """(size, mtime, checksum) of `path` in the previous manifest, or None."""
+        while path not in self._ahead and len(self._ahead) < self.WINDOW and self._read():
+            pass
+        reach = self.REACH
+        while path not in self._ahead and reach and self._read():
+            self._ahead.popitem(last=False)  # past a long run of removed files
+            reach -= 1
+        if path not in self._ahead:
+            return None
+        while True:
+            key, value = self._ahead.popitem(last=False)
+            if key == path:
+                return value
+
+
 class ListingReader:
-    """Feed it rsync's stdout chunk by chunk while rsync runs; it keeps the entries and the other lines."""
+    """Feed it rsync's stdout chunk by chunk while rsync runs; it keeps the entries and the other lines.
+
+    Lines are parsed on a thread of their own: the thread draining rsync's stdout only hands chunks
+    over, so rsync never waits on a full pipe while Python parses (at 500,000 files that wait was
+    most of bak's overhead). close() waits for the last line and re-raises what a handler raised."""
 
     def __init__(self, width: int, on_item=None):
         self.width = width
@@ -116,13 +194,31 @@ class ListingReader:
         self.other: list[bytes] = []
         self._pending = b""
         self._on_item = on_item
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=256)
+        self._error: BaseException | None = None
+        self._parser = threading.Thread(target=self._parse, daemon=True)
+        self._parser.start()
 
     def feed(self, chunk: bytes) -> None:
-        *lines, self._pending = (self._pending + chunk).split(b"\n")
-        for line in lines:
-            self._line(line)
+        self._chunks.put(chunk)
+
+    def _parse(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            if self._error is not None:
+                continue  # drain, so the feeding thread never blocks
+            try:
+                *lines, self._pending = (self._pending + chunk).split(b"\n")
+                for line in lines:
+                    self._line(line)
+            except BaseException as exc:  # raised again by close(), in the caller's thread
+                self._error = exc
 
     def close(self) -> None:
+        if self._parser.is_alive():
+            self._chunks.put(None)
+            self._parser.join()
+        if self._error is not None:
+            raise self._error
         if self._pending:
             self._line(self._pending)
             self._pending = b""
@@ -138,15 +234,11 @@ class ListingReader:
         return b"\n".join(self.other).decode("utf-8", "replace")
 
 
-def header(created_at: datetime, algorithm: str, owners: bool, rows: list[dict], added: int | None) -> dict:
+def header(created_at: datetime, algorithm: str, owners: bool, files: int, entries: int, size: int,
+           added: int | None) -> dict:
     """What a listing needs without reading the rows: the snapshot's time, sizes and checksum."""
-    files = [r for r in rows if r["type"] == "f"]
     return {"bak_manifest": VERSION, "created_at": created_at.isoformat(), "checksum": algorithm, "owners": owners,
-            "files": len(files), "entries": len(rows), "size": sum(r["size"] for r in files), "added": added}
-
-
-def dumps(head: dict, rows: list[dict]) -> bytes:
-    return "".join(json.dumps(row) + "\n" for row in [head, *rows]).encode()
+            "files": files, "entries": entries, "size": size, "added": added}
 
 
 @dataclass

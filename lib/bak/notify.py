@@ -1,6 +1,7 @@
-"""Monitoring pings (healthchecks-style: URL/start, URL, URL/fail) and failure webhooks.
+"""Monitoring pings (healthchecks-style: URL/start, URL, URL/fail), failure webhooks, and notifications
+through Apprise (ntfy, Gotify, Telegram, Discord, email and about 100 more, one URL each).
 
-A ping that fails is a warning: monitoring must never fail the backup it reports on.
+A ping or a notification that fails is a warning: monitoring must never fail the backup it reports on.
 """
 
 from __future__ import annotations
@@ -10,8 +11,14 @@ import socket
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 TIMEOUT_S = 10
+TAIL_CHARS = 2000  # the end of an error is where its cause is; a phone shows a few lines
+SECRET_PART_MIN = 8  # parts of a secret URL this long are masked too (shorter ones are words like `api`)
+# How each event looks in Apprise (its notify types colour and title the message).
+EVENT_TYPES = {"failure": "failure", "stale": "failure", "drill_failed": "failure", "verify_failed": "failure",
+               "space": "warning", "success": "success"}
 
 
 def _send(url: str, body: bytes | None, content_type: str) -> str | None:
@@ -37,3 +44,69 @@ def webhook(url: str, event: str, summary: str, details: dict) -> str | None:
                        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        "summary": summary, "details": details}).encode()
     return _send(url, body, "application/json")
+
+
+def wanted(config, event: str) -> bool:
+    """Whether an event notifies anyone: it is chosen and some notifier is configured."""
+    return event in config.notify.get("events", []) and bool(
+        config.notify.get("apprise_urls") or config.notify.get("webhook_url"))
+
+
+def send(config, event: str, title: str, body: str, details: dict | None = None) -> list[str]:
+    """One event to every configured notifier (the webhook and each Apprise URL), if the event is chosen.
+    Returns what failed, as warnings; never raises for a notifier."""
+    if event not in config.notify.get("events", []):
+        return []
+    body = body if len(body) <= TAIL_CHARS else "..." + body[-TAIL_CHARS:]
+    problems = []
+    if config.notify.get("webhook_url"):
+        problems.append(webhook(config.notify["webhook_url"], event, body or title, details or {}))
+    for number, ref in enumerate(config.notify.get("apprise_urls", [])):
+        problems.append(_apprise(ref, f"notify.apprise_urls[{number}]", event, title, body))
+    return [f"notification failed: {p}" for p in problems if p]
+
+
+def _apprise(ref, where: str, event: str, title: str, body: str) -> str | None:
+    """One Apprise URL (a literal, or a secret reference); the reason it failed, named without its secrets."""
+    from bak.errors import BakError
+    from bak.secrets import read_secret
+
+    try:
+        url = ref if isinstance(ref, str) else read_secret(ref, where)
+    except BakError as exc:
+        return f"{where}: {exc.message}"
+    if not isinstance(ref, str):
+        _register_parts(url)
+    import apprise  # only here: it loads ~100 service plugins
+
+    scheme = urlsplit(url).scheme or "?"
+    notifier = apprise.Apprise()
+    if not notifier.add(url):
+        return f"{where} ({scheme}://): not a URL Apprise knows"
+    with apprise.LogCapture(level=apprise.logging.WARNING, fmt="%(message)s") as logs:
+        sent = notifier.notify(body=body or title, title=title, notify_type=EVENT_TYPES[event])
+    if sent:
+        return None
+    reason = [line for line in logs.getvalue().splitlines() if line.strip()]
+    return f"{where} ({scheme}://): " + (reason[-1][:300] if reason else "Apprise could not deliver it")
+
+
+def _register_parts(url: str) -> None:
+    """A URL read from a secret carries its token somewhere (user, password, path, query): every part is
+    masked wherever it would be shown, Apprise's own messages included."""
+    from bak.secrets import register
+
+    parts = urlsplit(url)
+    register(url)
+    for piece in (parts.username, parts.password, parts.netloc, parts.path, parts.query,
+                  *parts.path.split("/"), *parts.query.replace("&", "=").split("=")):
+        if piece and len(piece) >= SECRET_PART_MIN:
+            register(piece)
+
+
+def report_failures(config, event: str, what: str, failed_targets: list[str], outcome) -> None:
+    """A verify or drill that failed: one notification naming the targets, with the errors' tail."""
+    if failed_targets:
+        tail = "\n".join(f"{e['where']}: {e['message']}" if e["where"] else e["message"] for e in outcome.errors)
+        outcome.warnings.extend(send(config, event, f"bak: {what} failed for {', '.join(failed_targets)} on "
+                                     f"{socket.gethostname()}", tail, {"targets": failed_targets, "errors": outcome.errors}))

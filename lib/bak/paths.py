@@ -47,3 +47,27 @@ def ensure_private_dir(path: Path) -> Path:
         if os.name == "posix":
             os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
     return path
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """A reader (node_exporter, a browser) sees the old file or the new one, never half of one: a temp file
+    in the same folder (named so no `*.prom` glob matches it), fsynced, renamed over the file, the folder fsynced."""
+    import tempfile
+
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    if os.name == "posix":
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)

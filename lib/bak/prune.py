@@ -68,19 +68,23 @@ def newest_time(listings: list[catalog.Listing], now: datetime) -> datetime | No
 
 
 def plan_target(config: Config, target: Target, hosts: Hosts, now: datetime) -> list[StorePlan]:
-    policy = config.policies.get(target.policy) if target.policy else None
     plans = []
     for name in target.destinations:
         store = open_store(config.destinations[name], hosts)
-        listing = catalog.scan(store, target)
-        candidates = [Candidate(b.name, b.when, b.protected) for b in listing.backups]
-        # vzdump writes no .sha256 on Proxmox storage: its archives there count as checked by vzdump.
-        good = {b.name for b in listing.backups if b.has_checksum or store.kind == "proxmox"}
-        decisions = keep_newest_good(plan(candidates, policy), lambda n: n in good)
-        cutoff = now.timestamp() - target.interval.total_seconds()
-        stale = [p for p in listing.partials if p.mtime < cutoff]
-        plans.append(StorePlan(store, listing, decisions, stale))
+        plans.append(plan_listing(config, target, store, catalog.scan(store, target), now))
     return plans
+
+
+def plan_listing(config: Config, target: Target, store, listing: catalog.Listing, now: datetime) -> StorePlan:
+    """What the target's policy does with its backups on one store (the report shows it without pruning)."""
+    policy = config.policies.get(target.policy) if target.policy else None
+    candidates = [Candidate(b.name, b.when, b.protected) for b in listing.backups]
+    # vzdump writes no .sha256 on Proxmox storage: its archives there count as checked by vzdump.
+    good = {b.name for b in listing.backups if b.has_checksum or store.kind == "proxmox"}
+    decisions = keep_newest_good(plan(candidates, policy), lambda n: n in good)
+    cutoff = now.timestamp() - target.interval.total_seconds()
+    stale = [p for p in listing.partials if p.mtime < cutoff]
+    return StorePlan(store, listing, decisions, stale)
 
 
 def prune(config: Config, targets: list[Target], *, dry_run: bool, force: bool, now: datetime | None = None,
@@ -187,7 +191,8 @@ def _prune_restic(store_plan: StorePlan, entry: dict, dry_run: bool, journal: Jo
 
 
 def _remove(store, backup: catalog.Backup, reason: str, journal: Journal, target: Target) -> None:
-    details = {"store": store.name, "name": backup.name, "reason": reason, "sidecars": sorted(backup.sidecars)}
+    details = {"store": store.name, "name": backup.name, "reason": reason, "sidecars": sorted(backup.sidecars),
+               "added": backup.added}  # what removing it frees (a hard-linked snapshot: about what it added)
     with journal.operation("prune", target.name, details) as op:
         op.bytes = backup.size
         store.remove(backup.folder, backup.name)

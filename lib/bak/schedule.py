@@ -233,7 +233,7 @@ def changes(config: Config, *, remove: bool, config_path: str, crontab_file: Pat
     for job in (j for j in job_list if j.backend == "systemd" and j.cron):
         for unit, text in systemd_units(job, config_path).items():
             path = unit_dir / unit
-            old = path.read_text() if path.exists() else None
+            old = _read_existing(path)
             planned.append({"kind": "systemd", "path": str(path), "content": None if remove else text,
                             "changed": (old is not None) if remove else old != text})
         commands.append(["systemctl", "--user", "daemon-reload"])
@@ -241,7 +241,7 @@ def changes(config: Config, *, remove: bool, config_path: str, crontab_file: Pat
     for job in (j for j in job_list if j.backend == "windows" and j.cron):
         path = task_dir / f"bak-{job.name}.xml"
         text = task_xml(job, config_path)
-        old = path.read_text() if path.exists() else None
+        old = _read_existing(path)
         planned.append({"kind": "windows", "path": str(path), "content": None if remove else text,
                         "changed": (old is not None) if remove else old != text})
         commands.append(["schtasks", "/Delete", "/TN", f"bak\\{job.name}", "/F"] if remove
@@ -249,15 +249,29 @@ def changes(config: Config, *, remove: bool, config_path: str, crontab_file: Pat
     for job in (j for j in job_list if j.on_commit):
         for repo in vault_paths(config, job):
             hook = repo / ".git" / "hooks" / "post-commit"
-            old = hook.read_text() if hook.exists() else ""
+            old = _read_existing(hook) or ""
             new = hook_text(old, None if remove else job, config_path)
             planned.append({"kind": "git-hook", "path": str(hook), "content": new, "changed": new != old})
     return planned, commands
 
 
+def _read_existing(path: Path) -> str | None:
+    """A file bak may replace: its text, None when absent; anything else is the caller's bad path."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        from bak.errors import BadInput
+
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise BadInput(f"cannot use {path or '(empty path)'}: {reason}", where=str(path),
+                       hint="Point it at a text file bak may write (or at a new one).") from None
+
+
 def _read_crontab(path: Path | None) -> str:
     if path is not None:
-        return path.read_text() if path.exists() else ""
+        return _read_existing(path) or ""
     from bak.run.local import LocalRunner
 
     runner = LocalRunner()

@@ -1,4 +1,5 @@
-"""Health per target and destination: age vs interval, size trend, 3-2-1 copies, verify and drill, space.
+"""Health per target and destination: age vs interval, size trend, 3-2-1 copies, verify and drill, proven RPO
+(the age of the newest backup that passed a restore drill), space.
 
 Every host is asked in parallel over its one connection, each folder is listed and parsed once
 for all the targets that write there, and the journal is read once per kind: a run costs about
@@ -10,8 +11,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-from bak import catalog, media
-from bak.config import Config, Target
+from bak import catalog, forecast, media, naming
+from bak.config import Config, Target, parse_duration
+from bak.discover import coverage_summary
 from bak.errors import BakError
 from bak.journal import Journal
 from bak.report import Outcome
@@ -82,8 +84,9 @@ def _when(text) -> datetime | None:
 
 
 def target_health(config: Config, target: Target, scanned: dict, journal: dict, now: datetime) -> dict:
+    unreadable = [d for d in target.destinations if scanned[d]["error"] is not None or scanned[d]["store"] is None]
     listings = [catalog.listing_from(target, scanned[dest]["store"], scanned[dest]["indexes"])
-                for dest in target.destinations if scanned[dest]["store"] is not None]
+                for dest in target.destinations if dest not in unreadable]
     backups = sorted((b for l in listings for b in l.backups), key=lambda b: (b.when, b.name), reverse=True)
     problems: list[str] = []
     ahead = [b for b in backups if b.in_future(now)]
@@ -97,7 +100,7 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
     last_create = journal["create"].get(target.name)
     utc_now = datetime.now(timezone.utc)
     if newest is None:
-        state = "MISSING"
+        state = "UNKNOWN" if unreadable else "MISSING"  # a backup may sit where bak could not look
     else:
         age = now - newest.when
         state = "OK" if age <= target.interval else ("LATE" if age <= 2 * target.interval else "STALE")
@@ -113,6 +116,8 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
             problems.append(f"last backup {last_create['status']}: {first_line(last_create['error_tail'])}")
     if state in ("LATE", "STALE"):
         problems.append(f"newest backup is {_age_text(now - newest.when)} old (interval {_age_text(target.interval)})")
+    elif state == "UNKNOWN":
+        problems.append(f"no backup found, and {', '.join(unreadable)} could not be read")
     elif state == "MISSING":
         problems.append("no backup on any destination")
     entry["state"] = state
@@ -133,11 +138,22 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
     drill = journal["drill"].get(target.name)
     entry["last_drill"] = ({"at": drill["started_at"], "status": drill["status"],
                             "restore_s": (drill["details"] or {}).get("restore_duration_s")} if drill else None)
-    good_drill = journal["drill_ok"].get(target.name)
-    drilled_at = _when(good_drill["started_at"]) if good_drill else None
-    entry["drill_overdue"] = drilled_at is None or utc_now - drilled_at > DRILL_EVERY
-    if entry["drill_overdue"] and newest is not None:
-        problems.append("no successful restore drill in 31 days" if good_drill else "never test-restored")
+    drills = latest_drill_of_each_backup(journal["drill_by_copy"].get(target.name, {}))
+    passed = [when for when in (_when(r["started_at"]) for r in drills.values() if r["status"] == "ok") if when]
+    entry["drill_overdue"] = not passed or utc_now - max(passed) > DRILL_EVERY
+    proven = next((b for b in backups if drills.get(b.name, {}).get("status") == "ok"), None)
+    bound = parse_duration(config.dr["proven_rpo_max"])
+    entry["proven_rpo"] = None
+    if proven is not None:
+        age = now - proven.when
+        entry["proven_rpo"] = {"backup": proven.name, "when": proven.when.isoformat(),
+                               "age_h": round(age.total_seconds() / 3600, 2), "bound_h": bound.total_seconds() / 3600,
+                               "ok": age <= bound}
+        if age > bound:
+            problems.append(f"proven RPO {_age_text(age)} exceeds {_age_text(bound)}: the newest backup that passed a "
+                            f"restore drill is {proven.name}")
+    elif newest is not None:
+        problems.append("never test-restored: no backup on its destinations passed a restore drill")
     entry["partials"] = [{"store": l.store, "name": p.name} for l in listings for p in l.partials]
     if entry["partials"]:
         problems.append(f"{len(entry['partials'])} leftover .partial file(s) from interrupted runs")
@@ -145,7 +161,37 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
     return entry
 
 
-def destination_health(config: Config, name: str, scanned: dict, checks: list[dict] | None = None) -> dict:
+def latest_drill_of_each_backup(by_copy: dict[tuple[str, str], dict]) -> dict[str, dict]:
+    """The newest drill of each backup, whichever copy it read: a backup is proven while its last drill passed."""
+    latest: dict[str, dict] = {}
+    for (_, name), row in by_copy.items():
+        if name not in latest or row["id"] > latest[name]["id"]:
+            latest[name] = row
+    return latest
+
+
+def space_series(name: str, scanned: dict, pruned: list[dict], now: datetime) -> list[tuple[float, float]]:
+    """A destination's used bytes over the forecast window: measured now, walked back through the backups
+    still there (from the catalogue) and those pruned from it (from the journal)."""
+    cutoff = now - timedelta(seconds=forecast.WINDOW_S)
+    events = []
+    for index in scanned["indexes"].values():
+        for backup in (b for items in index.backups.values() for b in items):
+            if cutoff <= backup.when and not backup.in_future(now):
+                backup.reader = backup.reader or scanned["store"]
+                events.append((backup.when.timestamp(), backup.added if backup.added is not None else backup.size))
+    for row in pruned:
+        details, pruned_at = row["details"], _when(row["started_at"])
+        made = naming.parse(details.get("name") or "") if details.get("store") == name else None
+        freed = details.get("added") if isinstance(details.get("added"), int) else row["bytes"]
+        if made and pruned_at and isinstance(freed, int):
+            events += [(made.when.timestamp(), freed), (pruned_at.timestamp(), -freed)]
+    usage = scanned["usage"]
+    return forecast.usage_series(usage.total - usage.free, now.timestamp(), events)
+
+
+def destination_health(config: Config, name: str, scanned: dict, pruned: list[dict], now: datetime,
+                       checks: list[dict] | None = None) -> dict:
     dest = config.destinations[name]
     row = {"destination": name, "kind": dest.kind, "host": dest.host, "medium": dest.medium, "offsite": dest.offsite,
            "on": scanned["medium"].label}
@@ -162,7 +208,16 @@ def destination_health(config: Config, name: str, scanned: dict, checks: list[di
     level = "critical" if percent >= CRITICAL_PERCENT else ("warn" if percent >= dest.warn_percent else "ok")
     if not scanned["exists"]:
         level = "missing"  # the usage shown would be its parent's: say so instead
-    return {**row, "level": level, "total": usage.total, "free": usage.free, "used_percent": percent}
+    outlook = forecast.forecast(space_series(name, scanned, pruned, now), usage.total,
+                                {"warn": dest.warn_percent, "critical": CRITICAL_PERCENT, "full": 100})
+    return {**row, "level": level, "total": usage.total, "free": usage.free, "used_percent": percent,
+            "forecast": outlook}
+
+
+def pruned_since(journal: Journal, since: datetime) -> list[dict]:
+    """Backups bak pruned since a local time, as journal rows (UTC times there)."""
+    start = since.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return journal.query(kind="prune", status="ok", since=start, limit=100000)
 
 
 def status(config: Config, now: datetime | None = None) -> Outcome:
@@ -170,17 +225,22 @@ def status(config: Config, now: datetime | None = None) -> Outcome:
     journal = Journal.default()
     try:
         history = {"create": journal.latest("create"), "verify": journal.latest("verify"),
-                   "drill": journal.latest("drill"), "drill_ok": journal.latest("drill", status="ok")}
+                   "drill": journal.latest("drill"), "drill_by_copy": journal.verdicts_by_copy("drill"),
+                   "pruned": pruned_since(journal, now - timedelta(seconds=forecast.WINDOW_S))}
+        coverage = coverage_summary(config, next(iter(journal.query(kind="discover", limit=1)), None))
         from bak.repository import HISTORY
 
         checks = journal.query(kind="check", limit=HISTORY)
     finally:
         journal.close()
-    with Hosts(config) as hosts:
+    with Hosts(config) as hosts:  # open while sizes are read from snapshot manifests
         scanned = gather(config, hosts)
-    targets = [target_health(config, t, scanned, history, now) for t in config.targets if t.enabled]
-    destinations = [destination_health(config, name, scanned[name], checks) for name in sorted(scanned)]
-    outcome = Outcome({"summary": "", "targets": targets, "destinations": destinations})
+        targets = [target_health(config, t, scanned, history, now) for t in config.targets if t.enabled]
+        destinations = [destination_health(config, name, scanned[name], history["pruned"], now, checks) for name in sorted(scanned)]
+    outcome = Outcome({"summary": "", "targets": targets, "destinations": destinations, "coverage": coverage})
+    if coverage and coverage["unprotected"]:
+        outcome.problem("unprotected", f"{coverage['unprotected']} item(s) found by bak discover that no target backs up: "
+                        + ", ".join(coverage["unprotected_items"][:5]), None, "See them all: bak discover")
     for entry in targets:
         for problem in entry["problems"]:
             outcome.problem(f"target_{entry['state'].lower()}" if entry["state"] != "OK" else "target_attention",
@@ -196,10 +256,12 @@ def status(config: Config, now: datetime | None = None) -> Outcome:
                             dest["destination"], "Prune (bak prune --dry-run) or add space.")
     attention = [t["target"] for t in targets if t["problems"]]
     tight = [d["destination"] for d in destinations if d["level"] != "ok"]
-    if not attention and not tight:
+    unprotected = coverage["unprotected"] if coverage else 0
+    if not attention and not tight and not unprotected:
         outcome.result["summary"] = f"HEALTHY: {len(targets)} target(s) OK, {len(destinations)} destination(s) OK"
     else:
         outcome.result["summary"] = (f"ATTENTION: {len(attention)} of {len(targets)} target(s) need attention"
                                      + (f" ({', '.join(attention)})" if attention else "")
-                                     + (f"; destinations: {', '.join(tight)}" if tight else ""))
+                                     + (f"; destinations: {', '.join(tight)}" if tight else "")
+                                     + (f"; {unprotected} unprotected item(s)" if unprotected else ""))
     return outcome

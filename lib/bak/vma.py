@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from bak.errors import VerifyFailed
+from bak.streams import read_upto
 
 MAGIC = b"VMA\0"
 EXTENT_MAGIC = b"VMAE"
@@ -128,19 +129,8 @@ class Coverage:
         return index * 8 + next(bit for bit in range(8) if not byte >> bit & 1)
 
 
-def _read_upto(stream: BinaryIO, size: int) -> bytes:
-    chunks, missing = [], size
-    while missing:
-        chunk = stream.read(missing)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        missing -= len(chunk)
-    return b"".join(chunks)
-
-
 def _read_exact(stream: BinaryIO, size: int, what: str) -> bytes:
-    data = _read_upto(stream, size)
+    data = read_upto(stream, size)
     if len(data) != size:
         raise VmaError(f"truncated archive: {what} ends after {len(data)} of {size} bytes")
     return data
@@ -196,7 +186,7 @@ def _walk(stream: BinaryIO, info: VmaInfo, uuid: bytes, offset: int) -> None:
     coverage = {dev_id: Coverage(device["name"], device["size"]) for dev_id, device in info.devices.items()}
     while True:
         where = f"extent {info.extents} (byte {offset})"
-        raw = _read_upto(stream, EXTENT_HEADER)
+        raw = read_upto(stream, EXTENT_HEADER)
         if not raw:
             break
         if len(raw) < EXTENT_HEADER:

@@ -75,6 +75,7 @@ class Host:
     known_hosts: str | None = None
     connect_timeout: float = 10
     keepalive: int = 30
+    vmid: int | None = None  # the Proxmox guest this host is
 
     @property
     def is_local(self) -> bool:
@@ -116,6 +117,7 @@ class Target:
     enabled: bool
     options: dict = field(default_factory=dict, hash=False, compare=False)
     description: str | None = None
+    after: tuple[str, ...] = ()  # targets to recover before this one
     # Whether backups named in the shared kind folder by older versions (no per-target folder)
     # are this target's: only when no other target on one of its destinations makes the same names.
     owns_flat_names: bool = True
@@ -140,6 +142,7 @@ class Config:
     targets: list[Target]
     schedules: list[Schedule]
     notify: dict
+    dr: dict
     raw: dict
 
     def host(self, name: str) -> Host:
@@ -322,6 +325,7 @@ def _cross_references(data: dict) -> list[dict]:
         if "policy" in target and target["policy"] not in policies:
             missing(f"targets[{i}].policy", "policy", target["policy"], policies)
     problems.extend(_same_guest_same_storage(data.get("targets") or [], dests))
+    problems.extend(_recovery_dependencies(data.get("targets") or []))
     for i, sched in enumerate(data.get("schedules") or []):
         for j, tname in enumerate(sched["targets"]):
             if tname not in seen:
@@ -344,6 +348,29 @@ def _sftp_login(name: str, dest: dict, hosts: dict) -> list[dict]:
                  "message": f"{login} is not host {dest['host']!r} ({expected})",
                  "hint": f"Write sftp:PATH: bak connects as hosts.{dest['host']} says."}]
     return []
+
+
+def _recovery_dependencies(targets: list[dict]) -> list[dict]:
+    """`after:` names targets of this config, never itself, and never closes a cycle (no order could honour it)."""
+    from bak.dr.order import find_cycle
+
+    problems = []
+    names = {t["name"] for t in targets}
+    for i, target in enumerate(targets):
+        for j, name in enumerate(target.get("after") or []):
+            if name == target["name"]:
+                problems.append({"where": f"targets[{i}].after[{j}]", "message": f"target {name!r} cannot come after itself"})
+            elif name not in names:
+                problems.append({"where": f"targets[{i}].after[{j}]", "message": f"unknown target {name!r}",
+                                 "hint": f"Defined: {', '.join(sorted(names)) or 'none'}"})
+    edges = {t["name"]: [n for n in t.get("after") or [] if n in names and n != t["name"]] for t in targets}
+    cycle = find_cycle(edges)
+    if cycle:
+        index = next(i for i, t in enumerate(targets) if t["name"] == cycle[0])
+        problems.append({"where": f"targets[{index}].after",
+                         "message": "recovery order has a cycle: " + " -> ".join([*cycle, cycle[0]]) + " (each after the next)",
+                         "hint": "Remove one of these `after:` entries: a cycle leaves no target to recover first."})
+    return problems
 
 
 def flat_name_key(target: dict) -> tuple[str, str, str]:
@@ -416,10 +443,10 @@ def _build(data: dict, source: str) -> Config:
     targets = [Target(name=t["name"], method=t["method"], host=t["host"], destinations=tuple(t["destinations"]),
                       policy=t.get("policy"), interval=parse_duration(t["interval"]), timeout=parse_duration(t["timeout"]),
                       enabled=t["enabled"], options=t[t["method"]], description=t.get("description"),
-                      owns_flat_names=t["name"] not in shared)
+                      owns_flat_names=t["name"] not in shared, after=tuple(t["after"]))
                for t in data.get("targets") or []]
     schedules = [Schedule(name=s["name"], targets=tuple(s["targets"]), cron=s.get("cron"), on_commit=s["on_commit"],
                           backend=s["backend"], ping_url=s.get("ping_url"))
                  for s in data.get("schedules") or []]
     return Config(source=source, hosts=hosts, destinations=destinations, policies=policies, targets=targets,
-                  schedules=schedules, notify=data.get("notify") or {}, raw=data)
+                  schedules=schedules, notify=data.get("notify") or {}, dr=data["dr"], raw=data)

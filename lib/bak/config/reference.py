@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-SECTIONS = ["version", "hosts", "destinations", "policies", "targets", "schedules", "notify"]
+SECTIONS = ["version", "hosts", "destinations", "policies", "targets", "schedules", "notify", "dr"]
 
 
 def _type(node: dict) -> str:

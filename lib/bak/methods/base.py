@@ -9,7 +9,7 @@ from typing import Callable
 from bak import naming
 from bak.catalog import Backup, Listing
 from bak.config import Config, Target
-from bak.errors import Refused
+from bak.errors import Refused, VerifyFailed
 from bak.journal import Journal, Operation
 from bak.run import Hosts
 from bak.stores import Store
@@ -96,3 +96,13 @@ def free_name(store: Store, folder: str, make: Callable[[datetime], str]) -> str
     while make(when) in taken:
         when += timedelta(seconds=1)
     return make(when)
+
+
+def drill_verdict(result: dict, diff: dict[str, list[str]], store: Store, backup: Backup, restored: str) -> dict:
+    """The drill's result when every check passed; else one VerifyFailed naming the copy and what differs."""
+    result["passed"] = all(check["ok"] for check in result["checks"])
+    if not result["passed"]:
+        count = sum(len(paths) for paths in diff.values())
+        raise VerifyFailed(f"drill of {backup.name} from {store.name}: {restored} ({count} entries)",
+                           where=f"{store.name}:{backup.name}", code="drill_failed", details={"result": result})
+    return result

@@ -26,7 +26,7 @@ from bak.config import Target
 from bak.errors import BadInput, BakError, CommandFailed, Refused, VerifyFailed
 from bak.interrupts import interrupts_deferred, sigterm_raises
 from bak.journal import Operation
-from bak.methods.base import Context, Method, clear_leftovers, free_name, fresh_name
+from bak.methods.base import Context, Method, clear_leftovers, drill_verdict, free_name, fresh_name
 from bak.run.base import CHUNK, Runner
 from bak.stores import Store
 from bak.stores.fanout import FanOut, FanOutResult
@@ -429,10 +429,4 @@ class DockerVolume(Method):
                     problem = _quietly(runner, volume_remove_argv(engine.cli, scratch), 120)
                 if problem and "no such volume" not in problem.lower():
                     ctx.warnings.append(f"could not remove the drill's scratch volume {scratch}: {problem}")
-        result["passed"] = all(c["ok"] for c in result["checks"])
-        if not result["passed"]:
-            count = sum(len(v) for v in diff.values())
-            raise VerifyFailed(f"drill of {backup.name} from {store.name}: the restored volume differs from the archive "
-                               f"({count} entries)", where=f"{store.name}:{backup.name}", code="drill_failed",
-                               details={"result": result})
-        return result
+        return drill_verdict(result, diff, store, backup, "the restored volume differs from the archive")

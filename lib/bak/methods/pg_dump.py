@@ -12,7 +12,6 @@ import posixpath
 import re
 import threading
 import time
-from datetime import datetime
 
 from bak import naming
 from bak.catalog import Backup, folder_of, safety_folder_of, scan
@@ -370,7 +369,7 @@ class PgDump(Method):
         if exists and not can_drop:
             raise Refused(f"role {user} does not own database {database}, so it cannot replace it",
                           where=session.target.name, code="pg_privilege",
-                          hint=f"Restore beside it, or replace it as its owner or a superuser.")
+                          hint="Restore beside it, or replace it as its owner or a superuser.")
         return {"database": database, "exists": exists, "role": user}
 
     def restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,

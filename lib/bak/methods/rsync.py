@@ -10,10 +10,12 @@ Each snapshot's `NAME.manifest` (see bak.manifest) comes from rsync's own listin
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import re
 import shlex
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,9 +25,10 @@ from bak.catalog import Backup, Listing, folder_of, safety_folder_of, scan
 from bak.config import LOCAL, Host, Target
 from bak.errors import BadInput, BakError, CommandFailed, Refused, TransportError, VerifyFailed
 from bak.journal import Operation
-from bak.methods.base import Context, Method, clear_leftovers, free_name, fresh_name
+from bak.methods.base import Context, Method, clear_leftovers, drill_verdict, free_name, fresh_name
 from bak.run.base import Runner
 from bak.stores import Store
+from bak.streams import lines
 from bak.verify import passed
 
 TRANSPORT_FAILURES = {10, 12, 30, 35, 255}
@@ -58,7 +61,7 @@ def remote_spec(host: Host, path: str) -> str:
 
 def rsync_argv(source: str, dest: str, *, link_dest: str | None = None, excludes: list[str] | tuple = (),
                bwlimit: int = 0, checksum: bool = False, ssh: str | None = None, delete: bool = False,
-               algorithm: str = "md5", dry_run: bool = False, relative: bool = False) -> list[str]:
+               algorithm: str = "md5", dry_run: bool = False, relative: bool = False, files_from: bool = False) -> list[str]:
     # -ii lists every entry, unchanged ones too, with its metadata: the manifest needs no second walk.
     # -8 leaves non-ASCII names as they are in any locale; control characters come escaped as \#ooo.
     argv = ["rsync", "-a", "-8", "--partial", "--numeric-ids", "--stats", "--no-human-readable", "-ii",
@@ -69,6 +72,8 @@ def rsync_argv(source: str, dest: str, *, link_dest: str | None = None, excludes
         argv.append("--dry-run")
     if relative:
         argv.append("--relative")
+    if files_from:
+        argv += ["--files-from=-", "--from0"]
     if checksum:
         argv.append("--checksum")
     if bwlimit:
@@ -139,18 +144,23 @@ def algorithm_for(ctx: Context, *hosts: str) -> str:
     return "xxh128" if all("xxh128" in _offered(ctx.hosts.runner(h)) for h in dict.fromkeys(hosts)) else "md5"
 
 
-def run_rsync(runner: Runner, argv: list[str], timeout: float, progress, width: int, on_item=None):
+def run_rsync(runner: Runner, argv: list[str], timeout: float, progress, width: int, new_attempt=None):
     """rsync with bounded retries on transport failures, its listing parsed while it runs.
 
+    `new_attempt()` gives each attempt a fresh handler for its entries (they are then not kept).
     Returns (exit code, ListingReader, stderr). A refused host key is never retried."""
     for attempt in range(1, RETRIES + 1):
-        reader = manifest.ListingReader(width, on_item)
+        reader = manifest.ListingReader(width, new_attempt() if new_attempt else None)
         try:
             out = runner.run(argv, check=False, timeout=timeout, stdout=reader.feed, env=RSYNC_ENV)
         except TransportError:
+            reader.close()
             if attempt == RETRIES:
                 raise
             code, stderr = 255, "connection dropped"
+        except BaseException:
+            reader.close()
+            raise
         else:
             reader.close()
             code, stderr = out.returncode, out.stderr_text
@@ -199,14 +209,20 @@ def source_path(target: Target) -> str:
 
 
 # --- listing a tree where it lives ------------------------------------------------------------
-def tree_items(runner: Runner, root: str, algorithm: str, *, checksums: bool = True) -> list[manifest.Item]:
+def tree_items(runner: Runner, root: str, algorithm: str, *, checksums: bool = True,
+               only: list[str] | None = None) -> list[manifest.Item]:
     """rsync's listing of a tree, run on the host that holds it (a dry run into a path it never creates):
-    every entry's type, mode, owner, size, mtime, link target and, with `checksums`, each file's checksum."""
+    every entry's type, mode, owner, size, mtime, link target and, with `checksums`, each file's checksum.
+    `only` limits it to those paths (--files-from)."""
     probe = root.rstrip("/") + ".bak-listing"
-    argv = rsync_argv(root.rstrip("/") + "/", probe + "/", algorithm=algorithm, dry_run=True, checksum=checksums)
+    argv = rsync_argv(root.rstrip("/") + "/", probe + "/", algorithm=algorithm, dry_run=True, checksum=checksums,
+                      files_from=only is not None)
     reader = manifest.ListingReader(manifest.CHECKSUM_WIDTH[algorithm])
-    out = runner.run(argv, check=False, stdout=reader.feed, env=RSYNC_ENV)
-    reader.close()
+    listed = b"\0".join(os.fsencode(path) for path in only) + b"\0" if only else None
+    try:
+        out = runner.run(argv, check=False, stdout=reader.feed, env=RSYNC_ENV, stdin=listed if only is not None else None)
+    finally:
+        reader.close()
     if out.returncode not in (0, 24):
         raise CommandFailed(f"rsync could not read {root}: {out.stderr_text.strip()[-300:]}", returncode=out.returncode,
                             stderr_tail=out.stderr_text[-2000:], where=runner.host_name)
@@ -214,6 +230,40 @@ def tree_items(runner: Runner, root: str, algorithm: str, *, checksums: bool = T
         if item.link_text:
             resolve_link(runner, root, item)
     return reader.items
+
+
+PARALLEL_MIN_BYTES = 64 << 20  # below this, one rsync reads it faster than several start
+
+
+def checksummed_tree(runner: Runner, root: str, algorithm: str) -> tuple[list[manifest.Item], dict[str, str | None]]:
+    """Every entry of a tree, and every file's checksum read by as many rsyncs as the host has cores,
+    each on files of about the same total size: reading, not hashing, is the limit (xxh128)."""
+    items = tree_items(runner, root, algorithm, checksums=False)
+    files = sorted((i for i in items if i.type == "f"), key=lambda i: i.size, reverse=True)
+    workers = min(cores(runner), 8) if sum(i.size for i in files) >= PARALLEL_MIN_BYTES else 1
+    groups: list[list[str]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for item in files:
+        lightest = loads.index(min(loads))
+        groups[lightest].append(item.path)
+        loads[lightest] += item.size + 4096  # a file's own cost besides its bytes
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = pool.map(lambda group: tree_items(runner, root, algorithm, only=group), [g for g in groups if g])
+        digests = {i.path: i.checksum for part in parts for i in part if i.type == "f"}
+    return items, digests
+
+
+def cores(runner: Runner) -> int:
+    """CPU cores of the runner's host (asked once per host and command)."""
+    if not hasattr(runner, "cores"):
+        if runner.host_name == LOCAL:
+            runner.cores = os.cpu_count() or 1
+        else:
+            out = runner.run(["nproc"], check=False)
+            runner.cores = int(out.stdout_text.strip()) if out.returncode == 0 and out.stdout_text.strip().isdigit() else 1
+    return runner.cores
 
 
 def resolve_link(runner: Runner, root: str, item: manifest.Item) -> None:
@@ -255,6 +305,55 @@ def read_manifest(store: Store, folder: str, name: str) -> manifest.Manifest | N
         return manifest.loads(store.read_small(folder, name + MANIFEST, 1 << 34))
     except (OSError, ValueError, BakError):
         return None
+
+
+class SnapshotRows:
+    """A new snapshot's manifest rows, written while rsync lists them (see _copy_tree)."""
+
+    def __init__(self, algorithm: str, previous: manifest.PreviousFiles | None, resolve):
+        self.algorithm, self.previous, self.resolve = algorithm, previous, resolve
+        self.spool = tempfile.TemporaryFile()
+        self.files = self.entries = self.size = 0
+        self.unknown: list[str] = []
+
+    def add(self, item: manifest.Item) -> bool:
+        """One entry: its checksum from the transfer, else from the previous manifest (unchanged file)."""
+        if item.link_text:
+            self.resolve(item)
+        if item.type == "f":
+            if not item.checksum and self.previous is not None:
+                old = self.previous.get(item.path)
+                if old and not item.written and old[0] == item.size and old[1] == item.mtime:
+                    item.checksum = old[2]
+            if not item.checksum:
+                self.unknown.append(item.path)
+            self.files += 1
+            self.size += item.size
+        self.entries += 1
+        self.spool.write(item.row_line(self.algorithm).encode("ascii"))
+        return False  # kept on disk, not in memory
+
+    def fill(self, checksums: dict[str, str | None]) -> None:
+        """Rewrite the rows whose checksum was unknown."""
+        spool, self.spool = self.spool, tempfile.TemporaryFile()
+        spool.seek(0)
+        for line in spool:
+            if line.endswith(b"null}\n"):
+                row = json.loads(line)
+                if row.get("type") == "f" and checksums.get(row["path"]):
+                    row[self.algorithm] = checksums[row["path"]]
+                    line = (json.dumps(row) + "\n").encode("ascii")
+            self.spool.write(line)
+        spool.close()
+
+    def chunks(self, head: dict):
+        yield (json.dumps(head) + "\n").encode()
+        self.spool.seek(0)
+        while data := self.spool.read(1 << 20):
+            yield data
+
+    def close(self) -> None:
+        self.spool.close()
 
 
 def inside(runner: Runner, root: str, relative: str) -> bool:
@@ -299,7 +398,10 @@ class RsyncSnapshot(Method):
 
     def _copy_tree(self, ctx: Context, target: Target, store: Store, folder: str, name: str, *, source_host: str,
                    source: str, previous: Backup | None, resumed: bool = False, relative: bool = False) -> dict:
-        """rsync `source` into folder/NAME.partial on the store, write its manifest, rename it to NAME."""
+        """rsync `source` into folder/NAME.partial on the store, write its manifest, rename it to NAME.
+
+        The manifest is written while rsync runs, a row per entry as rsync lists it, into an unnamed
+        temp file (gone with bak whatever happens), then streamed to the store: memory stays flat."""
         partial = name + naming.PARTIAL_SUFFIX
         started_at = datetime.now()
         copy = {"store": store.name, "location": store.location(folder, name), "ok": False, "error": None,
@@ -313,15 +415,30 @@ class RsyncSnapshot(Method):
                               excludes=options.get("excludes") or [], bwlimit=options.get("bwlimit_kib") or 0,
                               checksum=options.get("checksum", False), ssh=ssh, algorithm=algorithm, relative=relative)
             ctx.progress(f"{target.name}: rsync to {store.name} ({'resuming ' if resumed else ''}{name})")
+            store_runner = ctx.hosts.runner(store.host_name)
+            root = store.path_of(folder, partial)
+            attempts: list[SnapshotRows] = []
+
+            def new_attempt():
+                if attempts:
+                    attempts[-1].close()
+                attempts.append(SnapshotRows(algorithm, self._previous_files(store, previous, algorithm),
+                                             lambda item: resolve_link(store_runner, root, item)))
+                return attempts[-1].add
+
             code, reader, stderr = run_rsync(runner, argv, target.timeout.total_seconds(), ctx.progress,
-                                             manifest.CHECKSUM_WIDTH[algorithm])
-            raise_for_exit(code, stderr, store.name, ctx, target.name)
-            stats = parse_stats(reader.text())
-            rows = self._rows(ctx, store, folder, partial, previous, reader.items, algorithm)
-            owners = _writes_owners(ctx, store)
-            head = manifest.header(started_at, algorithm, owners, rows, stats.get("transferred_size"))
-            data = manifest.dumps(head, rows)
-            store.write_small(folder, name + MANIFEST, data, mtime=started_at.timestamp())
+                                             manifest.CHECKSUM_WIDTH[algorithm], new_attempt)
+            rows = attempts[-1]
+            try:
+                raise_for_exit(code, stderr, store.name, ctx, target.name)
+                stats = parse_stats(reader.text())
+                if rows.unknown:  # a resumed partial's files, or no previous manifest to take them from
+                    rows.fill({i.path: i.checksum for i in tree_items(store_runner, root, algorithm, only=rows.unknown)})
+                head = manifest.header(started_at, algorithm, _writes_owners(ctx, store), rows.files, rows.entries,
+                                       rows.size, stats.get("transferred_size"))
+                store.write_small(folder, name + MANIFEST, rows.chunks(head), mtime=started_at.timestamp())
+            finally:
+                rows.close()
             try:
                 store.rename(folder, partial, name)
             except BaseException:
@@ -334,35 +451,25 @@ class RsyncSnapshot(Method):
                 store.remove(folder, partial)
         return copy
 
-    def _rows(self, ctx: Context, store: Store, folder: str, partial: str, previous: Backup | None,
-              items: list[manifest.Item], algorithm: str) -> list[dict]:
-        """Checksums come from the transfer; unchanged files keep the previous manifest's; the rest
-        (a resumed partial's files) are asked of rsync on the store's host."""
-        before = read_manifest(store, previous.folder, previous.name) if previous else None
-        known = before.files() if before and before.algorithm == algorithm else {}
-        root = store.path_of(folder, partial)
-        runner = ctx.hosts.runner(store.host_name)
-        unknown = []
-        for item in items:
-            if item.type == "f" and not item.checksum:
-                old = known.get(item.path)
-                if not item.written and old and old.get("size") == item.size and old.get("mtime") == item.mtime:
-                    item.checksum = old.get(algorithm)
-                if not item.checksum:
-                    unknown.append(item)
-            if item.link_text:
-                resolve_link(runner, root, item)
-        if unknown:
-            listed = {i.path: i.checksum for i in tree_items(runner, root, algorithm)}
-            for item in unknown:
-                item.checksum = listed.get(item.path)
-        return [item.row(algorithm) for item in items]
+    @staticmethod
+    def _previous_files(store: Store, previous: Backup | None, algorithm: str) -> manifest.PreviousFiles | None:
+        """The previous snapshot's manifest, streamed, for the checksums of files rsync did not copy again."""
+        if previous is None:
+            return None
+        try:
+            stream = store.open_read(previous.folder, previous.name + MANIFEST)
+        except (OSError, BakError):
+            return None
+        return manifest.PreviousFiles(lines(stream), algorithm)
 
     def _check_tree(self, runner: Runner, root: str, expected: manifest.Manifest, owners: bool) -> tuple[list, dict]:
-        items = tree_items(runner, root, expected.algorithm if expected.version >= 2 else "md5")
         if expected.version < 2:
+            items = tree_items(runner, root, "md5", checksums=False)
             digests = sha256_of(runner, root, [i.path for i in items if i.type == "f"])
-            for item in items:
+        else:
+            items, digests = checksummed_tree(runner, root, expected.algorithm)
+        for item in items:
+            if item.type == "f":
                 item.checksum = digests.get(item.path)
         return items, manifest.differences(expected, items, owners=owners and expected.head.get("owners", False))
 
@@ -456,7 +563,7 @@ class RsyncSnapshot(Method):
         argv = rsync_argv(src, dst, ssh=ssh, delete=exists and not single,
                           excludes=[] if single else target.options.get("excludes") or [])
         code, reader, stderr = run_rsync(runner_, argv, target.timeout.total_seconds(), ctx.progress,
-                                         manifest.CHECKSUM_WIDTH["md5"])
+                                         manifest.CHECKSUM_WIDTH["md5"], lambda: lambda item: False)
         if code not in (0, 24):
             raise CommandFailed(f"restore rsync exited {code}: {stderr.strip().splitlines()[-1] if stderr.strip() else ''}",
                                 returncode=code, stderr_tail=stderr[-2000:], where=target.name,
@@ -507,13 +614,7 @@ class RsyncSnapshot(Method):
                                      "differences": [p for k in ("missing", "unexpected", "changed") for p in diff[k]][:20]})
         finally:
             runner.run(["rm", "-rf", "--", scratch], check=False)
-        result["passed"] = all(c["ok"] for c in result["checks"])
-        if not result["passed"]:
-            count = sum(len(v) for v in diff.values())
-            raise VerifyFailed(f"drill of {backup.name} from {store.name}: the restored tree differs from its manifest "
-                               f"({count} entries)", where=f"{store.name}:{backup.name}", code="drill_failed",
-                               details={"result": result})
-        return result
+        return drill_verdict(result, diff, store, backup, "the restored tree differs from its manifest")
 
 
 def _is_root(runner: Runner) -> bool:

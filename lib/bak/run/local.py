@@ -142,11 +142,6 @@ class LocalRunner(Runner):
             os.close(fd)
 
     @contextmanager
-    def private_file(self) -> Iterator[str]:
-        with self._guarded(b"") as path:
-            yield path
-
-    @contextmanager
     def _guarded(self, content: bytes) -> Iterator[str]:
         guard = subprocess.Popen(guardian_argv(len(content)), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:

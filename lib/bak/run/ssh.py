@@ -257,11 +257,6 @@ class SSHRunner(Runner):
             yield path
 
     @contextmanager
-    def private_file(self) -> Iterator[str]:
-        with self._guarded(b"") as path:
-            yield path
-
-    @contextmanager
     def _guarded(self, content: bytes) -> Iterator[str]:
         """The guardian (see base.GUARDIAN) on its own channel: when bak dies, the connection closes,
         the guardian's stdin ends, and the file is removed on the host."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
 
 from bak.errors import NoSpace, Refused
 
@@ -47,6 +47,10 @@ class Usage:
     @property
     def used_percent(self) -> float:
         return 100.0 * (self.total - self.free) / self.total if self.total else 0.0
+
+
+def chunks_of(data: bytes | Iterable[bytes]) -> Iterable[bytes]:
+    return (data,) if isinstance(data, (bytes, bytearray)) else data
 
 
 def sha256_line(digest: str, name: str) -> bytes:
@@ -107,9 +111,9 @@ class Store:
         """The folder (and missing parents), private to its owner, for a tool (rsync) that writes into it."""
         raise NotImplementedError
 
-    def write_small(self, folder: str, name: str, data: bytes, mtime: float | None = None) -> None:
-        """A sidecar, written atomically (partial, fsync, rename); `mtime` records a time beside a name
-        that carries none (see catalog)."""
+    def write_small(self, folder: str, name: str, data: bytes | Iterable[bytes], mtime: float | None = None) -> None:
+        """A sidecar, written atomically (partial, fsync, rename): bytes, or chunks streamed (a manifest of
+        500,000 rows is never one string); `mtime` records a time beside a name that carries none (see catalog)."""
         raise NotImplementedError
 
     def read_small(self, folder: str, name: str, limit: int = 1 << 20) -> bytes:

@@ -8,12 +8,12 @@ import shutil
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
 
 from bak.errors import WriteFailed
 from bak.naming import PARTIAL_SUFFIX
 from bak.paths import ensure_private_dir
-from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line, symlink_refused
+from bak.stores.base import ArtifactWriter, Entry, Store, Usage, chunks_of, sha256_line, symlink_refused
 
 
 def write_failure(exc: OSError, store: str, location: str) -> WriteFailed:
@@ -175,7 +175,7 @@ class LocalStore(Store):
         self._refuse_links(folder)
         return LocalWriter(self, self._dir(folder), name)
 
-    def write_small(self, folder: str, name: str, data: bytes, mtime: float | None = None) -> None:
+    def write_small(self, folder: str, name: str, data: bytes | Iterable[bytes], mtime: float | None = None) -> None:
         self._refuse_links(folder)
         ensure_private_dir(self._dir(folder))
         try:
@@ -184,14 +184,15 @@ class LocalStore(Store):
             raise write_failure(exc, self.name, str(self._dir(folder) / name)) from None
 
     @staticmethod
-    def write_small_at(folder: Path, name: str, data: bytes, mtime: float | None = None) -> None:
+    def write_small_at(folder: Path, name: str, data: bytes | Iterable[bytes], mtime: float | None = None) -> None:
         partial = folder / (name + PARTIAL_SUFFIX)
         try:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                for chunk in chunks_of(data):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import posixpath
 import stat
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
 
 from bak.errors import CommandFailed, TransportError, WriteFailed
 from bak.naming import PARTIAL_SUFFIX
-from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line, symlink_refused
+from bak.stores.base import ArtifactWriter, Entry, Store, Usage, chunks_of, sha256_line, symlink_refused
 
 
 def _write_error(exc: Exception, store: str, location: str) -> WriteFailed:
@@ -165,7 +165,7 @@ class RemoteStore(Store):
         self._refuse_links(folder)
         return RemoteWriter(self, self._dir(folder), name)
 
-    def write_small(self, folder: str, name: str, data: bytes, mtime: float | None = None,
+    def write_small(self, folder: str, name: str, data: bytes | Iterable[bytes], mtime: float | None = None,
                     absolute: bool = False) -> None:
         directory = folder if absolute else self._dir(folder)
         if not absolute:
@@ -177,7 +177,9 @@ class RemoteStore(Store):
         try:
             with sftp.open(partial, "w") as handle:
                 handle.chmod(0o600)
-                handle.write(data)
+                handle.set_pipelined(True)
+                for chunk in chunks_of(data):
+                    handle.write(chunk)
             if mtime is not None:
                 sftp.utime(partial, (mtime, mtime))
             self.runner.run(["sync", "--", partial])

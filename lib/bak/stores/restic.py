@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from bak import naming
 from bak.errors import (BadInput, BakError, CommandFailed, HostKeyUnknown, LockHeld, Refused, TransportError,
@@ -34,7 +34,7 @@ from bak.run.base import Cancel, Completed
 from bak.run.local import LocalRunner
 from bak.secrets import read_secret
 from bak.stores import resticcmd as cmd
-from bak.stores.base import ArtifactWriter, Entry, Store, Usage, sha256_line
+from bak.stores.base import ArtifactWriter, Entry, Store, Usage, chunks_of, sha256_line
 
 RETRY_WINDOW_S = 60  # restic's backoff between attempts stays below this: a longer quiet means it recovered
 # Listing the snapshots is small: a server that has not answered it in this long is reported unreachable, so
@@ -663,8 +663,9 @@ class ResticStore(Store):
             raise WriteFailed(f"restic reported no snapshot for {name}", where=self.name)
         return summary["snapshot_id"]
 
-    def write_small(self, folder: str, name: str, data: bytes, mtime: float | None = None) -> None:
-        """`NAME.protected` marks a backup as protected (a tag); anything else is a small artifact of its own."""
+    def write_small(self, folder: str, name: str, data: bytes | Iterable[bytes], mtime: float | None = None) -> None:
+        """`NAME.protected` marks a backup as protected (a tag); anything else is a small artifact of its own
+        that replaces an earlier one of that name."""
         if name.endswith(".protected"):
             artifact = self.find(folder, name[: -len(".protected")])
             self.run(cmd.tag_argv(artifact.stream or artifact.ids[0], [cmd.PROTECTED], self.options()))
@@ -672,9 +673,14 @@ class ResticStore(Store):
             return
         import hashlib
 
+        earlier = self.ids_of(folder, name)  # the recovery kit is rewritten by every create: the newest replaces it
+        digest = hashlib.sha256()
         writer = self.writer(folder, name)
-        writer.write(data)
-        writer.commit(hashlib.sha256(data).hexdigest())
+        for chunk in chunks_of(data):
+            digest.update(chunk)
+            writer.write(chunk)
+        writer.commit(digest.hexdigest())
+        self.forget(earlier)
 
     # -- removing -----------------------------------------------------------------------------
     def forget(self, ids: list[str]) -> None:
