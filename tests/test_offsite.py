@@ -57,7 +57,7 @@ def snapshots(repository: str, env: dict | None = None) -> list[dict]:
 
 
 # --- folder snapshots on a REST server ---------------------------------------------------------------
-def test_a_folder_snapshot_goes_off_site_and_comes_back(bak_home, rest_server):
+def test_a_folder_snapshot_goes_off_site_and_comes_back(bak_home, rest_server, monkeypatch):
     repository = rest_server.repository("tree/")
     tree_config(bak_home, {"nfs": {"kind": "local", "path": str(bak_home / "nfs")},
                            "offsite": offsite(bak_home, repository)})
@@ -102,6 +102,20 @@ def test_a_folder_snapshot_goes_off_site_and_comes_back(bak_home, rest_server):
     assert (into / "dir1" / "file1.txt").read_bytes() == (bak_home / "src" / "dir1" / "file1.txt").read_bytes()
     safety = run_cli("list", "--destination", "offsite").envelope["result"]["safety_copies"]
     assert len(safety) == 1  # what --force replaced, kept in the repository, apart from the backups
+
+    # The runbook's lines for the day bak is not there, run by a shell with restic alone: the source comes back.
+    from bak.dr import manual
+
+    monkeypatch.setattr(manual, "STAGE", str(bak_home / "stage"))
+    [step] = run_cli("dr", "plan").envelope["result"]["steps"]
+    assert step["source"]["destination"] == "offsite"
+    shutil.rmtree(bak_home / "src")
+    for line in step["commands"]["manual"]:
+        done = subprocess.run(["sh", "-c", line["run"]], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "RESTIC_PASSWORD": RESTIC_PASSWORD})
+        assert done.returncode == 0, (line, done.stderr)
+    assert (bak_home / "src" / "dir1" / "file1.txt").read_bytes() == (into / "dir1" / "file1.txt").read_bytes()
+    assert os.readlink(bak_home / "src" / "link") == "dir1/file1.txt" and not os.listdir(bak_home / "stage")
     assert os.listdir(os.environ["TMPDIR"]) == [] or all(n.startswith("pytest-of-") for n in os.listdir(os.environ["TMPDIR"]))
 
 
