@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -10,6 +11,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "lib"))
+
+
+def bak_env(**extra: str) -> dict[str, str]:
+    """The environment bak runs in, as installed: from this checkout, with its compiled bytecode (an
+    environment that sets PYTHONDONTWRITEBYTECODE would have every run compile bak's source again)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPATH": str(REPO / "lib"), **extra}
 
 
 def wall(argv: list[str], ok_codes: tuple[int, ...] = (0,), **kwargs) -> float:

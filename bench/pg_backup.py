@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from _common import REPO, compare, ratio, wall
+from _common import bak_env, compare, ratio, wall
 from bak.demo import DemoCluster, pg_bindir
 
 ROWS = int(os.environ.get("BENCH_PG_ROWS", "2500000"))
@@ -50,7 +50,7 @@ def main() -> int:
             return path
 
         one, two = config("one", ["d1"]), config("two", ["d1", "d2"])
-        env = {**os.environ, "PYTHONPATH": str(REPO / "lib"), "BAK_STATE_DIR": str(root / "state"), "PGPASSWORD": "bench-pass"}
+        env = bak_env(BAK_STATE_DIR=str(root / "state"), PGPASSWORD="bench-pass")
         dump = [str(bindir / "pg_dump"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "backup", "-d", "bench", "-w", "-Fc"]
 
         def clean():

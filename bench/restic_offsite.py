@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from _common import REPO, compare, ratio, wall
+from _common import bak_env, compare, ratio, wall
 from bak.demo import DemoCluster, free_port, pg_bindir
 
 PG_MIB = int(os.environ.get("BENCH_PG_MIB", "1024"))
@@ -49,8 +49,8 @@ def main() -> int:
     secret = root / "restic.pass"
     secret.write_text(PASSWORD + "\n")
     secret.chmod(0o600)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "lib"), "BAK_STATE_DIR": str(root / "state"),
-           "RESTIC_CACHE_DIR": str(root / "cache"), "RESTIC_PASSWORD_FILE": str(secret), "PGPASSWORD": "bench-pass"}
+    env = bak_env(BAK_STATE_DIR=str(root / "state"), RESTIC_CACHE_DIR=str(root / "cache"),
+                  RESTIC_PASSWORD_FILE=str(secret), PGPASSWORD="bench-pass")
     current = {}
 
     def fresh_repository():

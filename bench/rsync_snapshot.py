@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from _common import REPO, compare, ratio
+from _common import bak_env, compare, ratio
 
 SIZES = [int(s) for s in os.environ.get("BENCH_RSYNC_SIZES", "50000").split(",")]
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -79,7 +79,7 @@ def run_size(files: int, base: Path) -> bool:
     config.write_text(yaml.safe_dump({"version": 1, "destinations": {"d": {"kind": "local", "path": str(store)}},
                                       "targets": [{"name": "tree", "method": "rsync", "destinations": ["d"],
                                                    "rsync": {"source": str(source)}}]}))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "lib"), "BAK_STATE_DIR": str(state)}
+    env = bak_env(BAK_STATE_DIR=str(state))
     bak = [sys.executable, "-m", "bak", "create", "--config", str(config), "--json"]
     subprocess.run(bak, env=env, stdout=subprocess.DEVNULL, check=True)
     snapshots = store / "rsync" / "tree"

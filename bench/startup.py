@@ -1,16 +1,15 @@
 """Issue 2: cold start of `bak --help` and `bak config check` (< 0.25 s), next to a bare `python -c pass`."""
 
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import REPO, compare
+from _common import bak_env, compare
 
 
 def main() -> int:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "lib")}
+    env = bak_env()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.yaml"
         config.write_text(subprocess.run([sys.executable, "-m", "bak", "config", "example"], env=env,

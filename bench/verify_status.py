@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from _common import REPO, compare, wall
+from _common import bak_env, compare, wall
 from bak import naming
 from bak.catalog import Backup
 from bak.stores.base import Entry
@@ -75,7 +75,7 @@ def status_bench(tmp: Path) -> bool:
     config.write_text(yaml.safe_dump({"version": 1, "destinations": {"d": {"kind": "local", "path": str(dest)}},
                                       "targets": [{"name": f"db{t}", "method": "pg_dump", "destinations": ["d"],
                                                    "pg_dump": {"database": f"db{t}"}} for t in range(targets)]}))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "lib"), "BAK_STATE_DIR": str(tmp / "state")}
+    env = bak_env(BAK_STATE_DIR=str(tmp / "state"))
     medians = compare(f"bak status over {targets * per_target} backups ({targets} targets, one folder)", {
         "bak status --json (whole process)": lambda: wall([sys.executable, "-m", "bak", "status", "--config", str(config),
                                                            "--json"], ok_codes=(0, 1), env=env,
