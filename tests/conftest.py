@@ -5,6 +5,7 @@ In CI (CI=true) a missing system tool fails the test instead of skipping it.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import json
 import os
@@ -46,8 +47,8 @@ _SYSTEM_TMP = Path("/tmp")
 _HOME_SKIP = {".pyenv", ".rustup", ".cargo", ".m2", ".npm", ".cache", ".claude", ".claude.json"}
 
 
-def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(SESSION_TMP, ignore_errors=True)
+# At exit rather than at the session's end: a run stopped by a usage error or Ctrl-C removes it too.
+atexit.register(shutil.rmtree, SESSION_TMP, True)
 
 
 def _entries() -> set[str]:
