@@ -76,14 +76,18 @@ def leaves_nothing_behind():
     assert not new, f"the test left files behind: {new}"
 
 
+def unavailable(message: str) -> None:
+    """What a test needs is not on this machine: a failure in CI (CI=true), a skip on a developer's machine."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def need(*tools: str) -> None:
-    """Skip locally, fail in CI, when a system tool the test needs is missing."""
+    """Each system tool the test needs is there (else `unavailable`)."""
     missing = [t for t in tools if not (shutil.which(t) or Path(t).exists())]
     if missing:
-        message = f"missing system tools: {', '.join(missing)} (run: bash tests/run.sh)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)  # only outside CI: with CI=true a missing tool fails just above
+        unavailable(f"missing system tools: {', '.join(missing)} (run: bash tests/run.sh)")
 
 
 # --- network guard -------------------------------------------------------------------------
@@ -411,19 +415,21 @@ def postgres():
 
 
 # --- a small full disk -----------------------------------------------------------------------
+def mount_tmpfs(point: Path, size: str) -> Path:
+    """A tmpfs of `size` at a new folder `point`: a filesystem of its own (needs root). Unmount with umount -l."""
+    need("mount", "umount")
+    point.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(point)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        unavailable(f"cannot mount a tmpfs here (needs root): {out.stderr.strip()}")
+    return point
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 1 MiB tmpfs, to fill up for real."""
-    need("mount", "umount")
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        message = f"cannot mount a tmpfs here (needs root): {out.stderr.strip()}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)  # only outside CI: with CI=true it fails just above
+    mount_point = mount_tmpfs(tmp_path / "tiny", "1m")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
@@ -474,9 +480,7 @@ def s3_server(tmp_path_factory):
     try:
         import moto.server  # noqa: F401  (the test extra: pip install -e '.[test]')
     except ImportError:
-        if IN_CI:
-            pytest.fail("moto[server] is missing (run: bash tests/run.sh)")
-        pytest.skip("moto[server] is missing (run: bash tests/run.sh)")
+        unavailable("moto[server] is missing (run: bash tests/run.sh)")
     root = tmp_path_factory.mktemp("s3")
     port = free_port()
     server = ResticServer([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, root,
