@@ -164,7 +164,8 @@ def test_a_dump_goes_to_s3_and_is_drilled_and_restored_from_there(bak_home, s3_s
     lab_config(bak_home, pg, dests={"nfs": {"kind": "local", "path": str(bak_home / "nfs")},
                                     "offsite": offsite(bak_home, repository,
                                                        aws_access_key_id={"env": "BAK_TEST_S3_KEY_ID"},
-                                                       aws_secret_access_key={"env": "BAK_TEST_S3_SECRET"})})
+                                                       aws_secret_access_key={"env": "BAK_TEST_S3_SECRET"})},
+               globals=True)
     assert run_cli("destination", "init", "offsite").code == 0
     with CommandLines() as seen:
         created = run_cli("create")
@@ -191,6 +192,35 @@ def test_a_dump_goes_to_s3_and_is_drilled_and_restored_from_there(bak_home, s3_s
     pg.psql("DROP DATABASE app_offsite")
     log = json.dumps(run_cli("log").envelope)
     assert S3_SECRET not in log and RESTIC_PASSWORD not in log
+
+    # The runbook's by-hand lines, once the NFS copy is gone, run by a shell with restic alone: the dump
+    # comes out of its snapshot and passes its sha256 check, the globals come out of the seal's tar.
+    from bak.dr import manual
+
+    monkeypatch.setattr(manual, "STAGE", str(bak_home / "stage"))
+    (bak_home / "stage").mkdir()
+    shutil.rmtree(bak_home / "nfs")
+    [step] = run_cli("dr", "plan").envelope["result"]["steps"]
+    assert step["source"]["destination"] == "offsite"
+    fetching = [line["run"] for line in step["commands"]["manual"] if line["run"].startswith(("restic ", "echo "))]
+    assert len(fetching) == 3  # the dump, its check, the globals
+    for line in fetching:
+        done = subprocess.run(["sh", "-c", line], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **env, "RESTIC_REPOSITORY": repository, "RESTIC_PASSWORD": RESTIC_PASSWORD})
+        assert done.returncode == 0, (line, done.stderr)
+    staged = bak_home / "stage" / f"{name}.globals.sql"
+    assert staged.read_text() == tar_member(restic(repository, "dump", seal["id"], seal["paths"][0], env=env).stdout,
+                                            f"{name}.globals.sql")
+    assert "CREATE ROLE" in staged.read_text()
+
+
+def tar_member(tar_text: str, member: str) -> str:
+    """A member of a tar given as text (restic dump's stdout), read by Python's tarfile."""
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(tar_text.encode("utf-8", "surrogateescape"))) as archive:
+        return archive.extractfile(member).read().decode()
 
 
 # --- bak sync ---------------------------------------------------------------------------------------
