@@ -122,3 +122,12 @@ def test_restic_argv():
         "local", "local", "sftp", "rest", "s3"]
     assert cmd.server_of("s3:https://S3.Example.com:9000/bucket") == "s3.example.com"
     assert cmd.server_of("/mnt/usb") is None
+
+
+def test_top_level_names_are_dealt_to_parallel_rsyncs_alike_every_run():
+    names = [b"b", b"a", b"-x", b"caf\xc3\xa9", b"d e"]
+    assert rsync.deal(names, 2) == [[b"-x", b"b", b"d e"], [b"a", b"caf\xc3\xa9"]]
+    assert rsync.deal(list(reversed(names)), 2) == rsync.deal(names, 2)
+    assert rsync.deal([b"only"], 4) == [[b"only"]]
+    assert rsync.rsync_argv("/src/", "/dst/", files_from=True)[-5:] == [
+        "--files-from=-", "--from0", "--recursive", "/src/", "/dst/"]

@@ -155,6 +155,25 @@ def test_full_destination_fails_cleanly(bak_home, tiny_disk):
     assert list((tiny_disk / "rsync" / "files").iterdir()) == []
 
 
+def test_a_disk_filled_by_parallel_rsyncs_fails_cleanly_and_keeps_the_snapshot_before(bak_home, tiny_disk, monkeypatch):
+    import bak.methods.rsync as rsync_method
+
+    monkeypatch.setattr(rsync_method, "cores", lambda runner: 2)
+    source = bak_home / "src"
+    for top in ("a", "b"):
+        (source / top).mkdir(parents=True)
+        (source / top / "small.bin").write_bytes(os.urandom(100_000))
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(tiny_disk)})
+    first = run_cli("create").envelope["result"]["targets"][0]["name"]
+    for top in ("a", "b"):
+        (source / top / "big.bin").write_bytes(os.urandom(600_000))
+    time.sleep(1.05)
+    result = run_cli("create")
+    assert result.code == 1 and result.envelope["errors"][0]["code"] == "disk_full", result.envelope
+    assert sorted(p.name for p in (tiny_disk / "rsync" / "files").iterdir()) == [first, f"{first}.manifest"]
+    assert run_cli("verify").code == 0
+
+
 def test_sshd_killed_mid_rsync_leaves_no_snapshot_and_a_rerun_resumes(bak_home, private_sshd, monkeypatch):
     import bak.methods.rsync as rsync_method
 
@@ -309,3 +328,90 @@ def test_verify_reads_a_big_tree_with_one_rsync_per_core_and_still_finds_a_flipp
     os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     caught = run_cli("verify")
     assert caught.code == 1 and "dir7/file17.txt (content differs)" in caught.envelope["errors"][0]["message"]
+
+
+# Top-level names the parallel copy deals out by their raw bytes: each lands in one rsync's list.
+HOSTILE_TOPS = [b"plain", b"with space", b"-leading-dash", b'quote"and\\back', b"new\nline", b"caf\xc3\xa9",
+                b"latin1-\xe9", b".hidden", b"a -> b"]
+
+
+def entries_of(root):
+    """Every entry under root as an independent reader sees it (lstat, readlink, xxHash), by manifest path."""
+    found = {}
+    for folder, dirs, files in os.walk(os.fsencode(root)):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            row = {"path": os.path.relpath(path, os.fsencode(root)).decode("utf-8", "surrogateescape"),
+                   "mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid}
+            if os.path.islink(path):
+                row.update(type="l", target=os.readlink(path).decode("utf-8", "surrogateescape"))
+            elif os.path.isdir(path):
+                row.update(type="d")
+            else:
+                with open(path, "rb") as handle:
+                    digest = xxhash.xxh3_128_hexdigest(handle.read())
+                row.update(type="f", size=st.st_size, mtime=int(st.st_mtime), xxh128=digest)
+            found[row["path"]] = row
+    return found
+
+
+def test_a_second_snapshot_by_parallel_rsyncs_is_the_tree_entry_by_entry(bak_home, monkeypatch):
+    """Three rsyncs over the top-level names (hostile ones too), excludes anchored and not, files new, changed,
+    removed and re-moded: the snapshot is the source minus the excludes, its manifest is what lstat and xxHash
+    read, unchanged files are links to the first snapshot's, and the root carries the source's mode and time."""
+    import bak.methods.rsync as rsync_method
+
+    need("rsync")
+    monkeypatch.setattr(rsync_method, "cores", lambda runner: 3)
+    source, dest = bak_home / "src", bak_home / "dest"
+    raw = os.fsencode(source)
+    for top in HOSTILE_TOPS:
+        os.makedirs(os.path.join(raw, top, b"sub"))
+        for name in (b"f1", b"f2", b"sub/deep.txt", b"skip.tmp"):
+            with open(os.path.join(raw, top, name), "wb") as handle:
+                handle.write(os.urandom(700) + top)
+    os.mkdir(os.path.join(raw, b"empty"))
+    (source / "top file.txt").write_text("at the top")
+    (source / "scratch.tmp").write_text("excluded")
+    os.symlink(b"plain/f1", os.path.join(raw, b"link -> x"))
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, excludes=["*.tmp", "/with space/f2"])
+    folder = dest / "rsync" / "files"
+    first = run_cli("create").envelope["result"]["targets"][0]
+    assert first["copies"][0]["rsyncs"] == 1  # nothing to link against: one rsync copies
+    (source / "plain" / "f1").write_bytes(b"changed")
+    os.unlink(os.path.join(raw, b"new\nline", b"f2"))
+    os.chmod(os.path.join(raw, b"-leading-dash", b"f1"), 0o600)
+    with open(os.path.join(raw, b"caf\xc3\xa9", b"new"), "wb") as handle:
+        handle.write(b"a new file")
+    os.makedirs(source / "zz-new" / "inner")
+    (source / "zz-new" / "inner" / "n.txt").write_text("new folder")
+    os.chmod(source, 0o750)
+    os.utime(source, (1_600_000_000, 1_600_000_000))
+    time.sleep(1.05)
+    hashed_again = []  # files whose sum neither the transfer nor the previous manifest gave
+    listing = rsync_method.tree_items
+    monkeypatch.setattr(rsync_method, "tree_items", lambda *a, only=None, **k: (hashed_again.append(only),
+                                                                                 listing(*a, only=only, **k))[1])
+    second = run_cli("create")
+    assert second.code == 0, second.envelope
+    made = second.envelope["result"]["targets"][0]
+    assert made["copies"][0]["rsyncs"] == 3 and hashed_again == []
+    snapshot = folder / made["name"]
+
+    expected = entries_of(source)
+    for path in [p for p in expected if p.endswith(".tmp") or p == "with space/f2"]:
+        del expected[path]
+    found = entries_of(snapshot)
+    assert found == expected
+    head, *rows = [json.loads(line) for line in (folder / f"{made['name']}.manifest").read_text().splitlines()]
+    listed = {row["path"]: row for row in rows}
+    root = listed.pop(".")
+    assert (root["type"], root["mode"]) == ("d", 0o750) and os.stat(snapshot).st_mtime == 1_600_000_000
+    assert listed == found and head["files"] == sum(1 for r in found.values() if r["type"] == "f")
+    old = folder / first["name"]
+    for path in ("quote\"and\\back/sub/deep.txt", "latin1-\udce9/f1", "a -> b/f2"):
+        assert os.stat(snapshot / path).st_ino == os.stat(old / path).st_ino, path  # linked, not copied
+    for path in ("plain/f1", "-leading-dash/f1"):  # new content; a new mode (a link would change the old copy's)
+        assert os.stat(snapshot / path).st_ino != os.stat(old / path).st_ino, path
+    assert run_cli("verify").code == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bak import naming
-from conftest import bak_subprocess, kill_tree, need, run_cli, write_config
+from conftest import bak_subprocess, kill_tree, need, run_cli, unavailable, write_config
 from test_files import files_config, make_tree
 from test_pg import PASSWORD, pg_options
 
@@ -267,6 +267,47 @@ def test_sigkill_leaves_no_child_writing_and_a_live_writer_is_refused(bak_home):
     resumed = run_cli("create")
     assert resumed.code == 0, resumed.envelope
     assert resumed.envelope["result"]["targets"][0]["copies"][0]["resumed"] is True
+
+
+def test_parallel_rsyncs_stop_with_bak_and_the_next_run_resumes(bak_home):
+    """A 2nd snapshot made by one rsync per core: Ctrl-C stops every one of them (bak exits 130), SIGKILL
+    too (their orphan guard); the next run clears what they left and makes a snapshot that verifies."""
+    need("rsync", "setpriv")
+    if (os.cpu_count() or 1) < 2:
+        unavailable("parallel rsyncs need a machine with 2 cores or more")
+    source, dest = bak_home / "src", bak_home / "dest"
+    big = [source / f"part{top}" / "big.img" for top in range(2)]
+    for path in big:
+        path.parent.mkdir(parents=True)
+        (path.parent / "small.txt").write_text(path.parent.name)
+        with open(path, "wb") as handle:
+            handle.truncate(512 << 20)  # sparse here, 512 MiB written in the store: each rsync has work
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, excludes=[])
+    assert run_cli("create").code == 0
+    folder = dest / "rsync" / "files"
+    for stop in (signal.SIGINT, signal.SIGKILL):
+        time.sleep(1.05)
+        for path in big:
+            os.utime(path)  # changed: copied again, not linked
+        left = set(folder.glob("*.partial"))
+        proc = bak_subprocess("create", "--json")
+        partial = wait_for(lambda: list(set(folder.glob("*.partial")) - left), what="the partial")[0]
+        wait_for(lambda: [pid for pid in processes_naming(str(partial)) if b"--files-from=-" in
+                          Path(f"/proc/{pid}/cmdline").read_bytes()], what="the parallel rsyncs")
+        proc.send_signal(stop)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == (130 if stop == signal.SIGINT else -signal.SIGKILL), out
+        if stop == signal.SIGINT:  # stopped, not waited for: the copies were cut short
+            copied = [partial / path.relative_to(source) for path in big]
+            assert sum(path.stat().st_size for path in copied if path.exists()) < 2 * (512 << 20)
+        wait_for(lambda: not processes_naming(str(partial)), timeout=5, what="no rsync left writing the partial")
+        assert list(folder.glob("*.partial")) == [partial]  # the run before's partial was cleared at the start
+    time.sleep(1.05)
+    last = run_cli("create")
+    assert last.code == 0, last.envelope
+    copy = last.envelope["result"]["targets"][0]["copies"][0]
+    assert copy["rsyncs"] == 2 and copy["files"] == 4
+    assert not list(folder.glob("*.partial")) and run_cli("verify").code == 0
 
 
 # --- 6. symlinks never lead out ------------------------------------------------------------------

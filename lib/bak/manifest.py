@@ -150,17 +150,33 @@ class PreviousFiles:
     WINDOW = 8192
     REACH = 16 * WINDOW  # how far past a run of deleted files a miss may look
 
-    def __init__(self, lines, algorithm: str):
+    def __init__(self, lines, algorithm: str, tops: frozenset[str] | None = None):
+        """`tops`: only rows under these top-level names (one of several rsyncs copying a part of the tree)."""
         self._lines = iter(lines)
         self._algorithm = algorithm
         self._ahead: OrderedDict[str, tuple[int, int, str | None]] = OrderedDict()
+        self._tops = tops
+        self._quoted_tops = None if tops is None else {_quote(top)[1:-1].encode("ascii") for top in tops}
+
+    def _elsewhere(self, raw: bytes) -> bool:
+        """A row under a top-level name of another part, told from its bytes without parsing it."""
+        if self._quoted_tops is None or not raw.startswith(b'{"path": "'):
+            return False
+        end = raw.find(b'"', 10)
+        slash = raw.find(b"/", 10, end)
+        top = raw[10:slash if slash != -1 else end]
+        return b"\\" not in top and top not in self._quoted_tops  # an escaped name is parsed, then checked
 
     def _read(self) -> bool:
         for raw in self._lines:
+            if self._elsewhere(raw):
+                continue
             match = _FILE_ROW.fullmatch(raw.decode("utf-8", "surrogateescape").rstrip("\n"))
             if match and match.group(4) == self._algorithm:
                 literal = match.group(1)
                 path = json.loads(literal) if "\\" in literal else literal[1:-1]
+                if self._tops is not None and path.split("/", 1)[0] not in self._tops:
+                    continue
                 self._ahead[path] = (int(match.group(2)), int(match.group(3)), match.group(5))
                 return True
         return False

@@ -17,6 +17,7 @@ import re
 import shlex
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from bak.config import LOCAL, Host, Target
 from bak.errors import BadInput, BakError, CommandFailed, Refused, TransportError, VerifyFailed
 from bak.journal import Operation
 from bak.methods.base import Context, Method, clear_leftovers, drill_verdict, free_name, fresh_name
-from bak.run.base import Runner
+from bak.run.base import Cancel, Runner
 from bak.stores import Store
 from bak.streams import lines
 from bak.verify import passed
@@ -73,7 +74,7 @@ def rsync_argv(source: str, dest: str, *, link_dest: str | None = None, excludes
     if relative:
         argv.append("--relative")
     if files_from:
-        argv += ["--files-from=-", "--from0"]
+        argv += ["--files-from=-", "--from0", "--recursive"]  # -a does not recurse with --files-from
     if checksum:
         argv.append("--checksum")
     if bwlimit:
@@ -144,15 +145,18 @@ def algorithm_for(ctx: Context, *hosts: str) -> str:
     return "xxh128" if all("xxh128" in _offered(ctx.hosts.runner(h)) for h in dict.fromkeys(hosts)) else "md5"
 
 
-def run_rsync(runner: Runner, argv: list[str], timeout: float, progress, width: int, new_attempt=None):
+def run_rsync(runner: Runner, argv: list[str], timeout: float, progress, width: int, new_attempt=None, *,
+              stdin: bytes | None = None, cancel: Cancel | None = None):
     """rsync with bounded retries on transport failures, its listing parsed while it runs.
 
     `new_attempt()` gives each attempt a fresh handler for its entries (they are then not kept).
-    Returns (exit code, ListingReader, stderr). A refused host key is never retried."""
+    `cancel` (local runs only) stops it. Returns (exit code, ListingReader, stderr). A refused host key
+    is never retried."""
+    stops = {"cancel": cancel} if cancel is not None else {}
     for attempt in range(1, RETRIES + 1):
         reader = manifest.ListingReader(width, new_attempt() if new_attempt else None)
         try:
-            out = runner.run(argv, check=False, timeout=timeout, stdout=reader.feed, env=RSYNC_ENV)
+            out = runner.run(argv, check=False, timeout=timeout, stdout=reader.feed, env=RSYNC_ENV, stdin=stdin, **stops)
         except TransportError:
             reader.close()
             if attempt == RETRIES:
@@ -346,14 +350,102 @@ class SnapshotRows:
             self.spool.write(line)
         spool.close()
 
-    def chunks(self, head: dict):
-        yield (json.dumps(head) + "\n").encode()
-        self.spool.seek(0)
-        while data := self.spool.read(1 << 20):
-            yield data
-
     def close(self) -> None:
         self.spool.close()
+
+
+def manifest_chunks(head: dict, parts: list[SnapshotRows]):
+    """The header, then each part's rows in order."""
+    yield (json.dumps(head) + "\n").encode()
+    for rows in parts:
+        rows.spool.seek(0)
+        while data := rows.spool.read(1 << 20):
+            yield data
+
+
+@dataclass
+class Part:
+    """One rsync of a snapshot: how it ended and the manifest rows it listed."""
+
+    code: int
+    stderr: str
+    stats: dict
+    rows: SnapshotRows
+
+
+def rsync_rows(ctx: Context, runner: Runner, argv: list[str], algorithm: str, rows_for, timeout: float, *,
+               tops: frozenset[str] | None = None, stdin: bytes | None = None, cancel: Cancel | None = None) -> Part:
+    """One rsync, its listing turned into manifest rows as it runs (a fresh set for each retry)."""
+    attempts: list[SnapshotRows] = []
+
+    def new_attempt():
+        if attempts:
+            attempts[-1].close()
+        attempts.append(rows_for(tops))
+        return attempts[-1].add
+
+    try:
+        code, reader, stderr = run_rsync(runner, argv, timeout, ctx.progress, manifest.CHECKSUM_WIDTH[algorithm],
+                                         new_attempt, stdin=stdin, cancel=cancel)
+    except BaseException:
+        if attempts:
+            attempts[-1].close()
+        raise
+    return Part(code, stderr, parse_stats(reader.text()), attempts[-1])
+
+
+PARALLEL_MAX = 4
+
+
+def deal(names: list[bytes], workers: int) -> list[list[bytes]]:
+    """Top-level names dealt in turn to `workers` rsyncs, in sorted order so that two runs deal them alike."""
+    ordered = sorted(names)
+    return [ordered[k::workers] for k in range(min(workers, len(ordered)))]
+
+
+def parallel_groups(runner: Runner, source: str) -> list[list[bytes]] | None:
+    """How a local tree's top-level names are shared among rsyncs, one per core, or None for one rsync.
+
+    Linking an unchanged file into a new snapshot is kernel work (lstat, link) that one rsync does on
+    one core: rsyncs over disjoint parts of the tree do it on all of them."""
+    if runner.host_name != LOCAL or cores(runner) < 2:
+        return None
+    try:
+        names = os.listdir(os.fsencode(source))
+    except OSError:
+        return None  # the single rsync reports it
+    return deal(names, min(cores(runner), PARALLEL_MAX)) if len(names) >= 2 else None
+
+
+def copy_in_parts(ctx: Context, runner: Runner, src: str, dst: str, copying: dict, groups: list[list[bytes]], rows_for,
+                  timeout: float) -> list[Part]:
+    """A snapshot made by one rsync per group of top-level names, in parallel, between two copies of the root
+    folder alone: the first creates it (no two rsyncs race to), the last sets its time once everything is in
+    and lists its manifest row. Rows: the root's, then each group's. Ctrl-C or SIGTERM stops every rsync."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root_only = rsync_argv(src, dst, excludes=["/*"], algorithm=copying["algorithm"])
+    first = rsync_rows(ctx, runner, root_only, copying["algorithm"], rows_for, timeout)
+    first.rows.close()
+    if first.code not in (0, 24):
+        return [first]
+    cancel = Cancel()
+    argv = rsync_argv(src, dst, files_from=True, **copying)
+    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        futures = [pool.submit(rsync_rows, ctx, runner, argv, copying["algorithm"], rows_for, timeout,
+                               stdin=b"\0".join(group) + b"\0", tops=frozenset(manifest.fs_text(name) for name in group),
+                               cancel=cancel) for group in groups]
+        try:
+            parts = [future.result() for future in futures]
+        except BaseException:
+            cancel.request()
+            for future in futures:
+                if future.done() and future.exception() is None:
+                    future.result().rows.close()
+            raise
+    if any(part.code not in (0, 24) for part in parts):
+        return parts
+    return [rsync_rows(ctx, runner, root_only, copying["algorithm"], rows_for, timeout)] + parts
 
 
 def inside(runner: Runner, root: str, relative: str) -> bool:
@@ -411,40 +503,53 @@ class RsyncSnapshot(Method):
             runner, src, dst, ssh, far = transfer(ctx, source_host, source, store.host_name, store.path_of(folder, partial) + "/")
             algorithm = algorithm_for(ctx, runner.host_name, far)
             options = target.options
-            argv = rsync_argv(src, dst, link_dest=store.path_of(previous.folder, previous.name) if previous else None,
-                              excludes=options.get("excludes") or [], bwlimit=options.get("bwlimit_kib") or 0,
-                              checksum=options.get("checksum", False), ssh=ssh, algorithm=algorithm, relative=relative)
-            ctx.progress(f"{target.name}: rsync to {store.name} ({'resuming ' if resumed else ''}{name})")
+            copying = dict(link_dest=store.path_of(previous.folder, previous.name) if previous else None,
+                           excludes=options.get("excludes") or [], bwlimit=options.get("bwlimit_kib") or 0,
+                           checksum=options.get("checksum", False), ssh=ssh, algorithm=algorithm)
             store_runner = ctx.hosts.runner(store.host_name)
             root = store.path_of(folder, partial)
-            attempts: list[SnapshotRows] = []
 
-            def new_attempt():
-                if attempts:
-                    attempts[-1].close()
-                attempts.append(SnapshotRows(algorithm, self._previous_files(store, previous, algorithm),
-                                             lambda item: resolve_link(store_runner, root, item)))
-                return attempts[-1].add
+            def rows_for(tops: frozenset[str] | None = None) -> SnapshotRows:
+                return SnapshotRows(algorithm, self._previous_files(store, previous, algorithm, tops),
+                                    lambda item: resolve_link(store_runner, root, item))
 
-            code, reader, stderr = run_rsync(runner, argv, target.timeout.total_seconds(), ctx.progress,
-                                             manifest.CHECKSUM_WIDTH[algorithm], new_attempt)
-            rows = attempts[-1]
+            groups = None if relative or ssh or copying["bwlimit"] or previous is None else parallel_groups(runner, src)
+            where = f"{'resuming ' if resumed else ''}{name}{f', {len(groups)} rsyncs in parallel' if groups else ''}"
+            ctx.progress(f"{target.name}: rsync to {store.name} ({where})")
+            timeout = target.timeout.total_seconds()
+            if groups:
+                parts = copy_in_parts(ctx, runner, src, dst, copying, groups, rows_for, timeout)
+            else:
+                whole = rsync_argv(src, dst, relative=relative, **copying)
+                parts = [rsync_rows(ctx, runner, whole, algorithm, rows_for, timeout)]
             try:
-                raise_for_exit(code, stderr, store.name, ctx, target.name)
-                stats = parse_stats(reader.text())
-                if rows.unknown:  # a resumed partial's files, or no previous manifest to take them from
-                    rows.fill({i.path: i.checksum for i in tree_items(store_runner, root, algorithm, only=rows.unknown)})
-                head = manifest.header(started_at, algorithm, _writes_owners(ctx, store), rows.files, rows.entries,
-                                       rows.size, stats.get("transferred_size"))
-                store.write_small(folder, name + MANIFEST, rows.chunks(head), mtime=started_at.timestamp())
+                for part in parts:
+                    if part.code not in (0, 24):
+                        raise_for_exit(part.code, part.stderr, store.name, ctx, target.name)
+                raise_for_exit(max(part.code for part in parts), "\n".join(part.stderr for part in parts), store.name,
+                               ctx, target.name)
+                stats = {key: sum(part.stats.get(key, 0) for part in parts) for key in STATS.values()
+                         if any(key in part.stats for part in parts)}
+                unknown = [path for part in parts for path in part.rows.unknown]
+                if unknown:  # a resumed partial's files, or no previous manifest to take them from
+                    found = {i.path: i.checksum for i in tree_items(store_runner, root, algorithm, only=unknown)}
+                    for part in parts:
+                        part.rows.fill(found)
+                head = manifest.header(started_at, algorithm, _writes_owners(ctx, store),
+                                       *(sum(getattr(part.rows, key) for part in parts) for key in ("files", "entries", "size")),
+                                       stats.get("transferred_size"))
+                store.write_small(folder, name + MANIFEST, manifest_chunks(head, [part.rows for part in parts]),
+                                  mtime=started_at.timestamp())
             finally:
-                rows.close()
+                for part in parts:
+                    part.rows.close()
             try:
                 store.rename(folder, partial, name)
             except BaseException:
                 store.remove(folder, name + MANIFEST)
                 raise
-            copy.update(ok=True, files=head["files"], size=head["size"], added_bytes=head["added"], stats=stats)
+            copy.update(ok=True, files=head["files"], size=head["size"], added_bytes=head["added"], stats=stats,
+                        rsyncs=len(groups) if groups else 1)
         except BakError as exc:
             copy["error"] = exc.to_error()
             if exc.code == "disk_full":
@@ -452,15 +557,17 @@ class RsyncSnapshot(Method):
         return copy
 
     @staticmethod
-    def _previous_files(store: Store, previous: Backup | None, algorithm: str) -> manifest.PreviousFiles | None:
-        """The previous snapshot's manifest, streamed, for the checksums of files rsync did not copy again."""
+    def _previous_files(store: Store, previous: Backup | None, algorithm: str,
+                        tops: frozenset[str] | None = None) -> manifest.PreviousFiles | None:
+        """The previous snapshot's manifest, streamed, for the checksums of files rsync did not copy again
+        (only those under `tops` for one part of a parallel copy)."""
         if previous is None:
             return None
         try:
             stream = store.open_read(previous.folder, previous.name + MANIFEST)
         except (OSError, BakError):
             return None
-        return manifest.PreviousFiles(lines(stream), algorithm)
+        return manifest.PreviousFiles(lines(stream), algorithm, tops)
 
     def _check_tree(self, runner: Runner, root: str, expected: manifest.Manifest, owners: bool) -> tuple[list, dict]:
         if expected.version < 2:
