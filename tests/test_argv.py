@@ -124,10 +124,12 @@ def test_restic_argv():
     assert cmd.server_of("/mnt/usb") is None
 
 
-def test_top_level_names_are_dealt_to_parallel_rsyncs_alike_every_run():
-    names = [b"b", b"a", b"-x", b"caf\xc3\xa9", b"d e"]
-    assert rsync.deal(names, 2) == [[b"-x", b"b", b"d e"], [b"a", b"caf\xc3\xa9"]]
-    assert rsync.deal(list(reversed(names)), 2) == rsync.deal(names, 2)
-    assert rsync.deal([b"only"], 4) == [[b"only"]]
+def test_top_level_names_are_cut_into_runs_in_rsyncs_own_order():
+    # rsync lists files before folders, and a folder as if its name ended in "/": "a" after "a.txt" and "a-b".
+    entries = [(b"a", True), (b"a.txt", False), (b"a-b", True), (b"z", False), (b"-x", True), (b"caf\xc3\xa9", True)]
+    assert rsync.deal(entries, 2) == [[b"a.txt", b"z", b"-x"], [b"a-b", b"a", b"caf\xc3\xa9"]]
+    assert rsync.deal(list(reversed(entries)), 2) == rsync.deal(entries, 2)
+    assert rsync.deal(entries, 4) == [[b"a.txt"], [b"z", b"-x"], [b"a-b"], [b"a", b"caf\xc3\xa9"]]
+    assert rsync.deal([(b"only", True)], 4) == [[b"only"]]
     assert rsync.rsync_argv("/src/", "/dst/", files_from=True)[-5:] == [
         "--files-from=-", "--from0", "--recursive", "/src/", "/dst/"]

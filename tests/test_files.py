@@ -378,7 +378,7 @@ def test_a_second_snapshot_by_parallel_rsyncs_is_the_tree_entry_by_entry(bak_hom
     files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, excludes=["*.tmp", "/with space/f2"])
     folder = dest / "rsync" / "files"
     first = run_cli("create").envelope["result"]["targets"][0]
-    assert first["copies"][0]["rsyncs"] == 1  # nothing to link against: one rsync copies
+    assert first["copies"][0]["rsyncs"] == 3  # a 1st snapshot too: writing new files is kernel work as well
     (source / "plain" / "f1").write_bytes(b"changed")
     os.unlink(os.path.join(raw, b"new\nline", b"f2"))
     os.chmod(os.path.join(raw, b"-leading-dash", b"f1"), 0o600)
@@ -399,19 +399,34 @@ def test_a_second_snapshot_by_parallel_rsyncs_is_the_tree_entry_by_entry(bak_hom
     assert made["copies"][0]["rsyncs"] == 3 and hashed_again == []
     snapshot = folder / made["name"]
 
-    expected = entries_of(source)
-    for path in [p for p in expected if p.endswith(".tmp") or p == "with space/f2"]:
-        del expected[path]
-    found = entries_of(snapshot)
-    assert found == expected
-    head, *rows = [json.loads(line) for line in (folder / f"{made['name']}.manifest").read_text().splitlines()]
-    listed = {row["path"]: row for row in rows}
-    root = listed.pop(".")
-    assert (root["type"], root["mode"]) == ("d", 0o750) and os.stat(snapshot).st_mtime == 1_600_000_000
-    assert listed == found and head["files"] == sum(1 for r in found.values() if r["type"] == "f")
+    def check(name):
+        """The snapshot is the source minus the excludes; its manifest is what an independent reader sees."""
+        expected = entries_of(source)
+        for path in [p for p in expected if p.endswith(".tmp") or p == "with space/f2"]:
+            del expected[path]
+        found = entries_of(folder / name)
+        assert found == expected
+        head, *rows = [json.loads(line) for line in (folder / f"{name}.manifest").read_text().splitlines()]
+        listed = {row["path"]: row for row in rows}
+        root = listed.pop(".")
+        assert (root["type"], root["mode"]) == ("d", 0o750) and os.stat(folder / name).st_mtime == 1_600_000_000
+        assert listed == found and head["files"] == sum(1 for r in found.values() if r["type"] == "f")
+        return [row["path"] for row in rows]
+
+    in_parts = check(made["name"])
     old = folder / first["name"]
     for path in ("quote\"and\\back/sub/deep.txt", "latin1-\udce9/f1", "a -> b/f2"):
         assert os.stat(snapshot / path).st_ino == os.stat(old / path).st_ino, path  # linked, not copied
     for path in ("plain/f1", "-leading-dash/f1"):  # new content; a new mode (a link would change the old copy's)
         assert os.stat(snapshot / path).st_ino != os.stat(old / path).st_ino, path
     assert run_cli("verify").code == 0
+    # `parallel: 1` (a spinning disk): one rsync, the same snapshot.
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, excludes=["*.tmp", "/with space/f2"],
+                 parallel=1)
+    (source / "zz-new" / "inner" / "n.txt").write_text("changed again")
+    os.utime(source, (1_600_000_000, 1_600_000_000))
+    time.sleep(1.05)
+    hashed_again.clear()  # verify's own listings
+    single = run_cli("create").envelope["result"]["targets"][0]
+    assert single["copies"][0]["rsyncs"] == 1 and hashed_again == []
+    assert check(single["name"]) == in_parts  # the parts' rows, one after the other, in one rsync's order

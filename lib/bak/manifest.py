@@ -29,9 +29,6 @@ OUT_FORMAT = "%i %l %M %B %U %G %C %n%L"
 CHECKSUM_WIDTH = {"xxh128": 32, "md5": 32}
 _ESCAPE = re.compile(rb"\\#([0-7]{3})")
 TYPES = {ord("f"): "f", ord("d"): "d", ord("L"): "l", ord("D"): "device", ord("S"): "special"}
-_UPDATES = frozenset(b"<>ch.*")
-_PERMISSIONS = re.compile(rb"[-rwxsStT]{9}")
-_STAMP = re.compile(rb"\d{4}/\d\d/\d\d-\d\d:\d\d:\d\d")
 _DAYS: dict[bytes, int] = {}
 _MODES: dict[bytes, int] = {}
 
@@ -102,20 +99,26 @@ class Item:
         return head + "}\n"
 
 
+def _line_pattern(width: int) -> re.Pattern:
+    """OUT_FORMAT's fields in one match: itemize, length, mtime, permissions, uid, gid, checksum, name."""
+    pattern = _LINE_PATTERNS.get(width)
+    if pattern is None:
+        pattern = _LINE_PATTERNS[width] = re.compile(
+            rb"([<>ch.])([fdLDS]).{9} (\d+) (\d{4}/\d\d/\d\d-\d\d:\d\d:\d\d) ([-rwxsStT]{9}) (\d+) (\d+) (.{%d}) (.+)"
+            % width, re.S)
+    return pattern
+
+
+_LINE_PATTERNS: dict[int, re.Pattern] = {}
+
+
 def parse_item(line: bytes, width: int) -> Item | None:
     """One line of rsync's output in OUT_FORMAT, or None for any other line (stats, notices)."""
-    if len(line) < 32 or line[11] != 32 or line[0] not in _UPDATES or line[1] not in TYPES:
+    match = _line_pattern(width).fullmatch(line)
+    if match is None:
         return None
-    fields = line[12:].split(b" ", 5)
-    if len(fields) < 6:
-        return None
-    length, stamp, permissions, uid, gid, rest = fields
-    if not (length.isdigit() and uid.isdigit() and gid.isdigit() and _STAMP.fullmatch(stamp)
-            and _PERMISSIONS.fullmatch(permissions)) or len(rest) <= width:
-        return None
-    checksum = rest[:width].strip().decode() or None
-    name = rest[width + 1:]
-    kind = TYPES[line[1]]
+    update, kind_code, length, stamp, permissions, uid, gid, checksum, name = match.groups()
+    kind = TYPES[kind_code[0]]
     target = link_text = None
     if kind == "l":
         if name.count(b" -> ") > 1:
@@ -123,8 +126,8 @@ def parse_item(line: bytes, width: int) -> Item | None:
         name, _, target_raw = name.partition(b" -> ")
         target = fs_text(unescape(target_raw))
     path = fs_text(unescape(name)).rstrip("/") or "."
-    return Item(kind, path, int(length), epoch(stamp), mode_bits(permissions), int(uid), int(gid), checksum, target,
-                line[0] in b"<>", link_text)
+    return Item(kind, path, int(length), epoch(stamp), mode_bits(permissions), int(uid), int(gid),
+                checksum.strip().decode() or None, target, update in b"<>", link_text)
 
 
 def link_splits(text: str) -> list[tuple[str, str]]:
@@ -135,8 +138,8 @@ def link_splits(text: str) -> list[tuple[str, str]]:
 
 _quote = json.encoder.encode_basestring_ascii  # C-accelerated; lone surrogates (undecodable names) become \udcXX
 # A file row as row_line writes it (and json.dumps did before): read back without the generic decoder.
-_FILE_ROW = re.compile(r'\{"path": ("(?:[^"\\]|\\.)*"), "type": "f", "mode": \d+, "uid": \d+, "gid": \d+, '
-                       r'"size": (\d+), "mtime": (-?\d+), "(\w+)": (?:"(\w+)"|null)\}')
+_FILE_ROW = re.compile(rb'\{"path": ("(?:[^"\\]|\\.)*"), "type": "f", "mode": \d+, "uid": \d+, "gid": \d+, '
+                       rb'"size": (\d+), "mtime": (-?\d+), "(\w+)": (?:"(\w+)"|null)\}\n?')
 
 
 class PreviousFiles:
@@ -153,7 +156,7 @@ class PreviousFiles:
     def __init__(self, lines, algorithm: str, tops: frozenset[str] | None = None):
         """`tops`: only rows under these top-level names (one of several rsyncs copying a part of the tree)."""
         self._lines = iter(lines)
-        self._algorithm = algorithm
+        self._algorithm = algorithm.encode()
         self._ahead: OrderedDict[str, tuple[int, int, str | None]] = OrderedDict()
         self._tops = tops
         self._quoted_tops = None if tops is None else {_quote(top)[1:-1].encode("ascii") for top in tops}
@@ -171,14 +174,17 @@ class PreviousFiles:
         for raw in self._lines:
             if self._elsewhere(raw):
                 continue
-            match = _FILE_ROW.fullmatch(raw.decode("utf-8", "surrogateescape").rstrip("\n"))
-            if match and match.group(4) == self._algorithm:
-                literal = match.group(1)
-                path = json.loads(literal) if "\\" in literal else literal[1:-1]
-                if self._tops is not None and path.split("/", 1)[0] not in self._tops:
-                    continue
-                self._ahead[path] = (int(match.group(2)), int(match.group(3)), match.group(5))
-                return True
+            match = _FILE_ROW.fullmatch(raw)
+            if match is None:
+                continue
+            literal, size, mtime, algorithm, checksum = match.groups()
+            if algorithm != self._algorithm:
+                continue
+            path = json.loads(literal) if b"\\" in literal else literal[1:-1].decode("utf-8", "surrogateescape")
+            if self._tops is not None and path.split("/", 1)[0] not in self._tops:
+                continue
+            self._ahead[path] = (int(size), int(mtime), checksum.decode() if checksum else None)
+            return True
         return False
 
     def get(self, path: str) -> tuple[int, int, str | None] | None:

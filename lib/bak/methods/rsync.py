@@ -397,24 +397,31 @@ def rsync_rows(ctx: Context, runner: Runner, argv: list[str], algorithm: str, ro
 PARALLEL_MAX = 4
 
 
-def deal(names: list[bytes], workers: int) -> list[list[bytes]]:
-    """Top-level names dealt in turn to `workers` rsyncs, in sorted order so that two runs deal them alike."""
-    ordered = sorted(names)
-    return [ordered[k::workers] for k in range(min(workers, len(ordered)))]
+def deal(entries: list[tuple[bytes, bool]], workers: int) -> list[list[bytes]]:
+    """Top-level (name, is a folder) entries cut into `workers` runs of neighbours in rsync's own order: files
+    first, then folders as if named with a trailing "/". The parts' rows, one run after the other, are then
+    in the order one rsync lists the whole tree, so the next run, split alike or not, reads the previous
+    manifest in step."""
+    ordered = [name for name, folder in sorted(entries, key=lambda e: (e[1], e[0] + b"/" if e[1] else e[0]))]
+    parts = min(workers, len(ordered))
+    bounds = [len(ordered) * k // parts for k in range(parts + 1)]
+    return [ordered[bounds[k]:bounds[k + 1]] for k in range(parts)]
 
 
-def parallel_groups(runner: Runner, source: str) -> list[list[bytes]] | None:
-    """How a local tree's top-level names are shared among rsyncs, one per core, or None for one rsync.
+def parallel_groups(runner: Runner, source: str, workers: int) -> list[list[bytes]] | None:
+    """How a local tree's top-level names are shared among `workers` rsyncs, or None for one rsync.
 
-    Linking an unchanged file into a new snapshot is kernel work (lstat, link) that one rsync does on
-    one core: rsyncs over disjoint parts of the tree do it on all of them."""
-    if runner.host_name != LOCAL or cores(runner) < 2:
+    Linking an unchanged file into a new snapshot, and writing a new one into the page cache, is kernel
+    work that one rsync does on one core: rsyncs over disjoint parts of the tree do it on all of them
+    (measured here at 50,000 files: a 2nd snapshot 0.57x, a 1st snapshot of 1 GiB 0.55x of one rsync)."""
+    if runner.host_name != LOCAL:
         return None
     try:
-        names = os.listdir(os.fsencode(source))
+        with os.scandir(os.fsencode(source)) as found:
+            entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in found]
     except OSError:
         return None  # the single rsync reports it
-    return deal(names, min(cores(runner), PARALLEL_MAX)) if len(names) >= 2 else None
+    return deal(entries, workers) if len(entries) >= 2 else None
 
 
 def copy_in_parts(ctx: Context, runner: Runner, src: str, dst: str, copying: dict, groups: list[list[bytes]], rows_for,
@@ -513,7 +520,8 @@ class RsyncSnapshot(Method):
                 return SnapshotRows(algorithm, self._previous_files(store, previous, algorithm, tops),
                                     lambda item: resolve_link(store_runner, root, item))
 
-            groups = None if relative or ssh or copying["bwlimit"] or previous is None else parallel_groups(runner, src)
+            workers = options.get("parallel") or min(cores(runner), PARALLEL_MAX)
+            groups = None if relative or ssh or copying["bwlimit"] or workers < 2 else parallel_groups(runner, src, workers)
             where = f"{'resuming ' if resumed else ''}{name}{f', {len(groups)} rsyncs in parallel' if groups else ''}"
             ctx.progress(f"{target.name}: rsync to {store.name} ({where})")
             timeout = target.timeout.total_seconds()
