@@ -109,7 +109,8 @@ def run_size(files: int, base: Path) -> bool:
         time.sleep(1.05)  # a new second: bak never reuses a snapshot name
 
     bare = ["rsync", "-a", f"--link-dest={first}", f"{source}/", f"{bare_next}/"]
-    groups = deal(os.listdir(os.fsencode(source)), min(os.cpu_count() or 1, PARALLEL_MAX))
+    with os.scandir(os.fsencode(source)) as found:
+        groups = deal([(e.name, e.is_dir(follow_symlinks=False)) for e in found], min(os.cpu_count() or 1, PARALLEL_MAX))
 
     def bare_parallel() -> float:
         """bak's split done by bare rsyncs (no listing, no manifest): what bak's own work adds to them."""

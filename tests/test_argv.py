@@ -131,5 +131,5 @@ def test_top_level_names_are_cut_into_runs_in_rsyncs_own_order():
     assert rsync.deal(list(reversed(entries)), 2) == rsync.deal(entries, 2)
     assert rsync.deal(entries, 4) == [[b"a.txt"], [b"z", b"-x"], [b"a-b"], [b"a", b"caf\xc3\xa9"]]
     assert rsync.deal([(b"only", True)], 4) == [[b"only"]]
-    assert rsync.rsync_argv("/src/", "/dst/", files_from=True)[-5:] == [
-        "--files-from=-", "--from0", "--recursive", "/src/", "/dst/"]
+    assert rsync.rsync_argv("/src/", "/dst/", files_from=True, ignore_missing=True)[-6:] == [
+        "--files-from=-", "--from0", "--recursive", "--ignore-missing-args", "/src/", "/dst/"]

@@ -174,6 +174,23 @@ def test_a_disk_filled_by_parallel_rsyncs_fails_cleanly_and_keeps_the_snapshot_b
     assert run_cli("verify").code == 0
 
 
+def test_a_top_level_name_gone_before_its_rsync_starts_is_absent_not_a_failure(bak_home, monkeypatch):
+    """A live tree: a name listed for a part may be removed before that part's rsync reads it."""
+    import bak.methods.rsync as rsync_method
+
+    listed = rsync_method.parallel_groups
+    monkeypatch.setattr(rsync_method, "parallel_groups",
+                        lambda runner, source, workers: [group + [b"gone meanwhile"] for group in listed(runner, source, 2)])
+    source, dest = bak_home / "src", bak_home / "dest"
+    make_tree(source, files=20, size=100)
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, excludes=[])
+    made = run_cli("create")
+    assert made.code == 0 and not made.envelope["warnings"], made.envelope
+    copy = made.envelope["result"]["targets"][0]["copies"][0]
+    assert copy["rsyncs"] == 2 and copy["files"] == 22
+    assert entries_of(dest / "rsync" / "files" / made.envelope["result"]["targets"][0]["name"]) == entries_of(source)
+
+
 def test_sshd_killed_mid_rsync_leaves_no_snapshot_and_a_rerun_resumes(bak_home, private_sshd, monkeypatch):
     import bak.methods.rsync as rsync_method
 

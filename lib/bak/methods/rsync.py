@@ -62,7 +62,8 @@ def remote_spec(host: Host, path: str) -> str:
 
 def rsync_argv(source: str, dest: str, *, link_dest: str | None = None, excludes: list[str] | tuple = (),
                bwlimit: int = 0, checksum: bool = False, ssh: str | None = None, delete: bool = False,
-               algorithm: str = "md5", dry_run: bool = False, relative: bool = False, files_from: bool = False) -> list[str]:
+               algorithm: str = "md5", dry_run: bool = False, relative: bool = False, files_from: bool = False,
+               ignore_missing: bool = False) -> list[str]:
     # -ii lists every entry, unchanged ones too, with its metadata: the manifest needs no second walk.
     # -8 leaves non-ASCII names as they are in any locale; control characters come escaped as \#ooo.
     argv = ["rsync", "-a", "-8", "--partial", "--numeric-ids", "--stats", "--no-human-readable", "-ii",
@@ -75,6 +76,8 @@ def rsync_argv(source: str, dest: str, *, link_dest: str | None = None, excludes
         argv.append("--relative")
     if files_from:
         argv += ["--files-from=-", "--from0", "--recursive"]  # -a does not recurse with --files-from
+    if ignore_missing:
+        argv.append("--ignore-missing-args")  # a listed name gone since: absent, as if removed before the copy
     if checksum:
         argv.append("--checksum")
     if bwlimit:
@@ -437,7 +440,7 @@ def copy_in_parts(ctx: Context, runner: Runner, src: str, dst: str, copying: dic
     if first.code not in (0, 24):
         return [first]
     cancel = Cancel()
-    argv = rsync_argv(src, dst, files_from=True, **copying)
+    argv = rsync_argv(src, dst, files_from=True, ignore_missing=True, **copying)
     with ThreadPoolExecutor(max_workers=len(groups)) as pool:
         futures = [pool.submit(rsync_rows, ctx, runner, argv, copying["algorithm"], rows_for, timeout,
                                stdin=b"\0".join(group) + b"\0", tops=frozenset(manifest.fs_text(name) for name in group),
