@@ -290,7 +290,8 @@ def test_parallel_rsyncs_stop_with_bak_and_the_next_run_resumes(bak_home):
         for path in big:
             os.utime(path)  # changed: copied again, not linked
         left = set(folder.glob("*.partial"))
-        proc = bak_subprocess("create", "--json")
+        # Ctrl-C's default action, whatever this run inherited (a job started with `&` by a script ignores SIGINT).
+        proc = bak_subprocess("create", "--json", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         partial = wait_for(lambda: list(set(folder.glob("*.partial")) - left), what="the partial")[0]
         wait_for(lambda: [pid for pid in processes_naming(str(partial)) if b"--files-from=-" in
                           Path(f"/proc/{pid}/cmdline").read_bytes()], what="the parallel rsyncs")
