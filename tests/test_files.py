@@ -174,6 +174,24 @@ def test_a_disk_filled_by_parallel_rsyncs_fails_cleanly_and_keeps_the_snapshot_b
     assert run_cli("verify").code == 0
 
 
+def test_a_long_snapshot_says_how_far_it_has_listed(bak_home, monkeypatch):
+    """Every PROGRESS_EVERY_S seconds, the entries and bytes every rsync of the snapshot has listed so far."""
+    import bak.methods.rsync as rsync_method
+
+    monkeypatch.setattr(rsync_method, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(rsync_method, "cores", lambda runner: 2)
+    source, dest = bak_home / "src", bak_home / "dest"
+    make_tree(source, files=3000, size=10)
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, excludes=[])
+    made = run_cli("create")
+    assert made.code == 0, made.envelope
+    said = [line for line in made.stderr.splitlines() if "listed so far" in line]
+    counts = [int(line.split(": ", 1)[1].split(" entries")[0].replace(",", "")) for line in said]
+    # Each of the 2 rsyncs tells every 1,024 entries: 1,024 then 2,048 (either part first), never more than all.
+    assert counts[:2] == [1024, 2048] and counts == sorted(counts) and counts[-1] <= 3000 + 10 + 3, said
+    assert all(line.startswith("files: ") and "on nfs)" in line for line in said)
+
+
 def test_a_top_level_name_gone_before_its_rsync_starts_is_absent_not_a_failure(bak_home, monkeypatch):
     """A live tree: a name listed for a part may be removed before that part's rsync reads it."""
     import bak.methods.rsync as rsync_method

@@ -16,6 +16,7 @@ import posixpath
 import re
 import shlex
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ from bak.config import LOCAL, Host, Target
 from bak.errors import BadInput, BakError, CommandFailed, Refused, TransportError, VerifyFailed
 from bak.journal import Operation
 from bak.methods.base import Context, Method, clear_leftovers, drill_verdict, free_name, fresh_name
+from bak.report import human_size
 from bak.run.base import Cancel, Runner
 from bak.stores import Store
 from bak.streams import lines
@@ -314,14 +316,41 @@ def read_manifest(store: Store, folder: str, name: str) -> manifest.Manifest | N
         return None
 
 
+PROGRESS_EVERY_S = 10.0
+TALLY_BATCH = 1024  # entries a part counts before it tells the tally
+
+
+class Tally:
+    """Entries and bytes listed so far by every rsync of one snapshot, said every PROGRESS_EVERY_S seconds:
+    the first snapshot of a large tree runs for hours."""
+
+    def __init__(self, say):
+        self.say = say
+        self.entries = self.size = 0
+        self.lock = threading.Lock()
+        self.next_at = time.monotonic() + PROGRESS_EVERY_S
+
+    def add(self, entries: int, size: int) -> None:
+        with self.lock:
+            self.entries += entries
+            self.size += size
+            now = time.monotonic()
+            if now < self.next_at:
+                return
+            self.next_at = now + PROGRESS_EVERY_S
+            entries, size = self.entries, self.size
+        self.say(f"{entries:,} entries, {human_size(size)} listed so far")
+
+
 class SnapshotRows:
     """A new snapshot's manifest rows, written while rsync lists them (see _copy_tree)."""
 
-    def __init__(self, algorithm: str, previous: manifest.PreviousFiles | None, resolve):
-        self.algorithm, self.previous, self.resolve = algorithm, previous, resolve
+    def __init__(self, algorithm: str, previous: manifest.PreviousFiles | None, resolve, tally: Tally | None = None):
+        self.algorithm, self.previous, self.resolve, self.tally = algorithm, previous, resolve, tally
         self.spool = tempfile.TemporaryFile()
         self.files = self.entries = self.size = 0
         self.unknown: list[str] = []
+        self._told_size = 0
 
     def add(self, item: manifest.Item) -> bool:
         """One entry: its checksum from the transfer, else from the previous manifest (unchanged file)."""
@@ -338,6 +367,9 @@ class SnapshotRows:
             self.size += item.size
         self.entries += 1
         self.spool.write(item.row_line(self.algorithm).encode("ascii"))
+        if self.tally is not None and self.entries % TALLY_BATCH == 0:
+            self.tally.add(TALLY_BATCH, self.size - self._told_size)
+            self._told_size = self.size
         return False  # kept on disk, not in memory
 
     def fill(self, checksums: dict[str, str | None]) -> None:
@@ -519,9 +551,11 @@ class RsyncSnapshot(Method):
             store_runner = ctx.hosts.runner(store.host_name)
             root = store.path_of(folder, partial)
 
+            tally = Tally(lambda text: ctx.progress(f"{target.name}: {text} ({name} on {store.name})"))
+
             def rows_for(tops: frozenset[str] | None = None) -> SnapshotRows:
                 return SnapshotRows(algorithm, self._previous_files(store, previous, algorithm, tops),
-                                    lambda item: resolve_link(store_runner, root, item))
+                                    lambda item: resolve_link(store_runner, root, item), tally)
 
             workers = options.get("parallel") or min(cores(runner), PARALLEL_MAX)
             groups = None if relative or ssh or copying["bwlimit"] or workers < 2 else parallel_groups(runner, src, workers)
