@@ -1,9 +1,8 @@
-"""The manifest's two parsers, property-tested: rsync's itemized lines (against real rsync and lstat) and the
+"""The manifest's two parsers, property-tested: rsync's itemized lines (real rsync's, against lstat and xxHash) and the
 previous manifest's rows read in step by one part of a parallel copy (against json.loads)."""
 
 import os
 import shutil
-import stat
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,6 +11,7 @@ from bak import manifest
 from bak.methods.rsync import tree_items
 from bak.run.local import LocalRunner
 from conftest import need
+from test_files import entries_of
 
 EXAMPLES = int(os.environ.get("BAK_FUZZ_EXAMPLES", "200"))
 # Any byte but '/' and NUL: control characters, quotes, backslashes, " -> ", bytes that are not UTF-8.
@@ -35,18 +35,9 @@ def test_rsyncs_listing_of_any_names_is_what_lstat_sees(tmp_path, names, link_to
             with open(path, "wb") as handle:
                 handle.write(data + name)
             os.chmod(path, mode)
-    items = {item.path: item for item in tree_items(LocalRunner(), os.fsdecode(root), "xxh128")}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(folder, name)
-            st_ = os.lstat(path)
-            item = items.pop(os.path.relpath(path, root).decode("utf-8", "surrogateescape"))
-            assert (item.mode, item.uid, item.mtime) == (stat.S_IMODE(st_.st_mode), st_.st_uid, int(st_.st_mtime))
-            if stat.S_ISLNK(st_.st_mode):
-                assert item.type == "l" and item.target == os.readlink(path).decode("utf-8", "surrogateescape")
-            elif stat.S_ISREG(st_.st_mode):
-                assert item.type == "f" and item.size == st_.st_size
-    assert set(items) == {"."}
+    listed = {item.path: item.row("xxh128") for item in tree_items(LocalRunner(), os.fsdecode(root), "xxh128")}
+    assert listed.pop(".")["type"] == "d"
+    assert listed == entries_of(os.fsdecode(root))  # lstat, readlink and the xxHash library, read apart
 
 
 PATH_TEXT = st.text(st.sampled_from(list('ab/"\\ é\n-\udce9>')), min_size=1, max_size=12).filter(

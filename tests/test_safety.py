@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bak import naming
-from conftest import bak_subprocess, kill_tree, need, run_cli, unavailable, write_config
+from conftest import bak_subprocess, kill_tree, need, run_cli, write_config
 from test_files import files_config, make_tree
 from test_pg import PASSWORD, pg_options
 
@@ -273,8 +273,6 @@ def test_parallel_rsyncs_stop_with_bak_and_the_next_run_resumes(bak_home):
     """A 2nd snapshot made by one rsync per core: Ctrl-C stops every one of them (bak exits 130), SIGKILL
     too (their orphan guard); the next run clears what they left and makes a snapshot that verifies."""
     need("rsync", "setpriv")
-    if (os.cpu_count() or 1) < 2:
-        unavailable("parallel rsyncs need a machine with 2 cores or more")
     source, dest = bak_home / "src", bak_home / "dest"
     big = [source / f"part{top}" / "big.img" for top in range(2)]
     for path in big:
@@ -282,7 +280,7 @@ def test_parallel_rsyncs_stop_with_bak_and_the_next_run_resumes(bak_home):
         (path.parent / "small.txt").write_text(path.parent.name)
         with open(path, "wb") as handle:
             handle.truncate(512 << 20)  # sparse here, 512 MiB written in the store: each rsync has work
-    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, excludes=[])
+    files_config(bak_home, source=source, dest={"kind": "local", "path": str(dest)}, excludes=[], parallel=2)
     assert run_cli("create").code == 0
     folder = dest / "rsync" / "files"
     for stop in (signal.SIGINT, signal.SIGKILL):

@@ -443,13 +443,15 @@ def deal(entries: list[tuple[bytes, bool]], workers: int) -> list[list[bytes]]:
     return [ordered[bounds[k]:bounds[k + 1]] for k in range(parts)]
 
 
-def parallel_groups(runner: Runner, source: str, workers: int) -> list[list[bytes]] | None:
-    """How a local tree's top-level names are shared among `workers` rsyncs, or None for one rsync.
+def parallel_groups(runner: Runner, source: str, wanted: int | None) -> list[list[bytes]] | None:
+    """How a local tree's top-level names are shared among `wanted` rsyncs (default one per core, up to
+    PARALLEL_MAX), or None for one rsync.
 
     Linking an unchanged file into a new snapshot, and writing a new one into the page cache, is kernel
     work that one rsync does on one core: rsyncs over disjoint parts of the tree do it on all of them
     (measured here at 50,000 files: a 2nd snapshot 0.57x, a 1st snapshot of 1 GiB 0.55x of one rsync)."""
-    if runner.host_name != LOCAL:
+    workers = (wanted or min(cores(runner), PARALLEL_MAX)) if runner.host_name == LOCAL else 1
+    if workers < 2:
         return None
     try:
         with os.scandir(os.fsencode(source)) as found:
@@ -463,11 +465,12 @@ def copy_in_parts(ctx: Context, runner: Runner, src: str, dst: str, copying: dic
                   timeout: float) -> list[Part]:
     """A snapshot made by one rsync per group of top-level names, in parallel, between two copies of the root
     folder alone: the first creates it (no two rsyncs race to), the last sets its time once everything is in
-    and lists its manifest row. Rows: the root's, then each group's. Ctrl-C or SIGTERM stops every rsync."""
+    and lists its manifest row. Rows: the root's, then each group's. Ctrl-C stops every rsync (SIGTERM and
+    SIGKILL end bak, and its rsyncs with it: the orphan guard)."""
     from concurrent.futures import ThreadPoolExecutor
 
     root_only = rsync_argv(src, dst, excludes=["/*"], algorithm=copying["algorithm"])
-    first = rsync_rows(ctx, runner, root_only, copying["algorithm"], rows_for, timeout)
+    first = rsync_rows(ctx, runner, root_only, copying["algorithm"], rows_for, timeout, tops=frozenset())
     first.rows.close()
     if first.code not in (0, 24):
         return [first]
@@ -487,7 +490,7 @@ def copy_in_parts(ctx: Context, runner: Runner, src: str, dst: str, copying: dic
             raise
     if any(part.code not in (0, 24) for part in parts):
         return parts
-    return [rsync_rows(ctx, runner, root_only, copying["algorithm"], rows_for, timeout)] + parts
+    return [rsync_rows(ctx, runner, root_only, copying["algorithm"], rows_for, timeout, tops=frozenset())] + parts
 
 
 def inside(runner: Runner, root: str, relative: str) -> bool:
@@ -557,8 +560,7 @@ class RsyncSnapshot(Method):
                 return SnapshotRows(algorithm, self._previous_files(store, previous, algorithm, tops),
                                     lambda item: resolve_link(store_runner, root, item), tally)
 
-            workers = options.get("parallel") or min(cores(runner), PARALLEL_MAX)
-            groups = None if relative or ssh or copying["bwlimit"] or workers < 2 else parallel_groups(runner, src, workers)
+            groups = None if relative or ssh or copying["bwlimit"] else parallel_groups(runner, src, options.get("parallel"))
             where = f"{'resuming ' if resumed else ''}{name}{f', {len(groups)} rsyncs in parallel' if groups else ''}"
             ctx.progress(f"{target.name}: rsync to {store.name} ({where})")
             timeout = target.timeout.total_seconds()
@@ -605,8 +607,8 @@ class RsyncSnapshot(Method):
     def _previous_files(store: Store, previous: Backup | None, algorithm: str,
                         tops: frozenset[str] | None = None) -> manifest.PreviousFiles | None:
         """The previous snapshot's manifest, streamed, for the checksums of files rsync did not copy again
-        (only those under `tops` for one part of a parallel copy)."""
-        if previous is None:
+        (only those under `tops` for one part of a parallel copy; none for the root folder alone)."""
+        if previous is None or tops == frozenset():
             return None
         try:
             stream = store.open_read(previous.folder, previous.name + MANIFEST)
