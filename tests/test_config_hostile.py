@@ -52,3 +52,125 @@ def test_wizard_answers_with_a_key_written_twice_write_nothing(bak_home):
     result = run_cli("wizard", "setup", "--answers", str(answers), "--output", str(bak_home / "out.yaml"))
     assert result.code == 2 and "'folders' appears twice" in result.envelope["errors"][0]["message"]
     assert not (bak_home / "out.yaml").exists()
+
+
+# --- secrets written where a reference belongs (item 4) ------------------------------------------
+SECRETS = ("hunter2PLAIN", "hunter3PLAIN", "hunter4PLAIN", "T0K3NSECRETx", "secretUUID123", "bottoken12345")
+
+
+def secrets_config(home) -> str:
+    return lab_text(home).replace("targets:\n", f"""\
+  offsite:
+    kind: restic
+    repository: {home / 'repo'}
+    password: hunter2PLAIN
+  offsite2:
+    kind: restic
+    repository: {home / 'repo2'}
+    password: {{env: BAK_X, value: hunter3PLAIN}}
+  s3:
+    kind: restic
+    repository: s3:http://127.0.0.1:9/bucket
+    aws_secret_access_key: {{file: ~/k, env: hunter4PLAIN}}
+targets:
+  - name: db
+    method: pg_dump
+    destinations: [here]
+    pg_dump: {{database: app, password: hunter4PLAIN}}
+""") + """\
+schedules:
+  - name: s
+    targets: [db]
+    cron: "0 * * * *"
+    ping_url: "https://hc.example/ping/secretUUID123 x"
+notify:
+  webhook_url: "https://hooks.example/T0K3NSECRETx x"
+  apprise_urls: ["tgram://bottoken12345/chat x", {file: "relative/bottoken12345"}]
+"""
+
+
+@pytest.mark.parametrize("command", [["config", "check"], ["status"], ["create"], ["list"]])
+def test_a_secret_written_in_the_config_is_never_echoed(bak_home, command):
+    (bak_home / "config.yaml").write_text(secrets_config(bak_home))
+    result = run_cli(*command)
+    assert result.code == 2
+    for secret in SECRETS:
+        assert secret not in result.stdout + result.stderr, secret
+    errors = {e["where"]: e["message"] for e in result.envelope["errors"]}
+    for where in ("destinations.offsite.password", "targets[0].pg_dump.password"):
+        assert "never written in the config itself" in errors[where], errors
+    assert "exactly one key" in errors["destinations.offsite2.password"]
+    assert "not an http(s) URL" in errors["schedules[0].ping_url"]
+    assert "not an http(s) URL" in errors["notify.webhook_url"]
+    assert "not an Apprise URL" in errors["notify.apprise_urls[0]"]
+    assert "unknown key 'value'" in errors["destinations.offsite2.password.value"]  # the key is named, not its value
+
+
+@pytest.fixture
+def refusing_port():
+    """A loopback port nothing listens on."""
+    from conftest import free_port
+
+    return free_port()
+
+
+def test_a_failed_ping_or_webhook_names_the_host_never_the_token(bak_home, refusing_port, monkeypatch):
+    base = f"http://127.0.0.1:{refusing_port}"
+    monkeypatch.setenv("BAK_TEST_PING", f"{base}/ping/pingTOKEN0123456")
+    (bak_home / "hook.url").write_text(f"http://user:hookPASSWORD99@127.0.0.1:{refusing_port}/services/hookTOKEN98765?k=queryTOKEN4321\n")
+    (bak_home / "hook.url").chmod(0o600)
+    text = lab_text(bak_home).replace("    rsync:\n      source: ", "    rsync:\n      source: /nonexistent") + f"""\
+schedules:
+  - name: literal
+    targets: [files]
+    cron: "0 * * * *"
+    ping_url: "{base}/ping/literalTOKEN777"
+  - name: referenced
+    targets: [files]
+    cron: "0 * * * *"
+    ping_url: {{env: BAK_TEST_PING}}
+notify:
+  webhook_url: {{file: {bak_home / 'hook.url'}}}
+  events: [failure]
+"""
+    (bak_home / "config.yaml").write_text(text)
+    for schedule in ("literal", "referenced"):
+        result = run_cli("create", "--schedule", schedule)
+        assert result.code == 1, result.envelope
+        warnings = [w for w in result.envelope["warnings"] if w.startswith("notification failed")]
+        assert len(warnings) == 3, result.envelope  # start and fail pings, the webhook
+        assert all(f"http://127.0.0.1:{refusing_port}/..." in w for w in warnings), warnings
+        for token in ("literalTOKEN777", "pingTOKEN0123456", "hookTOKEN98765", "queryTOKEN4321", "hookPASSWORD99"):
+            assert token not in result.stdout + result.stderr, token
+
+
+def test_a_ping_url_read_from_a_secret_reaches_its_monitor(bak_home, monkeypatch):
+    import http.server
+    import threading
+
+    calls = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            calls.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("BAK_TEST_PING", f"http://127.0.0.1:{server.server_port}/ping/uuidTOKEN42")
+        (bak_home / "config.yaml").write_text(lab_text(bak_home) + "schedules:\n  - name: s\n    targets: [files]\n"
+                                              "    cron: '0 * * * *'\n    ping_url: {env: BAK_TEST_PING}\n")
+        result = run_cli("create", "--schedule", "s")
+        assert result.code == 0, result.envelope
+        assert calls == ["/ping/uuidTOKEN42/start", "/ping/uuidTOKEN42"]
+        assert "uuidTOKEN42" not in result.stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
