@@ -48,7 +48,7 @@ def test_keys_that_yaml_reads_alike_are_duplicates_and_aliases_are_not(bak_home)
 def test_wizard_answers_with_a_key_written_twice_write_nothing(bak_home):
     answers = bak_home / "answers.yaml"
     answers.write_text(f"destinations:\n  local: {{kind: local, path: {bak_home / 'b'}}}\n"
-                       f"folders:\n  - {{name: docs, path: {bak_home}}}\nfolders: []\n")
+                       f"folders:\n  - {{name: docs, source: {bak_home}}}\nfolders: []\n")
     result = run_cli("wizard", "setup", "--answers", str(answers), "--output", str(bak_home / "out.yaml"))
     assert result.code == 2 and "'folders' appears twice" in result.envelope["errors"][0]["message"]
     assert not (bak_home / "out.yaml").exists()

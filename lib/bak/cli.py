@@ -497,6 +497,8 @@ def _human_restore(result: dict) -> None:
 
     if result["dry_run"]:
         say(f"would restore {result['backup']} from {result['store']} into {result['into'] or 'a new place beside the original'}")
+        if (result.get("checks") or {}).get("effect"):
+            say(result["checks"]["effect"], label="  ")
         return
     where = result.get("database") or result.get("volume") or result.get("path")
     safety = result.get("safety_dump") or result.get("safety_backup") or result.get("safety_snapshot")
@@ -647,14 +649,15 @@ def _human_report(result: dict) -> None:
               help="Write the report to this file (default: report.html in bak's state folder).")
 @click.option("--days", type=click.IntRange(1, 366), default=31, show_default=True,
               help="How many days the calendars show.")
+@click.option("--force", is_flag=True, help="Replace the --html file if it exists (only ever a regular file).")
 @action("report", human=_human_report)
-def report_command(html_path, days, config):
+def report_command(html_path, days, force, config):
     """One self-contained HTML file: per target a calendar of its backups (kept or to be pruned, verified,
     drilled, failed runs), size and run length over time; destinations' use and when they fill; 3-2-1; the
     last operations. Nothing is fetched when it is opened."""
     from bak.html_report import report
 
-    return report(config, html_path, days)
+    return report(config, html_path, days, force=force)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -779,13 +782,14 @@ def _human_plan(result: dict) -> None:
 @dr_group.command("plan")
 @click.option("--runbook", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the plan as a runbook to this file: Markdown (.md) or one self-contained page (.html).")
+@click.option("--force", is_flag=True, help="Replace the --runbook file if it exists (only ever a regular file).")
 @action("dr plan", human=_human_plan)
-def dr_plan_command(runbook, config):
+def dr_plan_command(runbook, force, config):
     """The ordered recovery of the whole homelab: for each target the newest checked backup, where its copies
     are, the commands (bak's and by hand) and the expected time from measured drills; the total RTO."""
     from bak.dr.plan import recovery_plan
 
-    return recovery_plan(config, runbook)
+    return recovery_plan(config, runbook, force=force)
 
 
 def _human_dr_drill(result: dict) -> None:

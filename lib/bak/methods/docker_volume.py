@@ -27,7 +27,7 @@ from bak.errors import BadInput, BakError, CommandFailed, Refused, VerifyFailed
 from bak.interrupts import interrupts_deferred, sigterm_raises
 from bak.journal import Operation
 from bak.methods.base import Context, Method, clear_leftovers, drill_verdict, free_name, fresh_name
-from bak.run.base import CHUNK, Runner
+from bak.run.base import CHUNK, Runner, operand
 from bak.stores import Store
 from bak.stores.fanout import FanOut, FanOutResult
 from bak.tarball import Damaged, Indexer, IndexingReader, as_manifest, read_index
@@ -83,15 +83,15 @@ def tar_extract_argv(mountpoint: str, full: bool) -> list[str]:
 
 
 def listing_argv(mountpoint: str) -> list[str]:
-    return ["find", mountpoint, "-printf", FIND_FORMAT]
+    return ["find", operand(mountpoint), "-printf", FIND_FORMAT]
 
 
 def checksums_argv(mountpoint: str) -> list[str]:
-    return ["find", mountpoint, "-type", "f", "-exec", "sha256sum", "-z", "--", "{}", "+"]
+    return ["find", operand(mountpoint), "-type", "f", "-exec", "sha256sum", "-z", "--", "{}", "+"]
 
 
 def emptying_argv(mountpoint: str) -> list[str]:
-    return ["find", mountpoint, "-mindepth", "1", "-delete"]
+    return ["find", operand(mountpoint), "-mindepth", "1", "-delete"]
 
 
 @dataclass(frozen=True)

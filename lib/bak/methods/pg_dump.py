@@ -98,7 +98,7 @@ def restore_argv(options: dict, database: str, *, jobs: int = 1, no_owner: bool 
         argv.append("--no-privileges")
     if jobs > 1 and path:
         argv += ["-j", str(jobs)]
-    return argv + ([path] if path else [])
+    return argv + (["--", path] if path else [])
 
 
 def full_read_argv(options: dict) -> list[str]:

@@ -72,6 +72,11 @@ def guardian_argv(size: int) -> list[str]:
     return ["sh", "-c", GUARDIAN, "sh", str(size)]
 
 
+def operand(path: str) -> str:
+    """A path as a command's operand where `--` cannot end the options (find's starting points): `-x` as `./-x`."""
+    return "./" + path if path.startswith("-") else path
+
+
 def ere_escape(text: str) -> str:
     """`text` as a POSIX extended regular expression matching itself (for pgrep -f)."""
     return "".join("\\" + c if c in ".[]()*+?{}|^$\\" else c for c in text)

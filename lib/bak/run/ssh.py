@@ -22,6 +22,7 @@ import paramiko
 
 from bak.config import Host
 from bak.errors import CommandFailed, HostKeyMismatch, HostKeyUnknown, Refused, ToolMissing, TransportError
+from bak.paths import regular_or_absent
 from bak.run.base import CHUNK, Completed, Feeder, Runner, Sink, StderrTail, ere_escape, guardian_argv
 
 # paramiko logs its own errors (and tracebacks of its transport thread) to stderr when nothing else does:
@@ -85,7 +86,7 @@ class SSHRunner(Runner):
     def _connect(self) -> paramiko.SSHClient:
         host = self.host
         client = paramiko.SSHClient()
-        if self.known_hosts.exists():
+        if regular_or_absent(self.known_hosts, f"hosts.{host.name}.known_hosts"):
             client.load_host_keys(str(self.known_hosts))
         client.set_missing_host_key_policy(_RefuseUnknownKey(host, self.known_hosts))
         key_file = str(Path(host.key_file).expanduser()) if host.key_file else None
@@ -325,6 +326,7 @@ def trust_host(host: Host, known_hosts: Path, expected_fingerprint: str | None, 
     """Record the host's key in known_hosts, refusing a mismatch unless asked to replace it."""
     from bak.paths import ensure_private_dir
 
+    regular_or_absent(known_hosts, f"hosts.{host.name}.known_hosts")
     key = scan_host_key(host)
     actual = fingerprint(key)
     if expected_fingerprint and expected_fingerprint != actual:
