@@ -235,6 +235,8 @@ def listing_from(target: Target, store: Store, indexes: dict[str, FolderIndex]) 
             continue
         own = store.per_target_folders and folder == folder_of(target)
         found, leftovers = index.of_kind(kind) if own else index.of_key(kind, key)
+        found, incomplete = complete(store, found)
+        foreign += [f"{folder}/{n}" for b in incomplete for n in (b.name, *b.sidecars)]
         if own or target.owns_flat_names or not store.per_target_folders:
             backups += found
             partials += leftovers
@@ -247,6 +249,14 @@ def listing_from(target: Target, store: Store, indexes: dict[str, FolderIndex]) 
         backup.target, backup.reader = target.name, store
     backups.sort(key=lambda b: (b.when, b.name), reverse=True)
     return Listing(store.name, folder_of(target), backups, partials, foreign)
+
+
+def complete(store: Store, found: list[Backup]) -> tuple[list[Backup], list[Backup]]:
+    """(backups, the rest): a name bak did not finish writing, or that someone dropped there (an 8-byte
+    "dump" with no .sha256), is never a backup, never the newest, never restored: it is foreign."""
+    if not store.checksummed:
+        return found, []
+    return [b for b in found if b.has_checksum], [b for b in found if not b.has_checksum]
 
 
 def snapshot_sizes(store: Store | None, folder: str, name: str) -> tuple[int, int | None]:
@@ -278,7 +288,7 @@ def safety_copies(store: Store, target: Target) -> list[Backup]:
         return []
     folder = safety_folder_of(target)
     index = index_folder(store.name, folder, store.list(folder))
-    copies = [b for items in index.backups.values() for b in items]
+    copies, _ = complete(store, [b for items in index.backups.values() for b in items])
     for copy in copies:
         copy.target, copy.reader = target.name, store
     return sorted(copies, key=lambda b: (b.when, b.name), reverse=True)

@@ -168,7 +168,7 @@ def _gather(config: Config, health: dict, now: datetime, days: int) -> tuple[lis
             views.append(TargetView(target, entries.get(target.name, {}), sorted(shown.values(), key=lambda b: b.when),
                                     sorted(f for f in failures if f[0]), sorted(durations)))
         for name, row in scanned.items():
-            if row["error"] is None:
+            if row["error"] is None and row["usage"] is not None:  # a remote restic backend reports no space
                 usage[name] = status.space_series(name, row, pruned, now)
     return views, usage
 

@@ -107,6 +107,22 @@ def full_read_argv(options: dict) -> list[str]:
 
 
 # --- connection and secrets ------------------------------------------------------------------
+def recorded_row_counts(data: bytes) -> tuple[dict[str, int] | None, str | None]:
+    """The row counts a dump's .meta.json recorded, read as untrusted input (the file has no checksum of its
+    own and anyone with access to the destination can edit it): (counts, None), or (None, what is wrong)."""
+    try:
+        meta = json.loads(data)
+    except (ValueError, RecursionError):
+        return None, "its .meta.json is not JSON"
+    counts = meta.get("row_counts") if isinstance(meta, dict) else None
+    if not isinstance(counts, dict):
+        return None, "its .meta.json holds no row_counts object"
+    wrong = [t for t, n in counts.items() if not isinstance(n, int) or isinstance(n, bool) or n < 0]
+    if wrong:
+        return None, f"its .meta.json holds a row count that is not a count ({str(wrong[0])[:80]!r})"
+    return counts, None
+
+
 def passfile_line(password: str) -> bytes:
     escaped = password.replace("\\", "\\\\").replace(":", "\\:")
     return f"*:*:*:*:{escaped}\n".encode()
@@ -467,8 +483,12 @@ class PgDump(Method):
     # -- drill ------------------------------------------------------------------------------
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
         scratch = f"bak_drill_{target.options['database']}_{ctx.now:%Y%m%d_%H%M%S}"[:63]
-        meta = json.loads(store.read_small(backup.folder, backup.name + ".meta.json")) \
-            if backup.name + ".meta.json" in backup.sidecars else None
+        expected, unreadable = (None, "no .meta.json: row counts cannot be compared")
+        if backup.name + ".meta.json" in backup.sidecars:
+            try:
+                expected, unreadable = recorded_row_counts(store.read_small(backup.folder, backup.name + ".meta.json"))
+            except (OSError, BakError) as exc:
+                unreadable = f"its .meta.json cannot be read: {getattr(exc, 'message', None) or exc}"
         result = {"target": target.name, "backup": backup.name, "store": store.name, "scratch_database": scratch,
                   "checks": []}
         # Owners and privileges are irrelevant to a drill, and the backup role usually cannot recreate them.
@@ -481,15 +501,17 @@ class PgDump(Method):
         try:
             with Session(ctx, target) as session:
                 counts = {row[1]: int(row[2]) for row in session.sql(ROW_COUNTS_SQL, scratch)}
-                if meta is None:
-                    failures.append("no .meta.json: row counts cannot be compared")
+                if expected is None:
+                    failures.append(unreadable)
+                    result["checks"].append({"check": "row counts", "ok": False, "error": unreadable})
                 else:
-                    expected = meta["row_counts"]
                     diff = {t: {"expected": expected.get(t), "restored": counts.get(t)}
                             for t in set(expected) | set(counts) if expected.get(t) != counts.get(t)}
-                    result["checks"].append({"check": "row counts", "tables": len(expected), "ok": not diff, "differences": diff})
+                    shown = {t[:200]: diff[t] for t in sorted(diff)[:20]}  # the meta file may name any number of tables
+                    result["checks"].append({"check": "row counts", "tables": len(expected), "ok": not diff,
+                                             "differences": shown})
                     if diff:
-                        failures.append(f"row counts differ in {len(diff)} table(s): {', '.join(sorted(diff)[:5])}")
+                        failures.append(f"row counts differ in {len(diff)} table(s): {', '.join(t[:80] for t in sorted(diff)[:5])}")
                 for query in target.options.get("sanity_queries") or []:
                     try:
                         rows = session.sql(query, scratch)

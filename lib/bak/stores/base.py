@@ -88,6 +88,9 @@ class Store:
     kind: str
     host_name: str  # "local", or the SSH host the folder lives on
     per_target_folders = True  # False where a tool owns one flat folder (Proxmox storage)
+    # An artifact is complete, so a backup, only with its checksum sidecar (.sha256, or a snapshot's .manifest),
+    # which bak writes before the final name; False where the tool that writes it says so itself (vzdump).
+    checksummed = True
 
     def path_of(self, folder: str, name: str = "") -> str:
         """The path on the store's own host, for tools (rsync, tar) that run there or reach it."""
