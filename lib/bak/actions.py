@@ -83,7 +83,12 @@ def _create(config: Config, targets: list[Target], *, dry_run: bool, progress, p
             try:
                 method = method_for(target.method)
                 if dry_run:
-                    entry["status"] = "planned"
+                    problems = preflight(session, target, method)
+                    entry["status"] = "would_fail" if problems else "planned"
+                    if problems:
+                        entry["error"] = problems[0].message
+                    for problem in problems:
+                        outcome.failed(problem)
                     continue
                 with target_lock(target.name, "create"):
                     session.ctx.now = datetime.now().replace(microsecond=0)  # each backup is named at its own start
@@ -110,6 +115,61 @@ def _create(config: Config, targets: list[Target], *, dry_run: bool, progress, p
                 outcome.failed(exc)
         outcome.warnings.extend(session.ctx.warnings)
     return outcome
+
+
+def preflight(session: Session, target: Target, method) -> list[BakError]:
+    """What a create's dry run can find without writing anything: the hosts answer (a key file is there), the
+    secrets can be read, the source is there, every destination can take a backup. Each problem, not the first."""
+    from bak.config import LOCAL
+    from bak.secrets import read_secret
+
+    problems: list[BakError] = []
+
+    def check(step) -> bool:
+        try:
+            step()
+            return True
+        except BakError as exc:
+            if exc.to_error() not in [p.to_error() for p in problems]:
+                problems.append(exc)
+            return False
+
+    config = session.config
+    host_ok = target.host == LOCAL or check(lambda: session.hosts.runner(target.host).run(["true"]))
+    for where, ref in secret_refs(target.options, f"targets.{target.name}.{target.method}"):
+        if "pgpass" not in ref or target.host == LOCAL:  # a remote passfile is on its host, read there
+            check(lambda: read_secret(ref, where))
+    if host_ok:
+        check(lambda: method.preflight(session.ctx, target))
+    for name in target.destinations:
+        destination = config.destinations[name]
+        for key in ("password", "aws_access_key_id", "aws_secret_access_key"):
+            if getattr(destination, key):
+                check(lambda: read_secret(getattr(destination, key), f"destinations.{name}.{key}"))
+        if destination.host != LOCAL and not check(lambda: session.hosts.runner(destination.host).run(["true"])):
+            continue
+        store = None
+
+        def usable():
+            nonlocal store
+            store = open_store(destination, session.hosts)
+            store.check_usable()
+
+        if check(usable) and store.kind == "restic":
+            _, lost = _usable([store], target)
+            problems += [BakError(c["error"]["message"], where=c["store"], code=c["error"]["code"],
+                                  hint=c["error"]["hint"]) for c in lost]
+    return problems
+
+
+def secret_refs(node, where: str):
+    """(key path, reference) of every `{env|file|pgpass: ...}` secret reference in a target's options."""
+    if isinstance(node, dict):
+        if len(node) == 1 and next(iter(node)) in ("env", "file", "pgpass") and isinstance(next(iter(node.values())), str):
+            yield where, node
+            return
+        for key, value in node.items():
+            yield from secret_refs(value, f"{where}.{key}")
 
 
 def _usable(stores: list, target: Target) -> tuple[list, list[dict]]:
@@ -222,8 +282,11 @@ def restore(config: Config, target: Target, *, name: str | None, store_name: str
         if value is not None and any(ord(c) < 32 or c == "\x7f" for c in value):
             raise BadInput(f"{where} {value[:80]!r} holds a control character (a newline?)", where=where,
                            hint="Name the place to restore into without control characters.")
+    method = method_for(target.method)
+    if options.get("file") is not None and not method.single_files:
+        raise BadInput(f"--file restores one path of a file-tree snapshot; {target.name} is a {target.method} target",
+                       where="--file", hint="Omit --file: this target's backups are restored whole.")
     with Session(config) as session:
-        method = method_for(target.method)
         candidates = copies_of(session, target, name, store_name)
         store, backup = candidates[0]
         plan = {"target": target.name, "backup": backup.name, "store": store.name, "into": into, "force": force}
@@ -288,6 +351,9 @@ def failed_drill(target: Target, store: Store | None, backup: Backup | None, exc
 def listing(config: Config, targets: list[Target], filters: dict | None = None) -> Outcome:
     """Backups by target and destination; `filters`: method, host, vmid, since, until, destination."""
     filters = filters or {}
+    if filters.get("destination") and filters["destination"] not in config.destinations:
+        raise BadInput(f"no destination named {filters['destination']!r}", where="--destination",
+                       hint="Destinations: " + (", ".join(sorted(config.destinations)) or "none"))
     chosen = [t for t in targets
               if (not filters.get("method") or t.method == filters["method"])
               and (not filters.get("host") or t.host == filters["host"])

@@ -200,10 +200,12 @@ def _human_trust(result: dict) -> None:
 def ssh_trust(host, fingerprint, replace, config):
     """Record HOST's SSH host key in known_hosts (shows its fingerprint)."""
     from bak.report import Outcome
-    from bak.run.hosts import known_hosts_path
+    from bak.run.hosts import check_fingerprint, known_hosts_path
     from bak.run.ssh import trust_host
 
     target = _configured_host(config, host)
+    if fingerprint is not None:
+        check_fingerprint(fingerprint)
     return Outcome(trust_host(target, known_hosts_path(target), fingerprint, replace))
 
 
@@ -869,7 +871,10 @@ def bootstrap_command(source, port, key, fingerprint, force):
     """On a fresh machine: bak's config, journal and known_hosts back from the recovery kit that `bak create`
     keeps beside the backups. Secrets are not in it: the config points to them."""
     from bak.dr.kit import SSH_SOURCE, bootstrap
+    from bak.run.hosts import check_fingerprint
 
+    if fingerprint is not None:
+        check_fingerprint(fingerprint)
     if not SSH_SOURCE.match(source):
         given = [name for name, value in (("--port", port), ("--key", key), ("--fingerprint", fingerprint)) if value]
         if given:

@@ -27,6 +27,11 @@ class Context:
 
 class Method:
     name: str
+    single_files = False  # a restore can give back one path of a backup (--file)
+
+    def preflight(self, ctx: Context, target: Target) -> None:
+        """What a dry run can check of the source without writing anything (it is there, it answers);
+        raises what the backup would."""
 
     def create(self, ctx: Context, target: Target, stores: list[Store], op: Operation) -> dict:
         """Make one backup of `target` into every store; returns the per-target result."""

@@ -231,6 +231,10 @@ class DockerVolume(Method):
         return path
 
     # -- create ----------------------------------------------------------------------------
+    def preflight(self, ctx: Context, target: Target) -> None:
+        runner = ctx.hosts.runner(target.host)
+        self.mountpoint(runner, probe_engine(runner, target.options["cli"]), target.options["volume"])
+
     def create(self, ctx: Context, target: Target, stores: list[Store], op: Operation) -> dict:
         options = target.options
         listings = [scan(store, target) for store in stores]

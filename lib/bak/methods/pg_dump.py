@@ -46,7 +46,8 @@ PRECHECK_SQL = ("SELECT current_user, (SELECT rolsuper FROM pg_roles WHERE rolna
                 "has_database_privilege(current_database(), 'CONNECT'), "
                 "pg_database_size(current_database()), current_setting('server_version'), "
                 "coalesce((SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ') " + USER_TABLES +
-                " AND NOT has_table_privilege(c.oid, 'SELECT')), '');")
+                " AND NOT has_table_privilege(c.oid, 'SELECT')), ''), "
+                "coalesce((SELECT sum(pg_table_size(c.oid)) " + USER_TABLES + "), 0);")
 
 
 # --- argv builders (pure) ------------------------------------------------------------------
@@ -266,6 +267,24 @@ class PgDump(Method):
     # -- prechecks --------------------------------------------------------------------------
     def precheck(self, session: Session) -> dict:
         options = session.options
+        self.require_ready(session)
+        try:
+            row = session.sql(PRECHECK_SQL)[0]
+        except CommandFailed as exc:
+            raise explain_connection_failure(exc, session.target) from None
+        user, superuser, can_connect, size, version, unreadable, table_bytes = row
+        if can_connect != "t" or unreadable:
+            raise Refused(f"role {user} cannot dump {options['database']}: "
+                          + ("no CONNECT privilege" if can_connect != "t" else f"no SELECT on {unreadable}"),
+                          where=f"targets.{session.target.name}", code="pg_privilege",
+                          hint=f"GRANT CONNECT ON DATABASE ... and GRANT SELECT ON ... TO {user} (or use the pg_read_all_data role).")
+        return {"user": user, "superuser": superuser == "t", "database_size": int(size), "server_version": version,
+                "table_bytes": int(table_bytes)}
+
+    @staticmethod
+    def require_ready(session: Session) -> None:
+        """pg_isready: the server answers (it reads nothing and needs no password)."""
+        options = session.options
         ready = session.run(isready_argv(options), check=False)
         if ready.returncode != 0:
             meaning = {1: "rejecting connections (starting up or shutting down)", 2: "no response",
@@ -273,21 +292,15 @@ class PgDump(Method):
             raise CommandFailed(f"PostgreSQL at {options['address']}:{options['port']} is not ready: {meaning}",
                                 returncode=ready.returncode, where=f"targets.{session.target.name}", code="pg_not_ready",
                                 hint="Start the server, or check pg_dump.address/port (pg_isready -h ... -p ...).")
-        try:
-            row = session.sql(PRECHECK_SQL)[0]
-        except CommandFailed as exc:
-            raise explain_connection_failure(exc, session.target) from None
-        user, superuser, can_connect, size, version, unreadable = row
-        if can_connect != "t" or unreadable:
-            raise Refused(f"role {user} cannot dump {options['database']}: "
-                          + ("no CONNECT privilege" if can_connect != "t" else f"no SELECT on {unreadable}"),
-                          where=f"targets.{session.target.name}", code="pg_privilege",
-                          hint=f"GRANT CONNECT ON DATABASE ... and GRANT SELECT ON ... TO {user} (or use the pg_read_all_data role).")
-        return {"user": user, "superuser": superuser == "t", "database_size": int(size), "server_version": version}
 
-    def require_space(self, stores: list[Store], target: Target, database_size: int) -> int:
+    def preflight(self, ctx: Context, target: Target) -> None:
+        self.require_ready(Session(ctx, target))  # the password is read by the caller, without a passfile
+
+    def require_space(self, stores: list[Store], target: Target, table_bytes: int) -> int:
+        """Room for the dump: a little more than the last one, else than the tables' data. The database's own
+        size counts its indexes and ~7 MB of catalogs, which no dump holds: it refused a 1.1 MB dump on 2 MB."""
         last = max((l.backups[0].size for l in (scan(s, target) for s in stores) if l.backups), default=None)
-        needed = int(SPACE_FACTOR * (last if last is not None else database_size))
+        needed = int(SPACE_FACTOR * (last if last is not None else table_bytes))
         for store in stores:
             store.require_space(needed)
         return needed
@@ -302,7 +315,7 @@ class PgDump(Method):
                 clear_leftovers(ctx, store, scan(store, target))
                 store.refuse_existing(folder, name)
             facts = self.precheck(session)
-            needed = self.require_space(stores, target, facts["database_size"])
+            needed = self.require_space(stores, target, facts["table_bytes"])
             ctx.progress(f"{target.name}: dumping {options['database']} ({facts['database_size']} bytes in the database)")
             started = time.monotonic()
             snapshot = SnapshotSession(session)

@@ -547,12 +547,19 @@ def inside(runner: Runner, root: str, relative: str) -> bool:
 
 class RsyncSnapshot(Method):
     name = "rsync"
+    single_files = True
 
     def key(self, target: Target) -> str:
         return target.name
 
     def source(self, target: Target) -> str:
         return source_path(target)
+
+    def preflight(self, ctx: Context, target: Target) -> None:
+        source = self.source(target)
+        if ctx.hosts.runner(target.host).run(["test", "-d", source], check=False).returncode != 0:
+            raise BadInput(f"the source {source} of {target.name} is not a folder on {target.host}", where=target.name,
+                           code="source_missing", hint="Check the target's source path (a folder), and that it is mounted.")
 
     def create(self, ctx: Context, target: Target, stores: list[Store], op: Operation) -> dict:
         listings = {store.name: scan(store, target) for store in stores}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable
 
-from bak.errors import NoSpace, Refused
+from bak.errors import BadInput, NoSpace, Refused
 
 
 class Entry:
@@ -78,6 +78,11 @@ class ArtifactWriter:
         raise NotImplementedError
 
 
+def not_a_folder(store: str, path: str) -> "BadInput":
+    return BadInput(f"destination {store}: {path} is not a folder, so no backup can be written there", where=store,
+                    code="destination_not_a_folder", hint=f"Point destinations.{store}.path at a folder (or a new path).")
+
+
 def symlink_refused(store: str, path: str) -> "Refused":
     return Refused(f"{path} on {store} is a symbolic link: bak never follows links inside a store", where=store,
                    code="symlink_in_store", hint="Replace the link with a real folder (or point the destination's path there).")
@@ -135,6 +140,10 @@ class Store:
     def exists(self) -> bool:
         """Whether the destination's own folder is there (a missing one: an NFS share not mounted?)."""
         return True
+
+    def check_usable(self) -> None:
+        """What a dry run can tell without writing anything: the destination can take a backup (its folder is
+        one, or can be made; its repository answers)."""
 
     def require_space(self, needed: int) -> None:
         free = self.usage().free
