@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bak import catalog, notify, watch
+from bak import catalog, naming, notify, watch
 from bak.catalog import Backup
 from bak.config import Config, Target
 from bak.dr import kit
@@ -187,8 +187,10 @@ def _usable(stores: list, target: Target) -> tuple[list, list[dict]]:
     return usable, lost
 
 
-def backups_of(session: Session, target: Target, store_name: str | None = None) -> list[tuple[object, Backup]]:
-    """(store, backup) pairs, newest first; `store_name` limits it to one destination."""
+def backups_of(session: Session, target: Target, store_name: str | None = None,
+               incomplete: list | None = None) -> list[tuple[object, Backup]]:
+    """(store, backup) pairs, newest first; `store_name` limits it to one destination. `incomplete` gets the
+    (store, file) pairs named like backups that lack their checksum sidecar (never backups: verify names them)."""
     names = [store_name] if store_name else list(target.destinations)
     if store_name and store_name not in target.destinations:
         raise BadInput(f"{store_name!r} is not a destination of {target.name}", where="--from",
@@ -196,7 +198,10 @@ def backups_of(session: Session, target: Target, store_name: str | None = None) 
     found = []
     for name in names:
         store = open_store(session.config.destinations[name], session.hosts)
-        found.extend((store, b) for b in catalog.scan(store, target).backups)
+        listing = catalog.scan(store, target)
+        found.extend((store, b) for b in listing.backups)
+        if incomplete is not None:
+            incomplete.extend((store, b) for b in listing.incomplete)
     return sorted(found, key=lambda pair: (pair[1].when, pair[1].name), reverse=True)
 
 
@@ -210,12 +215,23 @@ def verify(config: Config, targets: list[Target], *, every: bool = False, names:
     jobs = []
     with Session(config, progress) as session:
         for target in targets:
+            lacking: list = []
             try:
                 method = method_for(target.method)
-                pairs = backups_of(session, target)
+                pairs = backups_of(session, target, incomplete=lacking)
             except BakError as exc:
                 outcome.failed(exc)
                 continue
+            for store, backup in lacking:
+                if names and backup.name not in names:
+                    continue
+                sidecar = naming.MANIFEST_SUFFIX if backup.is_dir else ".sha256"
+                exc = VerifyFailed(f"{backup.name} on {store.name}: no {sidecar} sidecar, so it is not a complete backup "
+                                   "(never restored or pruned; put the sidecar back, or remove it)",
+                                   where=f"{store.name}:{backup.name}")
+                outcome.result["checked"].append({"target": target.name, "store": store.name, "name": backup.name,
+                                                  "ok": False, "checksum": "missing", "error": exc.message})
+                outcome.failed(exc)
             if names:
                 pairs = [p for p in pairs if p[1].name in names]
             elif not every:

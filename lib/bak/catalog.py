@@ -125,6 +125,7 @@ class Listing:
     backups: list[Backup]          # newest first
     partials: list[Leftover]
     foreign: list[str]             # paths relative to the store root
+    incomplete: list[Backup] = field(default_factory=list)  # named like backups, without their checksum sidecar
 
     def newest_good(self, now: datetime) -> Backup | None:
         return next((b for b in self.backups if not b.in_future(now)), None)
@@ -229,26 +230,28 @@ def listing_from(target: Target, store: Store, indexes: dict[str, FolderIndex]) 
     backups: list[Backup] = []
     partials: list[Leftover] = []
     foreign: list[str] = []
+    incomplete: list[Backup] = []
     for folder in folders_to_read(target, store):
         index = indexes.get(folder)
         if index is None:
             continue
         own = store.per_target_folders and folder == folder_of(target)
         found, leftovers = index.of_kind(kind) if own else index.of_key(kind, key)
-        found, incomplete = complete(store, found)
-        foreign += [f"{folder}/{n}" for b in incomplete for n in (b.name, *b.sidecars)]
+        found, lacking = complete(store, found)
+        foreign += [f"{folder}/{n}" for b in lacking for n in (b.name, *b.sidecars)]
         if own or target.owns_flat_names or not store.per_target_folders:
             backups += found
             partials += leftovers
+            incomplete += lacking
         else:  # flat names another target makes too: whose they are cannot be told, so nobody touches them
             foreign += [f"{folder}/{n}" for b in found for n in (b.name, *b.sidecars)] + \
                 [f"{folder}/{p.name}" for p in leftovers]
         # In a shared kind folder, folders that are not backups are the targets' own folders.
         foreign += [f"{folder}/{name}" for name in index.foreign if own or name not in index.folders]
-    for backup in backups:
+    for backup in backups + incomplete:
         backup.target, backup.reader = target.name, store
     backups.sort(key=lambda b: (b.when, b.name), reverse=True)
-    return Listing(store.name, folder_of(target), backups, partials, foreign)
+    return Listing(store.name, folder_of(target), backups, partials, foreign, incomplete)
 
 
 def complete(store: Store, found: list[Backup]) -> tuple[list[Backup], list[Backup]]:

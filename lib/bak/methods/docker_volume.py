@@ -348,18 +348,32 @@ class DockerVolume(Method):
         with store.open_read(backup.folder, backup.name) as raw:
             hashing = HashingReader(raw)
             source = hashing if indexer is None else IndexingReader(hashing, indexer)
-            runner.run(engine.on_files(tar_extract_argv(mountpoint, engine.full_tar)), stdin=source)
+            try:
+                runner.run(engine.on_files(tar_extract_argv(mountpoint, engine.full_tar)), stdin=source)
+            except CommandFailed:
+                # tar stops on a damaged archive: if the copy does not match its .sha256, it is the copy's fault
+                # (VerifyFailed: the restore goes on to the next copy); else tar's own error stands.
+                try:
+                    while source.read(CHUNK):
+                        pass
+                except OSError:
+                    pass
+                if expected and hashing.hash.hexdigest() != expected:
+                    raise VerifyFailed(f"{backup.name} on {store.name} does not match its .sha256 (damaged copy)",
+                                       where=f"{store.name}:{backup.name}") from None
+                raise
             while source.read(CHUNK):
                 pass
         if expected and hashing.hash.hexdigest() != expected:
-            raise CommandFailed(f"{backup.name} does not match its .sha256; volume {volume} holds a bad restore",
-                                where=volume, code="verify_failed", hint="Remove that volume and restore another copy.")
+            raise VerifyFailed(f"{backup.name} on {store.name} does not match its .sha256; volume {volume} held a bad "
+                               "restore", where=f"{store.name}:{backup.name}", hint="Restore another copy (--from).")
 
     def _replace(self, ctx: Context, runner: Runner, engine: Engine, target: Target, store: Store, backup: Backup,
                  volume: str) -> dict:
         """--force: with the volume's containers stopped, tar it into a safety copy, remove what the copy holds
         (refused if anything is not in it), extract the backup, start the containers again."""
         mountpoint = self.mountpoint(runner, engine, volume)
+        self.verify(ctx, target, store, backup)  # a damaged copy is found before the volume is emptied, not after
         with containers_stopped(ctx, runner, engine, volume, target.options["stop_timeout"]) as paused:
             safety, saved = self._safety_copy(ctx, runner, engine, target, store, volume, mountpoint)
             unsaved = sorted(item.path for item in volume_items(runner, engine, mountpoint, checksums=False)

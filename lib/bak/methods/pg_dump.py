@@ -12,6 +12,7 @@ import posixpath
 import re
 import threading
 import time
+import zlib
 
 from bak import naming
 from bak.catalog import Backup, folder_of, safety_folder_of, scan
@@ -436,38 +437,68 @@ class PgDump(Method):
         A drill (`options["drill"]`) leaves owners and privileges out, which the backup role usually
         cannot recreate: pg_restore's --no-owner/--no-privileges, or for plain SQL the statements that
         fail for that reason only, returned as notes. Any other error still fails the load."""
-        opts = session.options
         drill = options.get("drill", False)
         no_owner, no_privileges = options.get("no_owner", False) or drill, drill
         expected = recorded_sha256(store, backup)
         notes: list[str] = []
         with store.open_read(backup.folder, backup.name) as plain:
             raw = HashingReader(plain)
-            if backup.name.endswith(".dump"):
-                jobs = int(options.get("jobs") or opts["restore_jobs"])
-                if jobs > 1:
-                    with session.runner.private_file() as staged:
-                        session.run(["dd", f"of={staged}", "bs=1M", "status=none"], stdin=raw)
-                        session.run(restore_argv(opts, database, jobs=jobs, no_owner=no_owner,
-                                                 no_privileges=no_privileges, path=staged))
-                else:
-                    session.run(restore_argv(opts, database, no_owner=no_owner, no_privileges=no_privileges), stdin=raw)
-            else:
-                import gzip
-
-                out = session.run(psql_argv(opts, database, stop_on_error=not drill),
-                                  stdin=gzip.GzipFile(fileobj=raw, mode="rb"))
-                errors = [line for line in out.stderr_text.splitlines() if "ERROR:" in line]
-                notes = [e for e in errors if OWNERSHIP_ERROR.search(e)]
-                if len(notes) < len(errors):
-                    other = [e for e in errors if not OWNERSHIP_ERROR.search(e)]
-                    raise CommandFailed(f"loading {backup.name} failed: {other[0]}", where=database,
-                                        stderr_tail="\n".join(other[-20:]), code="restore_failed")
-            raw.drain()
+            try:
+                notes = self._stream_into(session, backup, raw, database, options, drill, no_owner, no_privileges)
+                raw.drain()
+            except (BakError, OSError, EOFError, zlib.error) as exc:
+                # A load that breaks off on a damaged copy (pg_restore's "unexpected EOF", gzip's CRC) is the copy's
+                # fault, not the database's: said as such, so the restore goes on to the next copy.
+                damage = self._damage(store, backup, raw, expected)
+                if damage:
+                    raise damage from None
+                if isinstance(exc, BakError):
+                    raise
+                raise CommandFailed(f"{backup.name} could not be decompressed: {exc}", where=database,
+                                    code="restore_failed") from None
         if expected and raw.hash.hexdigest() != expected:
             raise VerifyFailed(f"{backup.name} on {store.name} does not match its .sha256: the restore was discarded",
                                where=f"{store.name}:{backup.name}", hint="Restore another copy (--from) or an older backup.")
         return notes
+
+    def _stream_into(self, session: Session, backup: Backup, raw: HashingReader, database: str, options: dict,
+                     drill: bool, no_owner: bool, no_privileges: bool) -> list[str]:
+        opts = session.options
+        if backup.name.endswith(".dump"):
+            jobs = int(options.get("jobs") or opts["restore_jobs"])
+            if jobs > 1:
+                with session.runner.private_file() as staged:
+                    session.run(["dd", f"of={staged}", "bs=1M", "status=none"], stdin=raw)
+                    session.run(restore_argv(opts, database, jobs=jobs, no_owner=no_owner,
+                                             no_privileges=no_privileges, path=staged))
+            else:
+                session.run(restore_argv(opts, database, no_owner=no_owner, no_privileges=no_privileges), stdin=raw)
+            return []
+        import gzip
+
+        out = session.run(psql_argv(opts, database, stop_on_error=not drill), stdin=gzip.GzipFile(fileobj=raw, mode="rb"))
+        errors = [line for line in out.stderr_text.splitlines() if "ERROR:" in line]
+        notes = [e for e in errors if OWNERSHIP_ERROR.search(e)]
+        if len(notes) < len(errors):
+            other = [e for e in errors if not OWNERSHIP_ERROR.search(e)]
+            raise CommandFailed(f"loading {backup.name} failed: {other[0]}", where=database,
+                                stderr_tail="\n".join(other[-20:]), code="restore_failed")
+        return notes
+
+    @staticmethod
+    def _damage(store: Store, backup: Backup, raw: HashingReader, expected: str | None) -> VerifyFailed | None:
+        """After a failed load: the rest of the copy read through its hash; a VerifyFailed when the copy itself
+        is damaged (it does not match its .sha256, or cannot be read to its end)."""
+        where = f"{store.name}:{backup.name}"
+        try:
+            raw.drain()
+        except (BakError, OSError) as exc:
+            return VerifyFailed(f"{backup.name} on {store.name} could not be read to its end: "
+                                f"{getattr(exc, 'message', None) or exc}", where=where)
+        if expected and raw.hash.hexdigest() != expected:
+            return VerifyFailed(f"{backup.name} on {store.name} does not match its .sha256 (damaged copy): nothing of "
+                                "it was kept", where=where, hint="Restore another copy (--from) or an older backup.")
+        return None
 
     def _safety_dump(self, ctx: Context, session: Session, target: Target, store: Store, database: str) -> str:
         """A protected dump of a database about to be replaced, kept apart from the backups
