@@ -37,7 +37,12 @@ class Session:
 
 def create(config: Config, targets: list[Target], *, dry_run: bool = False, progress=None,
            ping_url: str | None = None) -> Outcome:
-    outcome = _create(config, targets, dry_run=dry_run, progress=progress, ping_url=ping_url)
+    try:
+        outcome = _create(config, targets, dry_run=dry_run, progress=progress, ping_url=ping_url)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a scheduled run that ends so has failed, and says so
+        if not dry_run:
+            report_interrupted(config, targets, ping_url, stop)
+        raise
     if not dry_run:
         kit.refresh(config, outcome)
         report_run(config, outcome, ping_url)
@@ -66,6 +71,21 @@ def report_run(config: Config, outcome: Outcome, ping_url: str | None) -> None:
         summary = f"backed up {', '.join(targets)}"
         outcome.warnings.extend(notify.send(config, "success", f"bak: {summary} on {socket.gethostname()}", summary,
                                             details))
+
+
+def report_interrupted(config: Config, targets: list[Target], ping_url, stop: KeyboardInterrupt) -> None:
+    """The fail ping and the failure notification of a create stopped by a signal (a second signal waits)."""
+    import socket
+
+    from bak.interrupts import interrupts_deferred
+
+    with interrupts_deferred():
+        tail = f"bak create was interrupted ({stop or 'Ctrl-C'}): its backups were not finished"
+        if ping_url:
+            notify.ping(ping_url, "fail", tail)
+        names = [t.name for t in targets]
+        notify.send(config, "failure", f"bak: backup of {', '.join(names)} interrupted on {socket.gethostname()}", tail,
+                    {"targets": names, "errors": [{"code": "interrupted", "message": tail}]})
 
 
 def _create(config: Config, targets: list[Target], *, dry_run: bool, progress, ping_url: str | None) -> Outcome:

@@ -42,16 +42,20 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*args, as_json: bool, config_path: Path | None = None, **kwargs):
+            from bak.interrupts import sigterm_raises
             from bak.report import emit, envelope
 
             started, clock = datetime.now(timezone.utc), time.monotonic()
             result, warnings, errors, code = None, [], [], 0
             try:
-                if needs_config == "lazy":
-                    kwargs["load_config"] = lambda: load_config(config_path)
-                elif needs_config:
-                    kwargs["config"] = load_config(config_path)
-                outcome = fn(*args, **kwargs)
+                # SIGTERM (systemd stopping a timer's service, `kill`) ends a command as Ctrl-C does: its
+                # `finally` blocks run, then one envelope says `interrupted` and bak exits 143.
+                with sigterm_raises():
+                    if needs_config == "lazy":
+                        kwargs["load_config"] = lambda: load_config(config_path)
+                    elif needs_config:
+                        kwargs["config"] = load_config(config_path)
+                    outcome = fn(*args, **kwargs)
                 result, warnings, errors, code = outcome.result, outcome.warnings, outcome.errors, outcome.exit_code
             except ConfigError as exc:
                 errors, code = exc.to_errors(), exc.exit_code
