@@ -61,11 +61,16 @@ class StderrTail:
         return b"".join(self._chunks)[-STDERR_TAIL_BYTES:]
 
 
-# A file that lives as long as bak does: sh writes stdin's first N bytes into a private temp file, prints
-# its path, then waits for its stdin to close. bak closes it when done, and so does the kernel when bak
-# dies (the pipe, or the SSH connection, goes with it): the trap removes the file either way.
-GUARDIAN = ('umask 077; d=$(mktemp -d -t bak-secret.XXXXXXXX) || exit 1; trap \'rm -rf "$d"\' EXIT HUP INT TERM; '
-            'head -c "$1" > "$d/file" && echo "$d/file" && cat > /dev/null')
+# A file that lives as long as bak does, and never longer, whatever ends it. sh makes a private folder, opens a
+# file in it on descriptor 3 and removes the folder at once: the file has no name left before a byte of the secret
+# is in it. It then copies stdin's first N bytes into it, prints /proc/PID/fd/3 (where a process of the same user
+# reopens it, on Linux) and waits for its stdin to close. Whatever ends sh then (bak closing stdin, a cut SSH
+# connection, SIGPIPE while printing, SIGKILL), the kernel closes the descriptor and frees the file: nothing stays.
+# Without /proc (a BSD host): a named file, removed by the trap (which SIGKILL skips).
+GUARDIAN = ('umask 077; d=$(mktemp -d -t bak-secret.XXXXXXXX) || exit 1; trap \'rm -rf "$d"\' EXIT HUP INT TERM PIPE; '
+            'if [ -d "/proc/$$/fd" ]; then exec 3>"$d/file" && rm -rf "$d" || exit 1; p="/proc/$$/fd/3"; '
+            'head -c "$1" >&3 || exit 1; else p="$d/file"; head -c "$1" > "$p" || exit 1; fi; '
+            'echo "$p" && cat > /dev/null')
 
 
 def guardian_argv(size: int) -> list[str]:
