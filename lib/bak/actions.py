@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import datetime
 
 from bak import catalog, naming, notify, watch
@@ -331,10 +332,11 @@ def restore(config: Config, target: Target, *, name: str | None, store_name: str
             return Outcome({"dry_run": True, **plan, **({"checks": checks} if checks else {})})
         skipped = []
         with target_lock(target.name, "restore"):
+            clear_stages(session, target, method)
             for store, backup in candidates:
                 plan.update(store=store.name)
                 try:
-                    with session.journal.operation("restore", target.name, dict(plan)) as op:
+                    with session.journal.operation("restore", target.name, dict(plan)) as op, staging(session, op):
                         result = method.restore(session.ctx, target, store, backup, into=into, force=force, options=options)
                         op.bytes = backup.size
                         op.details.update(result)
@@ -372,11 +374,53 @@ def drill_backup(session: Session, target: Target, store: Store, backup: Backup)
     """One drill of one copy, under the target's lock, journaled with the copy it read."""
     method = method_for(target.method)
     with target_lock(target.name, "drill"):
-        with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op:
+        clear_stages(session, target, method)
+        with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op, \
+                staging(session, op):
             result = method.drill(session.ctx, target, store, backup)
             op.details.update(result)
             op.bytes = backup.size
     return result
+
+
+STAGING_KINDS = ("restore", "drill")
+
+
+@contextmanager
+def staging(session: Session, op):
+    """While a restore or drill runs, what it builds is journaled in its operation (Context.stage)."""
+    session.ctx.operation = op
+    try:
+        yield
+    finally:
+        session.ctx.operation = None
+
+
+def left_stages(journal: Journal, target: str) -> list[dict]:
+    """Restores and drills of a target that were killed while they built something, newest first."""
+    rows = [row for kind in STAGING_KINDS for row in journal.query(target=target, kind=kind, limit=200)]
+    return sorted((row for row in rows if row["status"] == "interrupted" and row["details"].get("stages")),
+                  key=lambda row: row["id"], reverse=True)
+
+
+def clear_stages(session: Session, target: Target, method) -> None:
+    """What killed restores and drills of this target left (a half restored folder, a scratch database or
+    volume), removed under the target's lock: no run of it is alive to own them."""
+    journal = session.journal
+    for row in left_stages(journal, target.name):
+        details = dict(row["details"])
+        for where in list(details["stages"]):
+            try:
+                removed = method.remove_stage(session.ctx, target, where)
+            except BakError as exc:
+                session.ctx.warnings.append(f"could not remove {where}, left by an interrupted {row['kind']}: {exc.message}")
+                continue
+            details["stages"] = [w for w in details["stages"] if w != where]
+            details["cleared"] = [*details.get("cleared", []), where]
+            journal.note(row["id"], details)
+            if removed:
+                session.ctx.warnings.append(f"removed {where}, left by a {row['kind']} of {target.name} interrupted "
+                                            f"at {row['started_at']}")
 
 
 def failed_drill(target: Target, store: Store | None, backup: Backup | None, exc: BakError) -> dict:
@@ -394,10 +438,13 @@ def listing(config: Config, targets: list[Target], filters: dict | None = None) 
               if (not filters.get("method") or t.method == filters["method"])
               and (not filters.get("host") or t.host == filters["host"])
               and (not filters.get("vmid") or t.method == "vzdump" and t.options["vmid"] == filters["vmid"])]
-    outcome = Outcome({"backups": [], "partials": [], "foreign": [], "safety_copies": []})
+    outcome = Outcome({"backups": [], "partials": [], "foreign": [], "safety_copies": [], "restore_leftovers": []})
     with Session(config) as session:
         seen_foreign = set()
         for target in chosen:
+            outcome.result["restore_leftovers"] += [
+                {"target": target.name, "kind": row["kind"], "where": where, "interrupted_at": row["started_at"]}
+                for row in left_stages(session.journal, target.name) for where in row["details"]["stages"]]
             for dest in target.destinations:
                 if filters.get("destination") and dest != filters["destination"]:
                     continue

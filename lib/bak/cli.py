@@ -554,6 +554,10 @@ def _human_list(result: dict) -> None:
     if result["foreign"]:
         table("Foreign files (never pruned)", ["store", "folder", "name"],
               [[f["store"], f["folder"], f["name"]] for f in result["foreign"]])
+    if result.get("restore_leftovers"):
+        table("Left by interrupted restores and drills (the next one of the target removes them)",
+              ["target", "kind", "left", "interrupted at"],
+              [[r["target"], r["kind"], r["where"], r["interrupted_at"]] for r in result["restore_leftovers"]])
     if result["safety_copies"]:
         table("Safety copies (taken before forced restores; never restored by default)", ["target", "store", "name", "when"],
               [[c["target"], c["store"], f"{c['folder']}/{c['name']}", c["when"]] for c in result["safety_copies"]])

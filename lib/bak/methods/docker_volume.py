@@ -45,8 +45,11 @@ def inspect_argv(cli: str, volume: str) -> list[str]:
     return [cli, "volume", "inspect", volume]
 
 
-def volume_create_argv(cli: str, volume: str) -> list[str]:
-    return [cli, "volume", "create", volume]
+STAGE_LABEL = "bak.restore-of"  # on a volume a restore or drill makes: whose, so only bak's are ever cleaned up
+
+
+def volume_create_argv(cli: str, volume: str, target: str | None = None) -> list[str]:
+    return [cli, "volume", "create", *(["--label", f"{STAGE_LABEL}={target}"] if target else []), volume]
 
 
 def volume_remove_argv(cli: str, volume: str) -> list[str]:
@@ -326,20 +329,37 @@ class DockerVolume(Method):
             if exists:
                 result.update(self._replace(ctx, runner, engine, target, store, backup, volume))
             else:
-                self._restore_new(runner, engine, store, backup, volume)
+                self._restore_new(ctx, target, runner, engine, store, backup, volume)
         result["duration_s"] = round(time.monotonic() - started, 3)
         return result
 
-    def _restore_new(self, runner: Runner, engine: Engine, store: Store, backup: Backup, volume: str,
-                     indexer: Indexer | None = None) -> None:
-        """A new volume filled from the backup; removed again if the restore fails: no half volume stays."""
-        runner.run(volume_create_argv(engine.cli, volume))
+    def _restore_new(self, ctx: Context, target: Target, runner: Runner, engine: Engine, store: Store, backup: Backup,
+                     volume: str, indexer: Indexer | None = None) -> None:
+        """A new volume filled from the backup; removed again if the restore fails: no half volume stays. A volume
+        cannot be renamed: it is journaled while it fills, so one a killed run left is removed by the next."""
+        ctx.stage(f"volume:{volume}")
+        runner.run(volume_create_argv(engine.cli, volume, target.name))
         try:
             self._fill(runner, engine, store, backup, volume, self.mountpoint(runner, engine, volume), indexer)
         except BaseException:
             with interrupts_deferred():
                 _quietly(runner, volume_remove_argv(engine.cli, volume), 120)
+                ctx.unstage(f"volume:{volume}")
             raise
+        ctx.unstage(f"volume:{volume}")
+
+    def remove_stage(self, ctx: Context, target: Target, where: str) -> bool:
+        """A volume a killed restore or drill of this target made (it carries bak's label naming the target)."""
+        kind, _, volume = where.partition(":")
+        if kind != "volume" or not naming.is_safe_name(volume):
+            return False
+        runner = ctx.hosts.runner(target.host)
+        engine = probe_engine(runner, target.options["cli"])
+        info = self._inspect(runner, engine, volume)
+        if info is None or (info.get("Labels") or {}).get(STAGE_LABEL) != target.name:
+            return False
+        runner.run(volume_remove_argv(engine.cli, volume))
+        return True
 
     def _fill(self, runner: Runner, engine: Engine, store: Store, backup: Backup, volume: str, mountpoint: str,
               indexer: Indexer | None = None) -> None:
@@ -424,10 +444,11 @@ class DockerVolume(Method):
                   "checks": []}
         diff: dict = {}
         indexer = Indexer()
+        ctx.stage(f"volume:{scratch}")  # until it is removed below, whatever ends the drill
         with sigterm_raises():
             try:
                 started = time.monotonic()
-                self._restore_new(runner, engine, store, backup, scratch, indexer)
+                self._restore_new(ctx, target, runner, engine, store, backup, scratch, indexer)
                 result["restore_duration_s"] = round(time.monotonic() - started, 3)
                 try:
                     archived = indexer.result()
@@ -447,4 +468,6 @@ class DockerVolume(Method):
                     problem = _quietly(runner, volume_remove_argv(engine.cli, scratch), 120)
                 if problem and "no such volume" not in problem.lower():
                     ctx.warnings.append(f"could not remove the drill's scratch volume {scratch}: {problem}")
+                else:
+                    ctx.unstage(f"volume:{scratch}")
         return drill_verdict(result, diff, store, backup, "the restored volume differs from the archive")

@@ -27,6 +27,8 @@ from bak.stores.fanout import FanOut
 from bak.verify import HashingReader, check_file, recorded_sha256
 
 SPACE_FACTOR = 1.2
+INCOMING_PREFIX = "bak_incoming_"  # the database a restore loads into, renamed to its name once complete
+DRILL_PREFIX = "bak_drill_"        # a drill's scratch database
 SNAPSHOT_WAIT_S = 60
 # What a non-superuser cannot replay from a plain dump: ownership and privileges of other roles.
 OWNERSHIP_ERROR = re.compile(r"must be (owner|member)|permission denied to (change default privileges|set role)|"
@@ -404,13 +406,15 @@ class PgDump(Method):
 
     def restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
                 force: bool, options: dict) -> dict:
-        """Into a new database; with --force over an existing one, the dump is loaded beside it first and
-        swapped in only once complete, after a safety dump: a failed restore changes nothing."""
+        """Loaded into a database of its own (bak_incoming_...) and renamed to its name only once complete (with
+        --force over an existing one, after a safety dump): a failed restore changes nothing, and a killed one
+        leaves only the journaled bak_incoming_ database, which the next restore or drill drops."""
         database = self._check_request(ctx, target, backup, into, options)
         with Session(ctx, target) as session:
             exists = self._check_rights(session, database, force)["exists"]
             safety = self._safety_dump(ctx, session, target, store, database) if exists else None
-            work = f"bak_incoming_{ctx.now:%Y%m%d_%H%M%S}_{database}"[:63] if exists else database
+            work = f"{INCOMING_PREFIX}{ctx.now:%Y%m%d_%H%M%S}_{database}"[:63]
+            ctx.stage(f"database:{work}")
             session.sql("CREATE DATABASE :\"db\";", "postgres", {"db": work})
             started = time.monotonic()
             try:
@@ -423,10 +427,12 @@ class PgDump(Method):
                                 "or restore as a superuser.")
                 if safety and isinstance(exc, BakError):
                     exc.hint = (exc.hint or "") + f" {database} was not changed; its safety dump {safety} is kept."
+                ctx.unstage(f"database:{work}")
                 raise
             if exists:
                 session.sql("DROP DATABASE :\"db\" WITH (FORCE);", "postgres", {"db": database})
-                session.sql("ALTER DATABASE :\"work\" RENAME TO :\"db\";", "postgres", {"db": database, "work": work})
+            session.sql("ALTER DATABASE :\"work\" RENAME TO :\"db\";", "postgres", {"db": database, "work": work})
+            ctx.unstage(f"database:{work}")
             duration = time.monotonic() - started
         return {"target": target.name, "backup": backup.name, "store": store.name, "database": database,
                 "replaced": exists, "safety_dump": safety, "duration_s": round(duration, 3), "notes": notes[:20]}
@@ -525,8 +531,19 @@ class PgDump(Method):
         return where
 
     # -- drill ------------------------------------------------------------------------------
+    def remove_stage(self, ctx: Context, target: Target, where: str) -> bool:
+        """A bak_incoming_ or bak_drill_ database a killed restore or drill left; nothing else."""
+        kind, _, name = where.partition(":")
+        if kind != "database" or not name.startswith((INCOMING_PREFIX, DRILL_PREFIX)):
+            return False
+        with Session(ctx, target) as session:
+            if not session.sql("SELECT 1 FROM pg_database WHERE datname = :'db';", "postgres", {"db": name}):
+                return False
+            session.sql("DROP DATABASE IF EXISTS :\"db\" WITH (FORCE);", "postgres", {"db": name})
+        return True
+
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
-        scratch = f"bak_drill_{target.options['database']}_{ctx.now:%Y%m%d_%H%M%S}"[:63]
+        scratch = f"{DRILL_PREFIX}{target.options['database']}_{ctx.now:%Y%m%d_%H%M%S}"[:63]
         expected, unreadable = (None, "no .meta.json: row counts cannot be compared")
         if backup.name + ".meta.json" in backup.sidecars:
             try:
@@ -535,8 +552,13 @@ class PgDump(Method):
                 unreadable = f"its .meta.json cannot be read: {getattr(exc, 'message', None) or exc}"
         result = {"target": target.name, "backup": backup.name, "store": store.name, "scratch_database": scratch,
                   "checks": []}
+        ctx.stage(f"database:{scratch}")  # a drill killed from here on leaves it: the next restore or drill drops it
         # Owners and privileges are irrelevant to a drill, and the backup role usually cannot recreate them.
-        restored = self.restore(ctx, target, store, backup, into=scratch, force=False, options={"drill": True})
+        try:
+            restored = self.restore(ctx, target, store, backup, into=scratch, force=False, options={"drill": True})
+        except BaseException:
+            ctx.unstage(f"database:{scratch}")  # the restore dropped what it made
+            raise
         result["restore_duration_s"] = restored["duration_s"]
         if restored.get("notes"):
             result["checks"].append({"check": "owners and privileges left out (the drill's role cannot set them)",
@@ -569,6 +591,7 @@ class PgDump(Method):
         finally:
             with Session(ctx, target) as session:
                 session.sql("DROP DATABASE IF EXISTS :\"db\" WITH (FORCE);", "postgres", {"db": scratch})
+            ctx.unstage(f"database:{scratch}")
         result["passed"] = not failures
         if failures:
             raise VerifyFailed(f"drill of {backup.name} from {store.name} failed: " + "; ".join(failures),

@@ -501,6 +501,8 @@ SYSTEM_FOLDERS = frozenset({
     "/usr/share", "/usr/src", "/var/backups", "/var/cache", "/var/lib", "/var/local", "/var/log", "/var/mail",
     "/var/opt", "/var/spool", "/var/tmp", "/etc/ssh", "/etc/systemd"})
 PSEUDO_FILESYSTEMS = ("/proc/", "/sys/", "/dev/", "/run/")
+STAGE_SUFFIX = ".bak-restoring"  # a new folder a restore builds, renamed to its final name at the end
+DRILL_PREFIX = "bak-drill."      # a drill's scratch folder in the host's temp folder
 
 
 def restore_place(into: str | None, default: str, local: bool) -> str:
@@ -784,19 +786,41 @@ class RsyncSnapshot(Method):
         if not options.get("drill"):  # a drill restores first and compares after
             self._check_copy(ctx, store, backup, single)
         safety = self._safety_copy(ctx, target, options.get("safety_store") or store, destination, single) if exists else None
+        # A new folder is built under a temp name beside it and renamed at the end: a killed restore leaves no
+        # half folder under the final name (which the next run would refuse); the journal says where it was.
+        building = _absent(runner, destination)
+        build = destination + STAGE_SUFFIX if building else destination
+        if building:
+            if not _absent(runner, build):
+                raise Refused(f"{build} is in the way of the restore (not one bak left: those are journaled and removed)",
+                              where="--into", code="would_overwrite", hint="Move it away, or restore elsewhere.")
+            ctx.stage(f"path:{build}")
         source = store.path_of(backup.folder, backup.name) + "/" + (single or "")
-        parent = posixpath.join(destination, posixpath.dirname(single)) if single else destination
+        parent = posixpath.join(build, posixpath.dirname(single)) if single else build
         runner_, src, dst, ssh, _ = transfer(ctx, store.host_name, source, target.host, parent + "/")
-        runner.run(["mkdir", "-p", "--", parent])
         started = time.monotonic()
-        argv = rsync_argv(src, dst, ssh=ssh, delete=exists and not single,
-                          excludes=[] if single else target.options.get("excludes") or [])
-        code, reader, stderr = run_rsync(runner_, argv, target.timeout.total_seconds(), ctx.progress,
-                                         manifest.CHECKSUM_WIDTH["md5"], lambda: lambda item: False)
-        if code not in (0, 24):
-            raise CommandFailed(f"restore rsync exited {code}: {stderr.strip().splitlines()[-1] if stderr.strip() else ''}",
-                                returncode=code, stderr_tail=stderr[-2000:], where=target.name,
-                                hint=f"The replaced state is in the safety snapshot {safety}." if safety else None)
+        try:
+            runner.run(["mkdir", "-p", "--", parent])
+            argv = rsync_argv(src, dst, ssh=ssh, delete=exists and not single,
+                              excludes=[] if single else target.options.get("excludes") or [])
+            code, reader, stderr = run_rsync(runner_, argv, target.timeout.total_seconds(), ctx.progress,
+                                             manifest.CHECKSUM_WIDTH["md5"], lambda: lambda item: False)
+            if code not in (0, 24):
+                raise CommandFailed(f"restore rsync exited {code}: {stderr.strip().splitlines()[-1] if stderr.strip() else ''}",
+                                    returncode=code, stderr_tail=stderr[-2000:], where=target.name,
+                                    hint=f"The replaced state is in the safety snapshot {safety}." if safety else None)
+            if building:
+                if not _absent(runner, destination):
+                    raise Refused(f"{destination} appeared while the restore ran; it was left as it is", where="--into",
+                                  code="would_overwrite", hint="Restore elsewhere.")
+                runner.run(["mv", "-T", "--", build, destination])
+        except BakError:
+            if building:  # a failed restore leaves nothing; a killed one is removed by the next one (journaled)
+                runner.run(["rm", "-rf", "--", build], check=False)
+                ctx.unstage(f"path:{build}")
+            raise
+        if building:
+            ctx.unstage(f"path:{build}")
         return {"target": target.name, "backup": backup.name, "store": store.name, "path": destination,
                 "file": single, "replaced": exists, "safety_snapshot": safety, "deleted": plan.get("deletes"),
                 "duration_s": round(time.monotonic() - started, 3), "files": parse_stats(reader.text()).get("files_transferred")}
@@ -826,11 +850,16 @@ class RsyncSnapshot(Method):
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
         """Restore the snapshot into a scratch folder on the target's host, compare every entry, remove it."""
         runner = ctx.hosts.runner(target.host)
-        scratch = runner.run(["mktemp", "-d", "-t", "bak-drill.XXXXXXXX"]).stdout_text.strip()
+        temp = runner.run(["sh", "-c", 'printf %s "${TMPDIR:-/tmp}"']).stdout_text or "/tmp"
+        scratch = posixpath.join(temp, f"{DRILL_PREFIX}{target.name}.{ctx.now:%Y%m%d%H%M%S}")
+        ctx.stage(f"path:{scratch}")  # journaled before it exists: a drill killed at any point leaves nothing unknown
+        made = False
         tree = f"{scratch}/tree"
         result = {"target": target.name, "backup": backup.name, "store": store.name, "checks": []}
         diff: dict = {}
         try:
+            runner.run(["mkdir", "-m", "700", "--", scratch])  # never one already there: mkdir fails on it
+            made = True
             expected = read_manifest(store, backup.folder, backup.name)
             if expected is None:
                 raise VerifyFailed(f"drill of {backup.name}: it has no readable manifest to check a restore against",
@@ -842,8 +871,31 @@ class RsyncSnapshot(Method):
                                      "ok": bool(expected.rows) and not any(diff.values()),
                                      "differences": [p for k in ("missing", "unexpected", "changed") for p in diff[k]][:20]})
         finally:
-            runner.run(["rm", "-rf", "--", scratch], check=False)
+            if made:
+                runner.run(["rm", "-rf", "--", scratch], check=False)
+            ctx.unstage(f"path:{scratch}")
         return drill_verdict(result, diff, store, backup, "the restored tree differs from its manifest")
+
+    def remove_stage(self, ctx: Context, target: Target, where: str) -> bool:
+        """A half restored folder (NAME.bak-restoring) or a drill's scratch folder on the target's host; anything
+        else the journal might say is left alone."""
+        kind, _, path = where.partition(":")
+        if kind == "local":
+            from bak.methods import restic_tree
+
+            return restic_tree.remove_scratch(path)
+        if kind != "path" or not (path.endswith(STAGE_SUFFIX) or posixpath.basename(path).startswith(DRILL_PREFIX)):
+            return False
+        runner = ctx.hosts.runner(target.host)
+        if _absent(runner, path):
+            return False
+        runner.run(["rm", "-rf", "--", path])
+        return True
+
+
+def _absent(runner: Runner, path: str) -> bool:
+    return runner.run(["test", "-e", path], check=False).returncode != 0 and \
+        runner.run(["test", "-L", path], check=False).returncode != 0
 
 
 def _is_root(runner: Runner) -> bool:

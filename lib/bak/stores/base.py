@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterable
 
 from bak.errors import BadInput, NoSpace, Refused
+from bak.naming import PARTIAL_SUFFIX
 
 
 class Entry:
@@ -133,6 +134,19 @@ class Store:
     def remove(self, folder: str, name: str) -> None:
         """A file, or a whole snapshot folder."""
         raise NotImplementedError
+
+    # A store that can rename removes a backup under a leftover's name (see remove_backup).
+    renames_aside = False
+
+    def remove_backup(self, folder: str, name: str, sidecars: list[str]) -> None:
+        """A backup and its sidecars (prune). Where the store can rename, the backup is first renamed to
+        NAME.partial: deleting a snapshot of 100,000 files takes a while, and a prune killed meanwhile must
+        leave a leftover (listed as such, cleared by the next run), never half a backup under its name."""
+        if self.renames_aside:
+            self.rename(folder, name, name + PARTIAL_SUFFIX)
+        for sidecar in sidecars:
+            self.remove(folder, sidecar)
+        self.remove(folder, name + PARTIAL_SUFFIX if self.renames_aside else name)
 
     def usage(self) -> Usage:
         raise NotImplementedError

@@ -130,6 +130,7 @@ class LocalWriter(ArtifactWriter):
 class LocalStore(Store):
     kind = "local"
     host_name = "local"
+    renames_aside = True
 
     def __init__(self, name: str, root: str):
         self.name = name

@@ -88,6 +88,7 @@ class RemoteWriter(ArtifactWriter):
 
 class RemoteStore(Store):
     kind = "ssh"
+    renames_aside = True
 
     def __init__(self, name: str, root: str, runner):
         self.name = name
