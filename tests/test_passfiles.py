@@ -12,7 +12,6 @@ Steps of one hand-over, each where the connection is cut and where the guardian 
 import os
 import shlex
 import signal
-import time
 from pathlib import Path
 
 import paramiko
@@ -22,6 +21,7 @@ from bak.config import Host
 from bak.run.base import guardian_argv
 from bak.run.ssh import SSHRunner
 from conftest import _children, _make_sshd
+from test_safety import wait_for
 
 SECRET = b"*:*:*:*:pg-Passfile-s3cret-9f2c\n"
 STEPS = ["started", "half", "ready", "in use"]
@@ -65,16 +65,6 @@ def guardians(server) -> list[int]:
     return [pid for pid in descendants(server.proc.pid) if b"bak-secret" in cmdline(pid)]
 
 
-def wait(predicate, what: str, timeout: float = 15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def head_has_read(server, size: int) -> bool:
     """The guardian's `head` has read `size` bytes of the secret (it may hold them in its buffer a while)."""
     for pid in descendants(server.proc.pid):
@@ -112,57 +102,47 @@ def reach(step: str, server, runner: SSHRunner):
         assert runner.run(["cat", path]).stdout == SECRET  # a tool of the same user reads it
         return context
     channel = open_guardian(runner)
-    wait(lambda: guardians(server), "the guardian")
+    wait_for(lambda: guardians(server), 15, "the guardian")
     if step in ("half", "ready"):
         sent = SECRET if step == "ready" else SECRET[: len(SECRET) // 2]
         channel.sendall(sent)
-        wait(lambda: head_has_read(server, len(sent)) or step == "ready" and channel.recv_ready(), "the secret to arrive")
+        wait_for(lambda: head_has_read(server, len(sent)) or step == "ready" and channel.recv_ready(), 15,
+                 "the secret to arrive")
         if step == "ready":
-            wait(channel.recv_ready, "the path to be printed")  # printed, never read: bak is gone before it reads
+            wait_for(channel.recv_ready, 15, "the path to be printed")  # printed, never read: bak is gone before it reads
     return channel
 
 
 def assert_nothing_stays(server, remote_tmp: Path):
-    wait(lambda: not guardians(server), "the guardian to end")
+    wait_for(lambda: not guardians(server), 15, "the guardian to end")
     assert leftovers(remote_tmp) == []
 
 
+def cut_by_bak(server, runner):
+    runner.client().get_transport().close()  # the network goes away, bak never says goodbye
+
+
+def dropped_by_the_host(server, runner):
+    for pid in _children(server.proc.pid):  # the per-connection sshd: the host drops the session
+        os.kill(pid, signal.SIGKILL)
+
+
+def guardian_killed(server, runner):
+    for pid in guardians(server):
+        os.kill(pid, signal.SIGKILL)  # no trap runs: only what the kernel does counts
+
+
+@pytest.mark.parametrize("end", [cut_by_bak, dropped_by_the_host, guardian_killed], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("step", STEPS)
-def test_a_connection_cut_at_any_step_leaves_no_passfile(host, step):
+def test_nothing_stays_whatever_ends_the_hand_over_at_any_step(host, step, end):
     server, remote_tmp, known = host
     runner = runner_for(server, known)
     try:
-        reach(step, server, runner)
-        runner.client().get_transport().close()  # the network goes away, bak never says goodbye
+        held = reach(step, server, runner)
+        end(server, runner)
         assert_nothing_stays(server, remote_tmp)
-    finally:
-        runner.close()
-
-
-@pytest.mark.parametrize("step", STEPS)
-def test_the_server_side_of_the_connection_killed_at_any_step_leaves_no_passfile(host, step):
-    server, remote_tmp, known = host
-    runner = runner_for(server, known)
-    try:
-        reach(step, server, runner)
-        for pid in _children(server.proc.pid):  # the per-connection sshd: the host drops the session
-            os.kill(pid, signal.SIGKILL)
-        assert_nothing_stays(server, remote_tmp)
-    finally:
-        runner.close()
-
-
-@pytest.mark.parametrize("step", STEPS)
-def test_the_guardian_killed_at_any_step_leaves_no_passfile(host, step):
-    server, remote_tmp, known = host
-    runner = runner_for(server, known)
-    try:
-        ended = reach(step, server, runner)
-        for pid in guardians(server):
-            os.kill(pid, signal.SIGKILL)  # no trap runs: only what the kernel does counts
-        assert_nothing_stays(server, remote_tmp)
-        if step == "in use":
-            ended.__exit__(None, None, None)  # bak ends its side as usual: no error, nothing to clean
+        if step == "in use" and end is guardian_killed:
+            held.__exit__(None, None, None)  # bak ends its side as usual: no error, nothing to clean
     finally:
         runner.close()
     assert leftovers(remote_tmp) == []

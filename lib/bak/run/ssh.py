@@ -265,8 +265,8 @@ class SSHRunner(Runner):
 
     @contextmanager
     def _guarded(self, content: bytes) -> Iterator[str]:
-        """The guardian (see base.GUARDIAN) on its own channel: when bak dies, the connection closes,
-        the guardian's stdin ends, and the file is removed on the host."""
+        """The guardian (see base.GUARDIAN) on its own channel: the file it keeps has no name, so whatever ends
+        the channel (bak closing it, bak or the connection dying, the guardian killed) leaves nothing on the host."""
         transport = self.client().get_transport()
         try:
             channel = transport.open_session(timeout=self.host.connect_timeout)
