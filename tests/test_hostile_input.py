@@ -300,8 +300,11 @@ def option_values(option: click.Parameter):
         return st.just([])
     return st.one_of(st.sampled_from(["files", "here", "0", "-1", "99999999999999999999", "1d", "6h", "2026-01-01",
                                       "x\ny", "../..", "/", "", "é", "a\tb"]),
-                     st.text(st.characters(exclude_characters="\x00"), max_size=10)).map(lambda v: [v])
-    # (no NUL: a real command line cannot carry one)
+                     st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=10),
+                     st.binary(max_size=10).filter(lambda b: b"\x00" not in b).map(
+                         lambda b: b.decode("utf-8", "surrogateescape"))).map(lambda v: [v])
+    # What a real command line can carry: no NUL, and bytes that are not UTF-8 as Python decodes them (lone
+    # surrogates \udc80-\udcff); never another lone surrogate, which no argv can hold (and os.stat cannot take).
 
 
 @st.composite

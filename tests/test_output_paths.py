@@ -167,6 +167,15 @@ def test_metrics_into_a_folder_that_is_not_one_is_a_clean_error(bak_home, hostil
     result = run_cli("metrics", "--textfile", str(hostile.paths["folder"]))
     assert_clean(result, (2,))
     assert "bak.prom is a folder" in result.envelope["errors"][0]["message"]
+    planted = not os.path.lexists("/bak.prom")
+    try:
+        root = run_cli("metrics", "--textfile", "/")  # as root, / is writable: never a place for bak's files
+        assert_clean(root, (2,))
+        assert "filesystem root" in root.envelope["errors"][0]["message"]
+    finally:
+        if planted and os.path.lexists("/bak.prom"):  # what a bak without the check wrote: not left on the machine
+            os.unlink("/bak.prom")
+    assert planted is False or not os.path.lexists("/bak.prom")
 
 
 @pytest.mark.parametrize("kind", ["device", "null", "fifo"])

@@ -129,3 +129,19 @@ def test_a_small_dump_fits_a_small_disk_its_database_size_does_not(bak_home, pg,
     second = run_cli("create")  # now sized by the last dump
     assert second.code == 0, second.envelope["errors"]
     assert second.envelope["result"]["targets"][0]["space_needed"] == int(1.2 * entry["size"])
+
+
+def test_a_name_that_is_not_utf8_on_the_command_line_is_bad_input(bak_home):
+    """Real argv bytes (not Python strings): \\x80 reaches bak as a lone surrogate, which SQLite and JSON cannot take."""
+    import json
+    import os
+    import sys
+
+    from conftest import REPO
+
+    lab(bak_home)
+    for args in ([b"log", b"--target", b"\x80"], [b"list", b"--destination", b"caf\xe9"], [b"status", b"--bogus\xff"]):
+        out = subprocess.run([sys.executable.encode(), b"-m", b"bak", *args, b"--json"], capture_output=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(REPO / "lib")})
+        assert out.returncode == 2 and b"Traceback" not in out.stderr, (args, out.stdout, out.stderr)
+        assert json.loads(out.stdout)["errors"][0]["code"] == "bad_input"

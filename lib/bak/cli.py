@@ -51,6 +51,7 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
                 # SIGTERM (systemd stopping a timer's service, `kill`) ends a command as Ctrl-C does: its
                 # `finally` blocks run, then one envelope says `interrupted` and bak exits 143.
                 with sigterm_raises():
+                    refuse_undecodable(click.get_current_context())
                     if needs_config == "lazy":
                         kwargs["load_config"] = lambda: load_config(config_path)
                     elif needs_config:
@@ -72,6 +73,27 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
         return output_options(wrapper, with_config=bool(needs_config))
 
     return decorate
+
+
+# Options that name a path but are typed as text: a file name need not be UTF-8 (Python reads such argv bytes
+# as lone surrogates, \udc80-\udcff, and gives them back to the system unchanged).
+PATH_TEXT_OPTIONS = frozenset({"into", "single_file", "source"})
+
+
+def refuse_undecodable(ctx: click.Context) -> None:
+    """A name (target, host, destination, backup) given as bytes that are not UTF-8 is bad input, said at once:
+    it can be no configured name, and the journal, JSON and SQLite cannot carry it."""
+    from bak.errors import BadInput
+
+    for param in ctx.command.params:
+        if isinstance(param.type, click.Path) or param.name in PATH_TEXT_OPTIONS:
+            continue
+        value = ctx.params.get(param.name)
+        for text in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(text, str) and any("\ud800" <= c <= "\udfff" for c in text):
+                raise BadInput(f"{param.opts[0] if param.opts else param.name} is not UTF-8 text",
+                               where=param.opts[0] if param.opts else param.name,
+                               hint="Names in bak's config are plain text: give the name as it is written there.")
 
 
 def internal_error(exc: BaseException) -> dict:

@@ -116,6 +116,8 @@ def output_folder(path: Path, where: str) -> Path:
         raise BadInput(f"cannot use {path}: {exc.strerror or exc}", where=where) from None
     if not stat.S_ISDIR(info.st_mode):
         raise BadInput(f"{path} is {_kind(info.st_mode) or 'a file'}, not a folder", where=where)
+    if path.resolve() == Path(path.resolve().anchor):
+        raise BadInput(f"{path} is the filesystem root: bak writes no file there", where=where)
     if not os.access(path, os.W_OK | os.X_OK):
         raise BadInput(f"the folder {path} is not writable by this user", where=where)
     return path
