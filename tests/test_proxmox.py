@@ -72,8 +72,9 @@ def test_create_list_copy_verify_restore_drill(pve):
     archive = root / "storage-local" / "dump" / name
     assert copy_of(nfs, name).read_bytes() == archive.read_bytes()
     assert copy_of(nfs, f"{name}.sha256").read_text().split()[0] == entry["sha256"]
+    # The .log is the guest's own log (VZDump.pm: only the lines logged with $logfd), not the job's lines
     assert (archive.parent / name.replace(".vma.zst", ".log")).read_text().splitlines()[-1].endswith(
-        "INFO: Backup job finished successfully")
+        "INFO: Finished Backup of VM 100 (00:00:01)")
     assert state(root)["vms"]["100"]["lock"] is None
     written = VMA(io.BytesIO(decompress(archive.read_bytes())))
     assert b"name: web" in written.config("qemu-server.conf")
@@ -394,7 +395,9 @@ def test_guest_lists_and_argv():
     options = {"vmid": 100, "mode": "snapshot", "compress": "zstd", "storage": "local", "notes_template": "{{guestname}}",
                "protected": True, "bwlimit_kib": 1000}
     assert vzdump.vzdump_argv(options) == ["vzdump", "100", "--mode", "snapshot", "--compress", "zstd", "--storage", "local",
-                                           "--bwlimit", "1000", "--notes-template", "{{guestname}}", "--protected", "1"]
+                                           "--prune-backups", "keep-all=1", "--bwlimit", "1000",
+                                           "--notes-template", "{{guestname}}", "--protected", "1"]
+    assert vzdump.vzdump_argv({**options, "zstd_threads": 0})[8:12] == ["--prune-backups", "keep-all=1", "--zstd", "0"]
     assert vzdump.restore_argv("qemu", "local:backup/x.vma.zst", 9001, storage=None, force=False) == [
         "qmrestore", "local:backup/x.vma.zst", "9001", "--unique", "1"]
     assert vzdump.restore_argv("lxc", "a.tar.zst", 9001, storage="local-lvm", force=True) == [

@@ -746,12 +746,14 @@ def demo_command(folder, install):
 @cli.command("drill", context_settings=CONTEXT)
 @target_options
 @click.option("--from", "store_name", help="Drill the newest backup on this destination (default: the newest anywhere).")
+@click.option("--boot", is_flag=True, help="Proxmox guests: also start the scratch copy (links down), wait for its guest "
+                                            "agent up to boot_timeout and run boot_check inside (as boot_drill: true does).")
 @action("drill", human=_human_drill)
-def drill_command(targets, all_targets, store_name, config):
+def drill_command(targets, all_targets, store_name, boot, config):
     """Restore drill for any target: restore the newest backup somewhere scratch, check it, remove it."""
     from bak import actions
 
-    return actions.drill(config, config.select(targets), store_name)
+    return actions.drill(config, config.select(targets), store_name, boot=boot)
 
 
 # --- disaster recovery ---------------------------------------------------------------------

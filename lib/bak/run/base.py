@@ -33,6 +33,13 @@ class Completed:
         return self.stdout.decode("utf-8", "replace")
 
 
+@dataclass
+class Held:
+    """A command `Runner.held` keeps: the first line it printed, and once it ended, the rest."""
+    line: str
+    output: str = ""
+
+
 class StderrTail:
     """Keeps the last STDERR_TAIL_BYTES of stderr and passes each line to an optional callback."""
 
@@ -140,11 +147,12 @@ class Runner:
 
     def run(self, argv: list[str], *, stdin: bytes | BinaryIO | None = None, stdout: Sink | None = None,
             env: dict[str, str] | None = None, timeout: float | None = None, check: bool = True,
-            on_stderr_line: Callable[[str], None] | None = None) -> Completed:
+            on_stderr_line: Callable[[str], None] | None = None, merge_stderr: bool = False) -> Completed:
         """Run argv; stdout goes to `stdout` chunk by chunk when given, else is returned.
 
         `env` is for non-secret values: over SSH it becomes an `env K=V` prefix on the remote
-        command line. Secrets go through `secret_file`, never env or argv.
+        command line. Secrets go through `secret_file`, never env or argv. `merge_stderr` joins stderr
+        to stdout in the order the bytes come (a Proxmox task prints its log on one, its error on the other).
         """
         raise NotImplementedError
 
@@ -164,6 +172,15 @@ class Runner:
     def secret_file(self, content: bytes) -> Iterator[str]:
         """A path on the host that reads `content`, private to its owner, gone afterwards, and gone
         too when bak is killed (see GUARDIAN); only the process whose env names it can read it."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    @contextmanager
+    def held(self, argv: list[str]) -> Iterator[Held]:
+        """Starts argv with its stdin held open by bak and yields the first line it prints; leaving the
+        block closes that stdin and waits for argv to end. When bak dies, the kernel closes the pipe (or
+        the SSH connection goes): argv sees the end of its input either way, so it can undo what bak
+        could not (the guardian of a secret file, the keeper of a scratch guest)."""
         raise NotImplementedError
         yield  # pragma: no cover
 
