@@ -42,15 +42,20 @@ def lab(tmp_path, bak_home):
          target("vm-106", 106),
          target("vm-107", 107, boot_timeout=8, boot_drill=True),
          target("ct-201", 201, guest="lxc", boot_check={"command": ["cat", "/etc/hostname"], "output": "ct201"})])
+    before = set(_keeper_folders())
     yield root
     server.stop()
+    assert set(_keeper_folders()) <= before
 
 
 def scratch_left(root):
     """Scratch guests, their disks and the keepers' folders still on the host."""
     current = state(root)
     return ([vmid for vmid in current["vms"] if int(vmid) >= 9000] + [p.name for p in (root / "images").glob("vm-90*")]
-            + [p.name for p in (root / "ct").glob("90*")] + [p.name for p in _keeper_folders()])
+            + [p.name for p in (root / "ct").glob("90*")] + [p.name for p in _keeper_folders() if p.stat().st_mtime >= _STARTED])
+
+
+_STARTED = time.time() - 5  # keepers of this run only (another run's may exist meanwhile)
 
 
 def _keeper_folders():

@@ -287,8 +287,10 @@ def parse_guest_exec(text: str) -> tuple[int | None, str, str]:
 # open until bak is done. When that ends (bak finished, failed, was interrupted or killed: the SSH
 # connection closes), it stops the restore the wrapper below recorded, then, unless bak wrote `keep`,
 # stops and destroys the guest with every volume of that VMID. It only touches a VMID the restore
-# claimed (the wrapper's pid file); bak removes the claim when the restore found the VMID taken.
-KEEPER = r"""d=$(mktemp -d -t bak-scratch.XXXXXXXX) || exit 1
+# claimed (the wrapper's pid file); bak removes the claim when the restore found the VMID taken. It ignores
+# SIGHUP and SIGPIPE: the connection that went with bak must not stop it before it has cleaned up.
+KEEPER = r"""trap '' HUP PIPE
+d=$(mktemp -d -t bak-scratch.XXXXXXXX) || exit 1
 echo "$d"
 cat > /dev/null
 tool=$1 vmid=$2
