@@ -92,9 +92,9 @@ def test_a_bootable_vm_and_a_container_pass_their_boot_drill(lab):
     assert journaled["vm-103"]["status"] == "ok" and journaled["vm-103"]["details"]["boot"]["check"]["ok"]
     assert journaled["vm-103"]["details"]["boot"]["boot_s"] == vm["boot"]["boot_s"]
     status = {t["target"]: t for t in run_cli("status").envelope["result"]["targets"]}
-    assert status["vm-103"]["proven_rpo"]["backup"] == vm["backup"]
+    assert status["vm-103"]["proven_rpo"]["backup"] == vm["backup"] and status["vm-103"]["proven_rpo"]["booted"]
     plan = {s["target"]: s for s in run_cli("dr", "plan").envelope["result"]["steps"]}
-    assert plan["ct-201"]["backup"]["drilled"]
+    assert plan["ct-201"]["backup"]["drilled"] and plan["ct-201"]["backup"]["booted"]
 
 
 def test_a_boot_drill_fails_with_its_reason_and_leaves_no_scratch_guest(lab):

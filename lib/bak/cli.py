@@ -770,7 +770,8 @@ def _human_plan(result: dict) -> None:
           [[s["step"], s["target"], s["restores"], ", ".join(a["target"] for a in s["after"]) or "-",
             (s["backup"] or {}).get("name", "[red]NONE[/]"),
             f"{s['source']['destination']} ({'off-site' if s['source']['offsite'] else 'on-site'})" if s["source"] else "-",
-            "-" if not s["backup"] else "drilled" if s["backup"]["drilled"] else "verified" if s["backup"]["checked"]
+            "-" if not s["backup"] else ("booted" if s["backup"].get("booted") else "drilled") if s["backup"]["drilled"]
+            else "verified" if s["backup"]["checked"]
             else "[yellow]never[/]", duration_text((s["estimate"] or {}).get("seconds"))] for s in result["steps"]])
     rto = rto_text(result)
     say(rto[:1].upper() + rto[1:] + ".")
