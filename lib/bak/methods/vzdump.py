@@ -11,7 +11,6 @@ import re
 import shlex
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from bak.catalog import Backup, folder_of, scan

@@ -178,11 +178,15 @@ class Runner:
     @contextmanager
     def held(self, argv: list[str]) -> Iterator[Held]:
         """Starts argv with its stdin held open by bak and yields the first line it prints; leaving the
-        block closes that stdin and waits for argv to end. When bak dies, the kernel closes the pipe (or
-        the SSH connection goes): argv sees the end of its input either way, so it can undo what bak
-        could not (the guardian of a secret file, the keeper of a scratch guest)."""
+        block closes that stdin and waits for argv to end (its other lines: `Held.output`). When bak dies,
+        the kernel closes the pipe (or the SSH connection goes): argv sees the end of its input either way,
+        so it can undo what bak could not (the guardian of a secret file, the keeper of a scratch guest)."""
+        with self._held(argv, b"") as held:
+            yield held
+
+    def _held(self, argv: list[str], first_input: bytes):
+        """`held`, with `first_input` written to argv's stdin first."""
         raise NotImplementedError
-        yield  # pragma: no cover
 
     @contextmanager
     def private_file(self) -> Iterator[str]:
@@ -190,9 +194,13 @@ class Runner:
         with self._guarded(b"") as path:
             yield path
 
-    def _guarded(self, content: bytes):
-        """A context manager giving the path of a file holding `content`, kept by GUARDIAN on the host."""
-        raise NotImplementedError
+    @contextmanager
+    def _guarded(self, content: bytes) -> Iterator[str]:
+        """The path of a file holding `content`, kept by GUARDIAN on the host."""
+        with self._held(guardian_argv(len(content)), content) as held:
+            if not held.line:
+                raise CommandFailed(f"could not create a private temp file on {self.host_name}", where=self.host_name)
+            yield held.line
 
     def close(self) -> None:
         pass

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from bak.errors import CommandFailed, ToolMissing
-from bak.run.base import CHUNK, Cancel, Completed, Feeder, Held, Runner, Sink, StderrTail, guardian_argv
+from bak.run.base import CHUNK, Cancel, Completed, Feeder, Held, Runner, Sink, StderrTail
 from bak.secrets import secret_env_names
 
 
@@ -142,18 +142,6 @@ class LocalRunner(Runner):
             with self._lock:
                 self._secret_fds.pop(f"/dev/fd/{fd}", None)
             os.close(fd)
-
-    @contextmanager
-    def _guarded(self, content: bytes) -> Iterator[str]:
-        with self._held(guardian_argv(len(content)), content) as held:
-            if not held.line:
-                raise CommandFailed("could not create a private temp file", where="local")
-            yield held.line
-
-    @contextmanager
-    def held(self, argv: list[str]) -> Iterator[Held]:
-        with self._held(argv, b"") as held:
-            yield held
 
     @contextmanager
     def _held(self, argv: list[str], first_input: bytes) -> Iterator[Held]:

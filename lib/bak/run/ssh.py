@@ -22,7 +22,7 @@ import paramiko
 
 from bak.config import Host
 from bak.errors import CommandFailed, HostKeyMismatch, HostKeyUnknown, Refused, ToolMissing, TransportError
-from bak.run.base import CHUNK, Completed, Feeder, Held, Runner, Sink, StderrTail, ere_escape, guardian_argv
+from bak.run.base import CHUNK, Completed, Feeder, Held, Runner, Sink, StderrTail, ere_escape
 
 # paramiko logs its own errors (and tracebacks of its transport thread) to stderr when nothing else does:
 # bak turns every failure into its own error, so that chatter never reaches the user.
@@ -258,20 +258,6 @@ class SSHRunner(Runner):
     def secret_file(self, content: bytes) -> Iterator[str]:
         with self._guarded(content) as path:
             yield path
-
-    @contextmanager
-    def _guarded(self, content: bytes) -> Iterator[str]:
-        """The guardian (see base.GUARDIAN) on its own channel: when bak dies, the connection closes,
-        the guardian's stdin ends, and the file is removed on the host."""
-        with self._held(guardian_argv(len(content)), content) as held:
-            if not held.line:
-                raise CommandFailed(f"could not create a private temp file on {self.host.name}", where=self.host.name)
-            yield held.line
-
-    @contextmanager
-    def held(self, argv: list[str]) -> Iterator[Held]:
-        with self._held(argv, b"") as held:
-            yield held
 
     @contextmanager
     def _held(self, argv: list[str], first_input: bytes) -> Iterator[Held]:
