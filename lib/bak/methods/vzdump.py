@@ -827,19 +827,21 @@ class ZstdWalk:
         self.offset += len(data)
         return data
 
+    _FIXED = {"magic": 4, "skippable_size": 4, "checksum": 4, "block": 3, "frame_header": 1}
+
     def _need(self) -> int:
-        if self.state in ("magic", "skippable_size", "checksum"):
-            return 4
-        if self.state == "block":
-            return 3
-        descriptor = self.pending[0] if self.pending else 0  # frame_header: its descriptor byte says its length
-        if not self.pending:
-            return 1
+        """How many header bytes the current state parses at once; a frame header's length is told by its
+        first byte, the descriptor (window byte unless single-segment, dictionary id, content size)."""
+        if self.state != "frame_header" or not self.pending:
+            return self._FIXED[self.state]
+        descriptor = self.pending[0]
         fcs_flag, single = descriptor >> 6, descriptor >> 5 & 1
-        fcs = (1 if single else 0) if fcs_flag == 0 else (2, 4, 8)[fcs_flag - 1]
-        return 1 + (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3] + fcs
+        content_size = (1 if single else 0) if fcs_flag == 0 else (2, 4, 8)[fcs_flag - 1]
+        return 1 + (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size
 
     def _parse(self) -> None:
+        if self.state == "frame_header" and len(self.pending) == 1:
+            return  # the descriptor: the rest of the header follows (at least its window or content size)
         value, self.pending = self.pending, b""
         if self.state == "magic":
             magic = int.from_bytes(value, "little")
@@ -848,33 +850,22 @@ class ZstdWalk:
             elif magic & 0xFFFFFFF0 == self.SKIPPABLE:
                 self.state = "skippable_size"
             else:
-                self.state = "garbage"
-                self.skip = 1 << 62  # not zstd: the stream reader reports it
+                self.state, self.skip = "garbage", 1 << 62  # not zstd: the stream reader says what is wrong
         elif self.state == "frame_header":
-            if len(value) == 1:  # the descriptor alone: the rest of the header follows
-                self.pending = value
-                if self._need() == 1:
-                    self._frame_header(value)
-                return
-            self._frame_header(value)
+            self.checksum, self.state = bool(value[0] >> 2 & 1), "block"
         elif self.state == "skippable_size":
             self.skip, self.state = int.from_bytes(value, "little"), "magic"
             self.frames += 1
         elif self.state == "block":
             header = int.from_bytes(value, "little")
             last, kind, size = header & 1, header >> 1 & 3, header >> 3
-            self.skip = 1 if kind == 1 else size
+            self.skip = 1 if kind == 1 else size  # an RLE block stores its one byte
             if last:
                 self.state = "checksum" if self.checksum else "magic"
                 self.frames += 0 if self.checksum else 1
         elif self.state == "checksum":
             self.state = "magic"
             self.frames += 1
-
-    def _frame_header(self, value: bytes) -> None:
-        self.pending = b""
-        self.checksum = bool(value[0] >> 2 & 1)
-        self.state = "block"
 
 
 def check_archive(name: str, stream: BinaryIO, whole: bool) -> dict:
