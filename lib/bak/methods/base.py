@@ -27,6 +27,7 @@ class Context:
 
 class Method:
     name: str
+    boots = False  # a restored copy can be started (a drill with --boot)
 
     def create(self, ctx: Context, target: Target, stores: list[Store], op: Operation) -> dict:
         """Make one backup of `target` into every store; returns the per-target result."""
