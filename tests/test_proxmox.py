@@ -1,18 +1,28 @@
 """Proxmox VMs and containers over real SSH against the stand-in PVE tools: create, list, copy,
 verify, restore (from the Proxmox storage or from a copy), drill, prune."""
 
+import bz2
 import filecmp
+import gzip
 import hashlib
 import io
 import json
 import os
+import re
+import subprocess
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 import zstandard
 from dissect.archive.vma import VMA  # another project's VMA reader: what the stand-in writes, Proxmox would write
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bak.errors import CommandFailed, VerifyFailed
 from bak.methods import vzdump
 from bak.stores.proxmox import parse_pvesm_status
 from conftest import REPO, _make_sshd, need, run_cli, write_config
@@ -20,21 +30,17 @@ from conftest import REPO, _make_sshd, need, run_cli, write_config
 STANDINS = REPO / "tests" / "standins" / "pve"
 
 
-@pytest.fixture
-def pve(tmp_path, bak_home):
+def pve_lab(tmp_path, bak_home, vms, targets, storages=None, policies=None, state_extra=None):
+    """The stand-in PVE host behind a real sshd, its state and a config: `pve-local` (storage `local`) and an
+    off-site `nfs` copy. Returns (state root, nfs folder, sshd)."""
     need("zstd", "tar", "dd")  # the stand-ins pipe through zstd and GNU tar; a restore from a copy stages with dd
     root = tmp_path / "pve"
     (root / "storage-local").mkdir(parents=True)
     state = {"node": "pve", "header_style": "new",
              "storages": {"local": {"type": "dir", "path": str(root / "storage-local"), "total_kib": 400000},
                           "local-lvm": {"type": "lvmthin", "path": str(root / "lvm"), "total_kib": 10**9,
-                                        "content": ["images", "rootdir"]}},
-             "vms": {"100": {"name": "web", "status": "running", "lock": None,
-                             "disks": [{"name": "scsi0", "size": 4 << 20}, {"name": "scsi1", "size": 307712}]},
-                     "101": {"name": "db", "status": "stopped", "lock": None, "disk_kib": 512},
-                     "102": {"name": "stuck", "status": "running", "lock": "backup", "disk_kib": 512},
-                     "200": {"name": "proxy", "status": "running", "lock": None, "type": "lxc"},
-                     "9000": {"name": "taken", "status": "stopped", "lock": None}}}
+                                        "content": ["images", "rootdir"]}, **(storages or {})},
+             "vms": vms, **(state_extra or {})}
     (root / "state.json").write_text(json.dumps(state))
     server = _make_sshd(tmp_path / "sshd", path_dirs=[str(STANDINS)], env={"BAK_PVE_ROOT": str(root)})
     known = server.trust(bak_home / "known_hosts")
@@ -42,13 +48,26 @@ def pve(tmp_path, bak_home):
         "version": 1, "hosts": {"pve": server.host_config(known)},
         "destinations": {"pve-local": {"kind": "proxmox", "host": "pve", "storage": "local", "node": "pve", "medium": "zfs"},
                          "nfs": {"kind": "ssh", "host": "pve", "path": str(tmp_path / "nfs"), "medium": "nfs", "offsite": True}},
-        "policies": {"vm": {"keep_last": 1}},
-        "targets": [{"name": f"vm-{vmid}", "method": "vzdump", "host": "pve", "destinations": ["pve-local", "nfs"],
-                     "policy": "vm", "vzdump": {"vmid": vmid, "storage": "local", "notes_template": "{{guestname}} daily",
-                                                "restore_vmid_range": [9000, 9010]}} for vmid in (100, 101, 102)] +
-                    [{"name": "ct-200", "method": "vzdump", "host": "pve", "destinations": ["pve-local", "nfs"],
-                      "vzdump": {"vmid": 200, "guest": "lxc", "storage": "local", "restore_vmid_range": [9000, 9010]}}]})
-    yield root, tmp_path / "nfs"
+        "policies": policies or {"vm": {"keep_last": 1}}, "targets": targets})
+    return root, tmp_path / "nfs", server
+
+
+@pytest.fixture
+def pve(tmp_path, bak_home):
+    root, nfs, server = pve_lab(
+        tmp_path, bak_home,
+        {"100": {"name": "web", "status": "running", "lock": None,
+                 "disks": [{"name": "scsi0", "size": 4 << 20}, {"name": "scsi1", "size": 307712}]},
+         "101": {"name": "db", "status": "stopped", "lock": None, "disk_kib": 512},
+         "102": {"name": "stuck", "status": "running", "lock": "backup", "disk_kib": 512},
+         "200": {"name": "proxy", "status": "running", "lock": None, "type": "lxc"},
+         "9000": {"name": "taken", "status": "stopped", "lock": None}},
+        [{"name": f"vm-{vmid}", "method": "vzdump", "host": "pve", "destinations": ["pve-local", "nfs"],
+          "policy": "vm", "vzdump": {"vmid": vmid, "storage": "local", "notes_template": "{{guestname}} daily",
+                                     "restore_vmid_range": [9000, 9010]}} for vmid in (100, 101, 102)] +
+        [{"name": "ct-200", "method": "vzdump", "host": "pve", "destinations": ["pve-local", "nfs"],
+          "vzdump": {"vmid": 200, "guest": "lxc", "storage": "local", "restore_vmid_range": [9000, 9010]}}])
+    yield root, nfs
     server.stop()
 
 
@@ -72,8 +91,9 @@ def test_create_list_copy_verify_restore_drill(pve):
     archive = root / "storage-local" / "dump" / name
     assert copy_of(nfs, name).read_bytes() == archive.read_bytes()
     assert copy_of(nfs, f"{name}.sha256").read_text().split()[0] == entry["sha256"]
+    # The .log is the guest's own log (VZDump.pm: only the lines logged with $logfd), not the job's lines
     assert (archive.parent / name.replace(".vma.zst", ".log")).read_text().splitlines()[-1].endswith(
-        "INFO: Backup job finished successfully")
+        "INFO: Finished Backup of VM 100 (00:00:01)")
     assert state(root)["vms"]["100"]["lock"] is None
     written = VMA(io.BytesIO(decompress(archive.read_bytes())))
     assert b"name: web" in written.config("qemu-server.conf")
@@ -389,12 +409,17 @@ def test_guest_lists_and_argv():
           "       100 web                  running    2048              32.00 4242      \n"
           "       101 db                   stopped    4096              64.00 0         \n")
     assert vzdump.parse_guest_list(qm) == {100: {"name": "web", "status": "running"}, 101: {"name": "db", "status": "stopped"}}
+    unnamed = qm.splitlines()[0] + "\n       105 VM 105               stopped    512                0.00 0         \n"
+    assert vzdump.parse_guest_list(unnamed) == {105: {"name": "VM 105", "status": "stopped"}}  # QemuServer.pm vmstatus
+    assert vzdump.parse_guest_list("") == {}
     pct = "VMID       Status     Lock         Name\n200        running                 proxy\n"
     assert vzdump.parse_guest_list(pct) == {200: {"name": "proxy", "status": "running"}}
     options = {"vmid": 100, "mode": "snapshot", "compress": "zstd", "storage": "local", "notes_template": "{{guestname}}",
                "protected": True, "bwlimit_kib": 1000}
     assert vzdump.vzdump_argv(options) == ["vzdump", "100", "--mode", "snapshot", "--compress", "zstd", "--storage", "local",
-                                           "--bwlimit", "1000", "--notes-template", "{{guestname}}", "--protected", "1"]
+                                           "--prune-backups", "keep-all=1", "--bwlimit", "1000",
+                                           "--notes-template", "{{guestname}}", "--protected", "1"]
+    assert vzdump.vzdump_argv({**options, "zstd_threads": 0})[8:12] == ["--prune-backups", "keep-all=1", "--zstd", "0"]
     assert vzdump.restore_argv("qemu", "local:backup/x.vma.zst", 9001, storage=None, force=False) == [
         "qmrestore", "local:backup/x.vma.zst", "9001", "--unique", "1"]
     assert vzdump.restore_argv("lxc", "a.tar.zst", 9001, storage="local-lvm", force=True) == [
@@ -451,3 +476,216 @@ def test_doctor_finds_the_locked_vm_and_says_how_to_fix_it(pve):
     assert rows[("proxmox lock", "ct-200")]["level"] == "ok" and rows[("proxmox lock", "ct-200")]["detail"].startswith("CT 200")
     assert rows[("space", "pve-local")]["level"] == "ok"
     assert [e["where"] for e in result.envelope["errors"]] == ["vm-102"]
+
+
+# --- Proxmox as its sources say it behaves ----------------------------------------------------------
+def standin(root, *argv):
+    """A stand-in run directly, as bak's SSH session would run it."""
+    return subprocess.run(list(argv), capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{STANDINS}:{os.environ['PATH']}", "BAK_PVE_ROOT": str(root)})
+
+
+def test_vzdump_prints_its_log_on_stdout_and_only_the_error_on_stderr(pve):
+    """The fault model bak must read (pve-common fork_worker/tee_worker): a bak that parsed stderr alone would
+    see nothing of a good backup; the create tests pass only because bak reads both streams."""
+    root, _ = pve
+    good = standin(root, "vzdump", "101", "--mode", "snapshot", "--compress", "zstd", "--storage", "local")
+    assert good.returncode == 0 and good.stderr == "" and "INFO: Backup job finished successfully" in good.stdout
+    assert re.search(r"INFO: archive file size: \d+KB\n", good.stdout)  # format_size: binary units, KB as integer
+    locked = standin(root, "vzdump", "102", "--compress", "zstd", "--storage", "local")
+    assert locked.returncode == 255 and locked.stderr == "job errors\n"
+    assert "ERROR: Backup of VM 102 failed - VM is locked (backup)" in locked.stdout
+
+
+def test_two_backups_in_a_row_on_a_storage_keeping_one_both_remain(pve):
+    root, _ = pve
+    set_storages(root, local={**state(root)["storages"]["local"], "prune-backups": "keep-last=1"})
+    names = []
+    for _ in range(2):
+        created = run_cli("create", "--target", "vm-101")
+        assert created.code == 0, created.envelope
+        names.append(created.envelope["result"]["targets"][0]["name"])
+        time.sleep(1.1)
+    dump = root / "storage-local" / "dump"
+    assert sorted(p.name for p in dump.glob("*.vma.zst")) == sorted(names) and names[0] != names[1]
+    assert (root / "calls.log").read_text().count("--prune-backups keep-all=1") == 2
+    # Not told keep-all, vzdump applies the storage's retention itself (the stand-in does, as VZDump.pm does)
+    unguarded = standin(root, "vzdump", "101", "--compress", "zstd", "--storage", "local")
+    assert unguarded.returncode == 0 and "prune older backups with retention: keep-last=1" in unguarded.stdout
+    assert len(list(dump.glob("*.vma.zst"))) == 1
+
+
+def test_a_container_is_restored_onto_a_storage_that_holds_container_directories(pve):
+    root, _ = pve
+    name = run_cli("create", "--target", "ct-200").envelope["result"]["targets"][0]["name"]
+    # The fault model: pct restore without --storage means storage 'local' (pve-container API2/LXC.pm create_vm)
+    bare = standin(root, "pct", "restore", "9005", f"local:backup/{name}")
+    assert bare.returncode == 255 and "storage 'local' does not support container directories" in bare.stderr
+    assert "9005" not in state(root)["vms"]
+
+    config = yaml.safe_load((Path(os.environ["BAK_CONFIG"])).read_text())
+    config["targets"][3]["vzdump"]["restore_storage"] = "local"
+    write_config(Path(os.environ["BAK_CONFIG"]), config)
+    wrong = run_cli("restore", "--target", "ct-200")
+    assert wrong.code == 2 and wrong.envelope["errors"][0]["code"] == "storage_not_rootdir", wrong.envelope
+    assert "local-lvm" in wrong.envelope["errors"][0]["message"]
+
+    del config["targets"][3]["vzdump"]["restore_storage"]
+    write_config(Path(os.environ["BAK_CONFIG"]), config)
+    set_storages(root, **{"local-lvm": {**state(root)["storages"]["local-lvm"], "content": ["images"]},
+                          "tank": {"type": "zfspool", "path": str(root / "tank"), "total_kib": 10**9,
+                                   "content": ["images", "rootdir"]}})
+    original_gone = run_cli("restore", "--target", "ct-200")
+    assert original_gone.code == 3 and original_gone.envelope["errors"][0]["code"] == "storage_not_rootdir"
+    assert "'local-lvm'" in original_gone.envelope["errors"][0]["message"] and "tank" in original_gone.envelope["errors"][0]["message"]
+    assert "pct restore" not in (root / "calls.log").read_text().replace("pct restore 9005", "")
+
+    set_storages(root, **{"local-lvm": {**state(root)["storages"]["local-lvm"], "content": ["images", "rootdir"]}})
+    restored = run_cli("restore", "--target", "ct-200")
+    assert restored.code == 0 and restored.envelope["result"]["storage"] == "local-lvm", restored.envelope
+    assert state(root)["vms"][str(restored.envelope["result"]["vmid"])]["rootfs_storage"] == "local-lvm"
+
+
+def test_a_pvesm_free_that_removed_nothing_is_a_failed_removal(pve):
+    root, _ = pve
+    names = []
+    for _ in range(2):
+        names.append(run_cli("create", "--target", "vm-101").envelope["result"]["targets"][0]["name"])
+        time.sleep(1.1)
+    dump = root / "storage-local" / "dump"
+    set_storages(root)  # unchanged storages; the knob below makes the file system refuse the unlink
+    current = state(root)
+    current["unlink_fails"] = [names[0]]
+    (root / "state.json").write_text(json.dumps(current))
+    assert standin(root, "pvesm", "free", f"local:backup/{names[0]}").returncode == 0  # exits 0 all the same
+    pruned = run_cli("prune", "--target", "vm-101")
+    assert pruned.code == 1 and pruned.envelope["errors"][0]["code"] == "remove_failed", pruned.envelope
+    assert "Permission denied" in pruned.envelope["errors"][0]["message"] and (dump / names[0]).exists()
+    log = run_cli("log", "--kind", "prune").envelope["result"]
+    rows = [r for r in log["operations"] if r["target"] == "vm-101"]
+    assert rows and rows[0]["status"] == "failed" and "Permission denied" in rows[0]["error_tail"]
+
+    from bak.config import load
+    from bak.run import Hosts
+    from bak.stores import open_store
+
+    config = load(Path(os.environ["BAK_CONFIG"]))
+    with Hosts(config) as hosts:
+        store = open_store(config.destinations["pve-local"], hosts)
+        (dump / f"{names[1]}.protected").write_text("")  # protected since bak listed it
+        with pytest.raises(CommandFailed) as failed:
+            store.remove("", names[1])
+    assert failed.value.code == "protected_volume" and "--protected 0" in failed.value.hint
+    assert (dump / names[1]).exists()
+
+
+def test_vmids_are_free_across_the_cluster(pve):
+    root, _ = pve
+    current = state(root)
+    current["other_nodes"] = {"9001": {"type": "qemu", "name": "elsewhere", "node": "pve2", "status": "running"}}
+    (root / "state.json").write_text(json.dumps(current))
+    assert run_cli("create", "--target", "vm-101").code == 0
+    elsewhere = run_cli("restore", "--target", "vm-101", "--into", "9001", "--force")
+    assert elsewhere.code == 3 and elsewhere.envelope["errors"][0]["code"] == "guest_elsewhere", elsewhere.envelope
+    restored = run_cli("restore", "--target", "vm-101")
+    assert restored.code == 0 and restored.envelope["result"]["vmid"] == 9002  # 9000 here, 9001 on pve2
+    config = yaml.safe_load(Path(os.environ["BAK_CONFIG"]).read_text())
+    del config["targets"][1]["vzdump"]["restore_vmid_range"]
+    write_config(Path(os.environ["BAK_CONFIG"]), config)
+    anywhere = run_cli("restore", "--target", "vm-101")
+    assert anywhere.code == 0 and anywhere.envelope["result"]["vmid"] == 103  # pvesh get /cluster/nextid
+
+
+def test_a_pbs_storage_is_refused_before_vzdump_runs(pve):
+    root, _ = pve
+    set_storages(root, pbs={"type": "pbs", "path": str(root / "pbs"), "total_kib": 10**6})
+    config = yaml.safe_load(Path(os.environ["BAK_CONFIG"]).read_text())
+    config["destinations"]["pve-pbs"] = {"kind": "proxmox", "host": "pve", "storage": "pbs", "node": "pve"}
+    config["targets"][1]["destinations"] = ["pve-pbs"]
+    config["targets"][1]["vzdump"]["storage"] = "pbs"
+    write_config(Path(os.environ["BAK_CONFIG"]), config)
+    refused = run_cli("create", "--target", "vm-101")
+    assert refused.code == 3 and refused.envelope["errors"][0]["code"] == "pbs_storage", refused.envelope
+    assert "vzdump" not in (root / "calls.log").read_text()
+
+
+def test_bz2_and_tgz_archives_are_proxmox_archives(pve):
+    root, _ = pve
+    name = run_cli("create", "--target", "ct-200").envelope["result"]["targets"][0]["name"]
+    dump = root / "storage-local" / "dump"
+    tar = decompress((dump / name).read_bytes())
+    stamp = name.split("-", 3)[3].split(".")[0]
+    older = f"vzdump-lxc-200-{int(stamp[:4]) - 1}{stamp[4:]}"
+    (dump / f"{older}.tar.bz2").write_bytes(bz2.compress(tar))
+    (dump / f"{older[:-1]}7.tgz").write_bytes(gzip.compress(tar))
+    listed = run_cli("list", "--vmid", "200", "--destination", "pve-local").envelope["result"]
+    assert {b["name"] for b in listed["backups"]} == {name, f"{older}.tar.bz2", f"{older[:-1]}7.tgz"}
+    assert listed["foreign"] == []
+    for ext in (".tar.bz2", ".tgz"):
+        assert vzdump.host_test_argv(f"x{ext}", "/d/x")[0] == ("bzip2" if ext.endswith("bz2") else "gzip")
+        reader = vzdump.Decompressed(f"x{ext}", io.BytesIO((dump / next(p.name for p in dump.iterdir()
+                                                                          if p.name.endswith(ext))).read_bytes()))
+        assert vzdump.check_archive(f"vzdump-lxc-200-x{ext}", reader, True)["configs"] == ["pct.conf"]
+
+
+def test_vzdump_output_as_proxmox_prints_it():
+    assert [vzdump.parse_format_size(t) for t in ("512KB", "1023MB", "2.50GB", "1.25TB", "2.50G", "")] == [
+        512 << 10, 1023 << 20, round(2.5 * 2**30), round(1.25 * 2**40), None, None]
+    merged = ("INFO: starting new backup job: vzdump 999 --mode snapshot\n"
+              "ERROR: Backup of VM 999 failed - unable to find VM '999'\nINFO: Backup job finished with errors\njob errors\n")
+    log = vzdump.parse_vzdump(merged)
+    assert not log.ok and log.reason == "unable to find VM '999'" and "check vzdump.vmid (qm list)" in vzdump.hint_for(
+        log.reason, 999)
+    early = vzdump.parse_vzdump("cannot use options 'storage' and 'dumpdir' at the same time\n")
+    assert not early.ok and early.reason == "cannot use options 'storage' and 'dumpdir' at the same time"
+    pbs = vzdump.parse_vzdump("INFO: creating Proxmox Backup Server archive 'vm/100/2024-01-31T01:00:03Z'\n"
+                              "INFO: Backup job finished successfully\n")
+    assert not pbs.ok and "Proxmox Backup Server" in pbs.reason  # no archive file: never a crash
+
+
+def test_a_zstd_copy_missing_its_last_bytes_fails():
+    data = os.urandom(200_000) + bytes(300_000)
+    whole = compress(data)
+    assert read_all(vzdump.Decompressed("x.vma.zst", io.BytesIO(whole))) == data
+    for cut in (1, 4, 5, len(whole) // 2):
+        with pytest.raises(VerifyFailed, match="zstd: truncated archive"):
+            read_all(vzdump.Decompressed("x.vma.zst", io.BytesIO(whole[:-cut])))
+
+
+def read_all(stream):
+    parts = []
+    while chunk := stream.read(1 << 16):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(frames=st.lists(st.tuples(st.binary(max_size=3000), st.booleans(), st.booleans(), st.integers(1, 19)),
+                       min_size=1, max_size=4),
+       skippable=st.binary(max_size=40), cut=st.integers(0, 20000))
+def test_the_zstd_walk_knows_where_frames_end(frames, skippable, cut):
+    """Frames with and without checksum or content size, a skippable frame, cut anywhere: the stream reads
+    back whole exactly when the cut falls between frames."""
+    pieces = [zstandard.ZstdCompressor(level=level, write_checksum=check, write_content_size=size).compress(data)
+              for data, check, size, level in frames]
+    pieces.insert(1, (0x184D2A53).to_bytes(4, "little") + len(skippable).to_bytes(4, "little") + skippable)
+    whole = b"".join(pieces)
+    bounds = {sum(len(p) for p in pieces[:i]) for i in range(1, len(pieces) + 1)}
+    cut = min(cut, len(whole))
+    expected = b"".join(data for data, *_ in frames)
+    if cut in bounds or cut == len(whole):
+        if cut == len(whole):
+            assert read_all(vzdump.Decompressed("x.vma.zst", io.BytesIO(whole))) == expected
+    else:
+        with pytest.raises(VerifyFailed):
+            read_all(vzdump.Decompressed("x.vma.zst", io.BytesIO(whole[:cut])))
+
+
+def test_lzo_is_refused_in_the_config(bak_home):
+    write_config(bak_home / "config.yaml", {"version": 1, "hosts": {"pve": {"address": "127.0.0.1"}},
+                                            "destinations": {"p": {"kind": "proxmox", "host": "pve", "storage": "local"}},
+                                            "targets": [{"name": "vm-100", "method": "vzdump", "host": "pve",
+                                                         "destinations": ["p"],
+                                                         "vzdump": {"vmid": 100, "storage": "local", "compress": "lzo"}}]})
+    checked = run_cli("config", "check")
+    assert checked.code == 2 and checked.envelope["errors"][0]["where"] == "targets[0].vzdump.compress"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 
 from bak import catalog, naming, notify, watch
@@ -351,8 +352,15 @@ def restore(config: Config, target: Target, *, name: str | None, store_name: str
         return outcome
 
 
-def drill(config: Config, targets: list[Target], store_name: str | None = None) -> Outcome:
-    """`store_name` drills the newest backup on that destination (a copy, in a disaster exercise)."""
+def drill(config: Config, targets: list[Target], store_name: str | None = None, boot: bool = False) -> Outcome:
+    """`store_name` drills the newest backup on that destination (a copy, in a disaster exercise); `boot` also
+    boots each restored guest (the targets' boot_drill for this run)."""
+    if boot:
+        if not any(method_for(t.method).boots for t in targets):
+            raise BadInput("--boot starts a restored guest: none of these targets is a Proxmox VM or container",
+                           where="--boot", hint="Name vzdump targets with --target.")
+        targets = [replace(t, options={**t.options, "boot_drill": True}) if method_for(t.method).boots else t
+                   for t in targets]
     outcome = Outcome({"drills": []})
     with Session(config) as session:
         for target in targets:
@@ -377,7 +385,11 @@ def drill_backup(session: Session, target: Target, store: Store, backup: Backup)
         clear_stages(session, target, method)
         with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op, \
                 staging(session, op):
-            result = method.drill(session.ctx, target, store, backup)
+            try:
+                result = method.drill(session.ctx, target, store, backup)
+            except BakError as exc:  # what the drill measured before failing (boot time, the check) is journaled too
+                op.details.update(exc.details.get("result") or {})
+                raise
             op.details.update(result)
             op.bytes = backup.size
     return result

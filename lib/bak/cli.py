@@ -781,12 +781,14 @@ def demo_command(folder, install):
 @cli.command("drill", context_settings=CONTEXT)
 @target_options
 @click.option("--from", "store_name", help="Drill the newest backup on this destination (default: the newest anywhere).")
+@click.option("--boot", is_flag=True, help="Proxmox guests: also start the scratch copy (links down), wait for its guest "
+                                            "agent up to boot_timeout and run boot_check inside (as boot_drill: true does).")
 @action("drill", human=_human_drill)
-def drill_command(targets, all_targets, store_name, config):
+def drill_command(targets, all_targets, store_name, boot, config):
     """Restore drill for any target: restore the newest backup somewhere scratch, check it, remove it."""
     from bak import actions
 
-    return actions.drill(config, config.select(targets), store_name)
+    return actions.drill(config, config.select(targets), store_name, boot=boot)
 
 
 # --- disaster recovery ---------------------------------------------------------------------
@@ -803,7 +805,8 @@ def _human_plan(result: dict) -> None:
           [[s["step"], s["target"], s["restores"], ", ".join(a["target"] for a in s["after"]) or "-",
             (s["backup"] or {}).get("name", "[red]NONE[/]"),
             f"{s['source']['destination']} ({'off-site' if s['source']['offsite'] else 'on-site'})" if s["source"] else "-",
-            "-" if not s["backup"] else "drilled" if s["backup"]["drilled"] else "verified" if s["backup"]["checked"]
+            "-" if not s["backup"] else ("booted" if s["backup"].get("booted") else "drilled") if s["backup"]["drilled"]
+            else "verified" if s["backup"]["checked"]
             else "[yellow]never[/]", duration_text((s["estimate"] or {}).get("seconds"))] for s in result["steps"]])
     rto = rto_text(result)
     say(rto[:1].upper() + rto[1:] + ".")

@@ -31,7 +31,8 @@ _PATTERNS = {
     "vzdump": re.compile(
         r"^vzdump-(?P<guest>qemu|lxc)-(?P<key>[1-9][0-9]{2,8})-"
         r"(?P<Y>\d{4})_(?P<m>\d{2})_(?P<d>\d{2})-(?P<H>\d{2})_(?P<M>\d{2})_(?P<S>\d{2})"
-        r"(?P<ext>\.(?:vma|tar)(?:\.zst|\.lzo|\.gz)?)$"),
+        # pve-storage Storage.pm $BACKUP_EXT_RE_2: .tgz, or .vma/.tar with .gz, .lzo, .zst or .bz2
+        r"(?P<ext>\.(?:tgz|(?:vma|tar)(?:\.zst|\.lzo|\.gz|\.bz2)?))$"),
     "pg_dump": re.compile(
         r"^pg-(?P<key>[A-Za-z0-9_.-]+?)-" + _DATE + r"_(?P<H>\d{2})(?P<M>\d{2})(?P<S>\d{2})(?P<ext>\.dump|\.sql\.gz)$"),
     "rsync": re.compile(

@@ -148,7 +148,7 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
         age = now - proven.when
         entry["proven_rpo"] = {"backup": proven.name, "when": proven.when.isoformat(),
                                "age_h": round(age.total_seconds() / 3600, 2), "bound_h": bound.total_seconds() / 3600,
-                               "ok": age <= bound}
+                               "ok": age <= bound, "booted": booted(drills[proven.name])}
         if age > bound:
             problems.append(f"proven RPO {_age_text(age)} exceeds {_age_text(bound)}: the newest backup that passed a "
                             f"restore drill is {proven.name}")
@@ -159,6 +159,11 @@ def target_health(config: Config, target: Target, scanned: dict, journal: dict, 
         problems.append(f"{len(entry['partials'])} leftover .partial file(s) from interrupted runs")
     entry["problems"] = problems
     return entry
+
+
+def booted(drill: dict | None) -> bool:
+    """The drill also started the restored guest and it answered (a Proxmox boot drill)."""
+    return bool((((drill or {}).get("details") or {}).get("boot") or {}).get("answered"))
 
 
 def latest_drill_of_each_backup(by_copy: dict[tuple[str, str], dict]) -> dict[str, dict]:

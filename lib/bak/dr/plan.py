@@ -22,7 +22,7 @@ from bak.dr.kit import recorded_fingerprint, secret_references
 from bak.dr.order import Dependency, recovery_order
 from bak.errors import BadInput, BakError
 from bak.report import Outcome, human_size
-from bak.status import gather, latest_drill_of_each_backup
+from bak.status import booted, gather, latest_drill_of_each_backup
 from bak.stores import Store
 
 KIT_KINDS = ("local", "ssh", "restic")  # destinations bak writes files to: they also hold the recovery kit
@@ -133,7 +133,8 @@ def _step_row(config: Config, step: Step, number: int, scanned: dict, verified: 
     last_drill = latest_drill_of_each_backup(drilled).get(backup.name)
     row["backup"] = {"name": backup.name, "when": backup.when.isoformat(),
                      "age_h": round((now - backup.when).total_seconds() / 3600, 2), "size": backup.size,
-                     "checked": vouched, "drilled": bool(last_drill), "drilled_at": last_drill and last_drill["started_at"]}
+                     "checked": vouched, "drilled": bool(last_drill), "drilled_at": last_drill and last_drill["started_at"],
+                     "booted": booted(last_drill)}
     for copy_store, copy in pairs:
         check = last_check(verified, drilled, (copy_store.name, copy.name))
         row["copies"].append({"destination": copy_store.name, "kind": copy_store.kind,

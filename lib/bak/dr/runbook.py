@@ -84,7 +84,7 @@ def markdown(plan: dict) -> str:
         backup = step["backup"]
         if backup:
             out += ["", f"Backup: `{backup['name']}`, made {backup['when']}, {human_size(backup['size'])}; "
-                        + ("passed a restore drill" if backup["drilled"] else "verified, never drilled" if backup["checked"]
+                        + (("passed a boot drill" if backup.get("booted") else "passed a restore drill") if backup["drilled"] else "verified, never drilled" if backup["checked"]
                            else "NEVER CHECKED") + ".", "", "Copies:", ""]
             out += [f"- `{c['location']}`: {_where(c)}, {_check(c)}" for c in step["copies"]]
             estimate = step["estimate"]
@@ -141,7 +141,7 @@ def page(plan: dict) -> str:
         backup = step["backup"]
         if backup:
             out += [f"<p>Backup: <code>{e(backup['name'])}</code>, made {e(backup['when'])}, {e(human_size(backup['size']))}; "
-                    + ("passed a restore drill" if backup["drilled"] else "verified, never drilled" if backup["checked"]
+                    + (("passed a boot drill" if backup.get("booted") else "passed a restore drill") if backup["drilled"] else "verified, never drilled" if backup["checked"]
                        else "NEVER CHECKED") + ".</p><ul>",
                     *(f"<li><code>{e(c['location'])}</code>: {e(_where(c))}, {e(_check(c))}</li>" for c in step["copies"]),
                     "</ul>"]

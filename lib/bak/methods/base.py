@@ -43,6 +43,7 @@ class Context:
 class Method:
     name: str
     single_files = False  # a restore can give back one path of a backup (--file)
+    boots = False  # a restored copy can be started (a drill with --boot)
 
     def preflight(self, ctx: Context, target: Target) -> None:
         """What a dry run can check of the source without writing anything (it is there, it answers);

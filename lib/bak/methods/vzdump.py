@@ -4,11 +4,13 @@ from a copy), restore drills."""
 
 from __future__ import annotations
 
+import collections
+import json
 import posixpath
 import re
+import shlex
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from bak.catalog import Backup, folder_of, scan
@@ -16,22 +18,26 @@ from bak.config import Target
 from bak.errors import BadInput, BakError, CommandFailed, NoSpace, Refused, TransportError, VerifyFailed
 from bak.journal import Operation
 from bak.methods.base import Context, Method
-from bak.run.base import CHUNK, Runner
+from bak.interrupts import sigterm_raises
+from bak.run.base import CHUNK, Runner, tail_text
 from bak.stores import Store
 from bak.stores.fanout import FanOut
 from bak.stores.proxmox import parse_pvesm_status
 from bak.verify import HashingReader, recorded_sha256
 
-DEFAULT_RESTORE_RANGE = (9000, 9999)
 # Storage types whose backups are files in a dump/ folder (PBS keeps its own chunk store).
 FILE_STORAGE_TYPES = ("dir", "nfs", "cifs", "cephfs", "glusterfs", "btrfs")
 
 
 # --- argv builders and parsers (pure) --------------------------------------------------------
 def vzdump_argv(options: dict) -> list[str]:
+    """`--prune-backups keep-all=1`: vzdump prunes by the storage's retention after each backup unless told
+    otherwise (pve-manager VZDump.pm new(): the storage's prune-backups, `remove` defaults to 1); bak's
+    policy and journal are the only prune. keep-all also sets remove=0 without tripping vzdump's
+    max-backup check, which `--remove 0` alone does on a storage with retention."""
     argv = ["vzdump", str(options["vmid"]), "--mode", options["mode"], "--compress", options["compress"],
-            "--storage", options["storage"]]
-    if options.get("zstd_threads"):
+            "--storage", options["storage"], "--prune-backups", "keep-all=1"]
+    if options.get("zstd_threads") is not None:  # 0 is vzdump's own "half the cores"
         argv += ["--zstd", str(options["zstd_threads"])]
     if options.get("bwlimit_kib"):
         argv += ["--bwlimit", str(options["bwlimit_kib"])]
@@ -53,40 +59,111 @@ def restore_argv(guest: str, archive: str, vmid: int, *, storage: str | None, fo
     return ["qmrestore", archive, str(vmid), "--unique", "1", *tail]
 
 
-@dataclass
-class VzdumpRun:
-    ok: bool
-    archive: str | None
-    size_text: str | None
-    reason: str | None
+_FORMAT_SIZE = re.compile(r"^(\d+(?:\.\d+)?)(KB|MB|GB|TB)$")
+_FORMAT_UNITS = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
 
 
-def parse_vzdump(stderr: str) -> VzdumpRun:
-    archive = re.search(r"creating vzdump archive '([^']+)'", stderr)
-    size = re.search(r"archive file size: (\S+)", stderr)
-    failure = re.search(r"ERROR: Backup of VM \d+ failed - (.+)", stderr)
-    ok = "Backup job finished successfully" in stderr and failure is None
-    return VzdumpRun(ok, archive.group(1) if archive else None, size.group(1) if size else None,
-                     failure.group(1).strip() if failure else None)
+def parse_format_size(text: str) -> int | None:
+    """vzdump's `archive file size: 2.50GB` (pve-manager VZDump.pm format_size: binary units, KB and MB
+    truncated to integers, GB and TB with two decimals): the bytes it stands for, to its precision."""
+    match = _FORMAT_SIZE.match(text)
+    return round(float(match.group(1)) * _FORMAT_UNITS[match.group(2)]) if match else None
+
+
+class VzdumpLog:
+    """vzdump's task log read as it streams (stdout and stderr joined): the archive it creates, the size it
+    prints, each guest's failure, whether the job said it finished; progress lines go to `progress`. Keeps
+    the last lines only, however long the backup runs."""
+
+    _ARCHIVE = re.compile(r"creating vzdump archive '([^']+)'")
+    _SIZE = re.compile(r"archive file size: (\S+)")
+    _FAILED = re.compile(r"ERROR: Backup of VM \d+ failed - (.+)")
+    _PROGRESS = re.compile(r"^INFO:\s+\d+% \(")
+    TAIL_LINES = 40
+
+    def __init__(self, progress=lambda line: None):
+        self.progress = progress
+        self.archive: str | None = None
+        self.size_text: str | None = None
+        self.failures: list[str] = []
+        self.finished_ok = False
+        self.other_archive: str | None = None  # "creating Proxmox Backup Server archive ...": not a file
+        self.tail: collections.deque[str] = collections.deque(maxlen=self.TAIL_LINES)
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        for line in lines:
+            self.line(line.decode("utf-8", "replace").rstrip("\r"))
+
+    def close(self) -> None:
+        if self._pending:
+            self.line(self._pending.decode("utf-8", "replace"))
+            self._pending = b""
+
+    def line(self, text: str) -> None:
+        if not text.strip():
+            return
+        self.tail.append(text)
+        if match := self._ARCHIVE.search(text):
+            self.archive = match.group(1)
+        elif match := re.search(r"creating (.+) archive '([^']+)'", text):
+            self.other_archive = f"{match.group(1)}: {match.group(2)}"
+        if match := self._SIZE.search(text):
+            self.size_text = match.group(1)
+        if match := self._FAILED.search(text):
+            self.failures.append(match.group(1).strip())
+        if "Backup job finished successfully" in text:
+            self.finished_ok = True
+        if self._PROGRESS.match(text) or text.startswith("ERROR:"):
+            self.progress(text)
+
+    @property
+    def ok(self) -> bool:
+        return self.finished_ok and not self.failures and self.archive is not None
+
+    @property
+    def reason(self) -> str:
+        """Why it failed: the guest's own reason, else the task's last words (its error on stderr)."""
+        if self.failures:
+            return self.failures[0]
+        if self.finished_ok and self.archive is None:
+            return self.other_archive and f"no archive file was made ({self.other_archive})" or "no archive was made"
+        return self.tail[-1] if self.tail else "vzdump printed nothing"
+
+
+def parse_vzdump(text: str) -> VzdumpLog:
+    log = VzdumpLog()
+    log.feed(text.encode())
+    log.close()
+    return log
 
 
 def hint_for(reason: str, vmid: int, guest: str = "qemu") -> str | None:
-    if "locked" in reason:
-        tool = "pct" if guest == "lxc" else "qm"
+    tool = "pct" if guest == "lxc" else "qm"
+    if "is locked" in reason:
         return f"If no backup of guest {vmid} is running, clear the stale lock: {tool} unlock {vmid}"
+    if "max backup limit" in reason:
+        return "The storage's retention limits how many backups vzdump keeps; bak passes --prune-backups keep-all=1, " \
+               "so this comes from an older vzdump: raise the storage's retention (pvesm set STORAGE --prune-backups ...)."
     if "No space" in reason or "space" in reason:
         return "Check the storage: pvesm status; prune old archives (bak prune --dry-run)."
     if "unable to find VM" in reason:
-        return f"VM {vmid} does not exist on this node: check vzdump.vmid (qm list)."
+        return f"Guest {vmid} does not exist on this node: check vzdump.vmid ({tool} list)."
     return "See the task log: /var/log/vzdump/ and the archive's .log file."
 
 
 def host_test_argv(name: str, path: str) -> list[str] | None:
-    """The compressor's own integrity test, run on the PVE host beside the archive."""
+    """The compressor's own integrity test, run on the PVE host beside the archive (Proxmox ships zstd,
+    gzip, bzip2 and lzop for its archives: pve-storage Storage.pm decompressor_info)."""
     if name.endswith(".zst"):
         return ["zstd", "-t", "-q", path]
-    if name.endswith(".gz"):
+    if name.endswith((".gz", ".tgz")):
         return ["gzip", "-t", path]
+    if name.endswith(".bz2"):
+        return ["bzip2", "-t", path]
+    if name.endswith(".lzo"):
+        return ["lzop", "-t", path]
     return None
 
 
@@ -116,21 +193,142 @@ def stale_stages_argv(folders: list[str], target: str) -> list[str]:
 
 
 def parse_guest_list(text: str) -> dict[int, dict]:
-    """`qm list` (VMID NAME STATUS ...) or `pct list` (VMID Status Lock Name) rows by VMID."""
+    """`qm list` (VMID NAME STATUS MEM(MB) BOOTDISK(GB) PID) or `pct list` (VMID Status Lock Name) rows by
+    VMID. A VM without a name is listed as `VM 100` (qemu-server QemuServer.pm vmstatus): two words, so
+    a qm row's name is what lies between the VMID and its last four columns."""
     guests = {}
     lines = text.splitlines()
     pct = bool(lines) and lines[0].split()[1:2] == ["Status"]
     for line in lines[1:]:
         fields = line.split()
-        if fields and fields[0].isdigit():
-            status = fields[1] if pct else fields[2]
-            guests[int(fields[0])] = {"name": fields[-1] if pct else fields[1], "status": status}
+        if pct and len(fields) >= 3 and fields[0].isdigit():
+            guests[int(fields[0])] = {"name": fields[-1], "status": fields[1]}
+        elif not pct and len(fields) >= 6 and fields[0].isdigit():
+            guests[int(fields[0])] = {"name": " ".join(fields[1:-4]), "status": fields[-4]}
     return guests
+
+
+def resources_argv() -> list[str]:
+    """Every guest of the cluster: VMIDs are cluster-wide, `qm list` shows this node's only."""
+    return ["pvesh", "get", "/cluster/resources", "--type", "vm", "--output-format", "json"]
+
+
+def nextid_argv(vmid: int | None = None) -> list[str]:
+    """Proxmox's next free VMID, or (with `vmid`) whether that one is free (pve-manager API2/Cluster.pm nextid)."""
+    return ["pvesh", "get", "/cluster/nextid", *(["--vmid", str(vmid)] if vmid else []), "--output-format", "json"]
+
+
+def parse_resources(text: str) -> dict[int, dict]:
+    """`/cluster/resources --type vm` as {vmid: {name, status, node, type}}."""
+    try:
+        rows = json.loads(text or "[]")
+    except ValueError:
+        raise CommandFailed("pvesh get /cluster/resources printed no JSON", code="pvesh_output") from None
+    return {int(r["vmid"]): {"name": r.get("name"), "status": r.get("status"), "node": r.get("node"), "type": r.get("type")}
+            for r in rows if isinstance(r, dict) and str(r.get("vmid", "")).isdigit()}
+
+
+def rootfs_storage(pct_conf: str) -> str | None:
+    """The storage of a container's root file system, from its pct.conf (`rootfs: local-lvm:vm-200-disk-0,size=8G`)."""
+    for line in pct_conf.splitlines():
+        if line.startswith("rootfs:"):
+            volume = line.split(":", 1)[1].strip().split(",", 1)[0]
+            return volume.split(":", 1)[0] if ":" in volume else None
+    return None
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """`qm config` / `pct config` lines (`key: value`)."""
+    return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+
+
+def links_down(config: dict[str, str]) -> dict[str, str]:
+    """Every network link of a guest config with `link_down=1`: a scratch copy must never meet the
+    original's network (same addresses, same services)."""
+    changed = {}
+    for key, value in config.items():
+        if re.fullmatch(r"net\d+", key):
+            parts = [p for p in value.split(",") if not p.startswith("link_down=")]
+            changed[key] = ",".join([*parts, "link_down=1"])
+    return changed
+
+
+def set_argv(tool: str, vmid: int, changes: dict[str, str]) -> list[str]:
+    return [tool, "set", str(vmid), *[arg for key, value in sorted(changes.items()) for arg in (f"--{key}", value)]]
+
+
+def probe_argv(guest: str, vmid: int) -> list[str]:
+    """Answered once the guest is up: the QEMU guest agent's ping (`qm agent` is its old alias), a command in
+    the container."""
+    return ["pct", "exec", str(vmid), "--", "true"] if guest == "lxc" else ["qm", "guest", "cmd", str(vmid), "ping"]
+
+
+def exec_argv(guest: str, vmid: int, command: list[str], timeout: int) -> list[str]:
+    if guest == "lxc":
+        return ["pct", "exec", str(vmid), "--", *command]
+    return ["qm", "guest", "exec", str(vmid), "--timeout", str(timeout), "--", *command]
+
+
+def parse_guest_exec(text: str) -> tuple[int | None, str, str]:
+    """`qm guest exec`'s JSON (qemu-server qm.pm exec, print_agent_result): exit code (None while it still
+    runs: only a pid came back), stdout, stderr."""
+    start = text.find("{")
+    try:
+        data = json.loads(text[start:]) if start >= 0 else {}
+    except ValueError:
+        data = {}
+    if not data.get("exited"):
+        return None, "", ""
+    return int(data.get("exitcode", -1)), data.get("out-data", ""), data.get("err-data", "")
+
+
+# The keeper of a guest bak restores to a VMID it chose: started before the restore, it holds its stdin
+# open until bak is done. When that ends (bak finished, failed, was interrupted or killed: the SSH
+# connection closes), it stops the restore the wrapper below recorded, then, unless bak wrote `keep`,
+# stops and destroys the guest with every volume of that VMID. It only touches a VMID the restore
+# claimed (the wrapper's pid file); bak removes the claim when the restore found the VMID taken. It ignores
+# SIGHUP and SIGPIPE: the connection that went with bak must not stop it before it has cleaned up.
+KEEPER = r"""trap '' HUP PIPE
+d=$(mktemp -d -t bak-scratch.XXXXXXXX) || exit 1
+echo "$d"
+cat > /dev/null
+tool=$1 vmid=$2
+if [ -s "$d/pid" ]; then
+  pid=$(cat "$d/pid"); kill -TERM "$pid" 2>/dev/null; n=0
+  while kill -0 "$pid" 2>/dev/null; do n=$((n+1)); [ $n -ge 60 ] && kill -KILL "$pid" 2>/dev/null; sleep 1; done
+fi
+if [ -e "$d/pid" ] && [ ! -e "$d/keep" ]; then
+  n=0
+  while "$tool" config "$vmid" > /dev/null 2>&1 && [ $n -lt 30 ]; do
+    [ $n -gt 0 ] && sleep 2
+    "$tool" unlock "$vmid" > /dev/null 2>&1
+    if [ "$tool" = qm ]; then
+      qm stop "$vmid" > /dev/null 2>&1
+      qm destroy "$vmid" --purge 1 --destroy-unreferenced-disks 1 > /dev/null 2>&1
+    else
+      pct destroy "$vmid" --force 1 --purge 1 --destroy-unreferenced-disks 1 > /dev/null 2>&1
+    fi
+    n=$((n+1))
+  done
+  if "$tool" config "$vmid" > /dev/null 2>&1; then echo "left $vmid"; else echo "removed $vmid"; fi
+fi
+rm -rf "$d"
+"""
+
+
+def keeper_argv(guest: str, vmid: int) -> list[str]:
+    return ["sh", "-c", KEEPER, "sh", "pct" if guest == "lxc" else "qm", str(vmid)]
+
+
+def recorded_argv(pid_file: str, argv: list[str]) -> list[str]:
+    """argv run with its pid written to `pid_file` first, for the keeper to stop it if bak cannot."""
+    return ["sh", "-c", 'echo $$ > "$1" && shift && exec "$@"', "sh", pid_file, *argv]
 
 
 # --- the method --------------------------------------------------------------------------------
 class Vzdump(Method):
     name = "vzdump"
+    boots = True
 
     def _primary(self, target: Target, stores: list[Store]) -> Store:
         for store in stores:
@@ -152,17 +350,21 @@ class Vzdump(Method):
         runner = ctx.hosts.runner(target.host)
         started = time.monotonic()
         ctx.progress(f"{target.name}: vzdump {options['vmid']} to {options['storage']}")
-        out = runner.run(vzdump_argv(options), check=False, timeout=target.timeout.total_seconds(),
-                         on_stderr_line=lambda line: ctx.progress(line) if "%" in line or "ERROR" in line else None)
-        run = parse_vzdump(out.stderr_text)
-        if out.returncode != 0 or not run.ok:
-            reason = run.reason or (out.stderr_text.strip().splitlines()[-1] if out.stderr_text.strip() else "unknown")
+        log = VzdumpLog(ctx.progress)
+        out = runner.run(vzdump_argv(options), check=False, timeout=target.timeout.total_seconds(), stdout=log.feed,
+                         merge_stderr=True)
+        log.close()
+        if out.returncode != 0 or not log.ok:
+            reason = log.reason
             raise CommandFailed(f"vzdump of VM {options['vmid']} failed: {reason}", returncode=out.returncode,
-                                stderr_tail=out.stderr_text[-2000:], where=target.name,
-                                code="vzdump_locked" if "locked" in reason else "vzdump_failed",
+                                stderr_tail="\n".join(log.tail)[-2000:], where=target.name,
+                                code="vzdump_locked" if "is locked" in reason else "vzdump_failed",
                                 hint=hint_for(reason, options["vmid"], options.get("guest", "qemu")))
+        run = log
         name = run.archive.rsplit("/", 1)[-1]
         size = next((b.size for b in scan(primary, target).backups if b.name == name), None)
+        if size is None:  # the storage does not list it (yet): vzdump's own word, to its precision
+            size = parse_format_size(run.size_text or "")
         copies = [{"store": primary.name, "location": primary.location("", name), "ok": True, "error": None}]
         sha256 = None
         if others:
@@ -221,40 +423,77 @@ class Vzdump(Method):
             result["checksum"] = "ok"  # vzdump writes no sidecar there; the compressor's test checked its checksums
         return result
 
-    def _guests(self, runner) -> dict[int, dict]:
-        guests = parse_guest_list(runner.run(["qm", "list"]).stdout_text)
-        listing = runner.run(["pct", "list"], check=False)
-        if listing.returncode == 0:
-            guests.update(parse_guest_list(listing.stdout_text))
-        return guests
+    def _cluster_guests(self, runner: Runner) -> dict[int, dict]:
+        return parse_resources(runner.run(resources_argv()).stdout_text)
+
+    def _free_vmid(self, runner: Runner, target: Target, guests: dict[int, dict]) -> int:
+        """Inside `restore_vmid_range` the first VMID no guest of the cluster uses (checked again by Proxmox
+        itself just before use); without a range, Proxmox's next free VMID."""
+        configured = target.options.get("restore_vmid_range")
+        if not configured:
+            return int(json.loads(runner.run(nextid_argv()).stdout_text))
+        low, high = configured
+        for vmid in range(low, high + 1):
+            if vmid not in guests and runner.run(nextid_argv(vmid), check=False).returncode == 0:
+                return vmid
+        raise Refused(f"no free VMID in {low}-{high} across the cluster", where=f"targets.{target.name}.vzdump.restore_vmid_range",
+                      code="no_free_vmid", hint="Widen restore_vmid_range, or remove old restored guests.")
 
     def restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
                 force: bool, options: dict) -> dict:
-        """From the Proxmox storage by volume ID; from a copy, through a staged file on the PVE host."""
+        """From the Proxmox storage by volume ID; from a copy, through a staged file on the PVE host. A
+        restore to a new VMID is kept by a keeper: when it fails or bak is stopped, nothing is left there."""
         runner = ctx.hosts.runner(target.host)
-        guests = self._guests(runner)
+        guests = self._cluster_guests(runner)
         if into:
             if not into.isdigit():
                 raise BadInput(f"--into {into!r} must be a VMID", where="--into")
             vmid = int(into)
         else:
-            low, high = target.options.get("restore_vmid_range") or DEFAULT_RESTORE_RANGE
-            vmid = next((v for v in range(low, high + 1) if v not in guests), None)
-            if vmid is None:
-                raise Refused(f"no free VMID in {low}-{high}", where="restore_vmid_range", code="no_free_vmid")
+            vmid = self._free_vmid(runner, target, guests)
         exists = vmid in guests
         if exists and not force:
             raise Refused(f"VM {vmid} exists ({guests[vmid]['name']}); restore never overwrites", where="--into",
                           code="would_overwrite", hint="Omit --into to restore to a free VMID, or pass --force.")
+        tool = "pct" if guest_of(backup.name) == "lxc" else "qm"
+        if exists and runner.run([tool, "config", str(vmid)], check=False).returncode != 0:
+            raise Refused(f"VM {vmid} is a {guests[vmid].get('type') or 'guest'} on node {guests[vmid].get('node')}, not a "
+                          f"{tool} guest of {target.host}; bak restores over a guest of this node and kind only", where="--into", code="guest_elsewhere", hint="Omit --into to restore to a free VMID.")
         if exists and guests[vmid]["status"] == "running":
             raise Refused(f"VM {vmid} is running; bak never restores over a running guest", where="--into",
                           code="guest_running", hint=f"Stop it first (qm shutdown {vmid}), or restore to a new VMID.")
         started = time.monotonic()
         result = {"target": target.name, "backup": backup.name, "store": store.name, "vmid": vmid, "replaced": exists}
+        if exists:  # over the guest the user named: Proxmox's own restore, no keeper
+            self._restore_into(ctx, target, store, backup, runner, vmid, result, None)
+        else:
+            with self._kept(runner, guest_of(backup.name), vmid) as keeper:
+                self._restore_into(ctx, target, store, backup, runner, vmid, result, keeper)
+                keeper.keep()
+        result["duration_s"] = round(time.monotonic() - started, 3)
+        return result
+
+    def _restore_into(self, ctx: Context, target: Target, store: Store, backup: Backup, runner: Runner, vmid: int,
+                      result: dict, keeper: "Keeper | None") -> None:
+        guest = guest_of(backup.name)
+        storage = self._container_storage(target, store, backup, runner) if guest == "lxc" else \
+            target.options.get("restore_storage")
+        if storage:
+            result["storage"] = storage
 
         def restore_from(archive: str) -> None:
-            runner.run(restore_argv(guest_of(backup.name), archive, vmid, storage=target.options.get("restore_storage"),
-                                    force=exists), timeout=target.timeout.total_seconds())
+            argv = restore_argv(guest, archive, vmid, storage=storage, force=result["replaced"])
+            ctx.progress(f"{target.name}: {argv[0]} {' '.join(argv[1:3])}")
+            out = runner.run(recorded_argv(keeper.pid_file, argv) if keeper else argv, check=False, merge_stderr=True,
+                             timeout=target.timeout.total_seconds())
+            if out.returncode != 0:
+                said = tail_text(out.stdout, 20)
+                if keeper and "already exists" in said:
+                    keeper.disown()  # another restore took the VMID first: not ours to remove
+                raise CommandFailed(f"{argv[0]} {'restore ' if guest == 'lxc' else ''}of {backup.name} to {vmid} failed: "
+                                    f"{said.splitlines()[-1] if said else f'exit {out.returncode}'}",
+                                    returncode=out.returncode, stderr_tail=said[-2000:], where=target.name,
+                                    code="restore_failed", hint="See the lines above; nothing is left at the new VMID.")
 
         if store.kind == "proxmox":
             restore_from(store.volid(backup.name))
@@ -262,8 +501,42 @@ class Vzdump(Method):
             with self._staged(ctx, target, store, backup, runner) as staged:
                 result["staged"] = staged
                 restore_from(staged["path"])
-        result["duration_s"] = round(time.monotonic() - started, 3)
-        return result
+
+    def _container_storage(self, target: Target, store: Store, backup: Backup, runner: Runner) -> str:
+        """Where `pct restore` puts every volume: without --storage it is `local`, which on a default install
+        cannot hold container directories (pve-container API2/LXC.pm create_vm). The configured
+        restore_storage, else the original rootfs storage from the archive's pct.conf, each checked against
+        the storages that hold container directories."""
+        able = [name for name, row in parse_pvesm_status(
+            runner.run(["pvesm", "status", "--content", "rootdir"]).stdout_text).items() if row["status"] == "active"]
+        listed = ", ".join(able) or "none"
+        wanted = target.options.get("restore_storage")
+        if wanted:
+            if wanted not in able:
+                raise BadInput(f"restore_storage {wanted!r} cannot hold container directories on {target.host} "
+                               f"(storages that can: {listed})", where=f"targets.{target.name}.vzdump.restore_storage",
+                               code="storage_not_rootdir", hint="Name a storage whose content includes rootdir "
+                                                                "(pvesm status --content rootdir).")
+            return wanted
+        from bak import lxc
+
+        with store.open_read(backup.folder, backup.name) as raw:
+            original = rootfs_storage(lxc.read(Decompressed(backup.name, raw), full=False).config)
+        if original in able:
+            return original
+        raise Refused(f"the container's original storage {original!r} cannot hold container directories on "
+                      f"{target.host} (storages that can: {listed})", where=f"targets.{target.name}.vzdump.restore_storage",
+                      code="storage_not_rootdir", hint="Set vzdump.restore_storage to one of them.")
+
+    @contextmanager
+    def _kept(self, runner: Runner, guest: str, vmid: int) -> Iterator["Keeper"]:
+        with sigterm_raises(), runner.held(keeper_argv(guest, vmid)) as held:
+            if not held.line.startswith("/"):
+                raise CommandFailed(f"could not start the keeper of VMID {vmid} on {runner.host_name}",
+                                    where=runner.host_name)
+            keeper = Keeper(runner, held.line, vmid)
+            yield keeper
+        keeper.outcome = held.output.strip()
 
     @contextmanager
     def _staged(self, ctx: Context, target: Target, store: Store, backup: Backup, runner: Runner) -> Iterator[dict]:
@@ -320,22 +593,128 @@ class Vzdump(Method):
         return roomy[0], dumps[roomy[0]]
 
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
-        restored = self.restore(ctx, target, store, backup, into=None, force=False, options={})
+        """Restore to a scratch VMID (a new MAC for every link), check Proxmox lists it; with boot_drill
+        (`bak drill --boot`) also start it with every link down, wait for the guest agent (a command in a
+        container) up to boot_timeout and run boot_check inside. The keeper removes the scratch guest in
+        every case: failure, Ctrl-C, SIGTERM, a killed bak."""
         runner = ctx.hosts.runner(target.host)
-        vmid = restored["vmid"]
+        guest = guest_of(backup.name)
+        vmid = self._free_vmid(runner, target, self._cluster_guests(runner))
         result = {"target": target.name, "backup": backup.name, "store": store.name, "scratch_vmid": vmid,
-                  "restore_duration_s": restored["duration_s"], "checks": []}
-        try:
-            listed = vmid in self._guests(runner)
-            result["checks"].append({"check": f"VM {vmid} listed after restore", "ok": listed})
-        finally:
-            destroy = ["pct", "destroy", str(vmid)] if guest_of(backup.name) == "lxc" else ["qm", "destroy", str(vmid)]
-            runner.run(destroy, check=False)
-        result["passed"] = listed
-        if not listed:
-            raise VerifyFailed(f"drill of {backup.name}: VM {vmid} did not appear after restore", where=target.name,
+                  "restore_duration_s": None, "checks": [], "boot": None}
+        failure: BakError | None = None
+        with self._kept(runner, guest, vmid) as keeper:
+            started = time.monotonic()
+            self._restore_into(ctx, target, store, backup, runner, vmid, {"replaced": False}, keeper)
+            result["restore_duration_s"] = round(time.monotonic() - started, 3)
+            listed = vmid in self._cluster_guests(runner)
+            result["checks"].append({"check": f"guest {vmid} listed after restore", "ok": listed})
+            if listed and target.options.get("boot_drill"):
+                try:
+                    result["boot"] = self._boot(ctx, target, runner, guest, vmid)
+                except VerifyFailed as exc:
+                    failure, result["boot"] = exc, exc.details.get("boot")
+                result["checks"].append({"check": f"guest {vmid} booted", "ok": failure is None})
+                if result["boot"] and result["boot"].get("check"):
+                    result["checks"].append({"check": "boot_check inside the guest", "ok": result["boot"]["check"]["ok"]})
+            ctx.progress(f"{target.name}: removing scratch guest {vmid}")
+        result["scratch_removed"] = keeper.outcome == f"removed {vmid}" and vmid not in self._cluster_guests(runner)
+        if not result["scratch_removed"]:
+            ctx.warnings.append(f"scratch guest {vmid} on {target.host} could not be removed ({keeper.outcome or 'no answer'}): "
+                                f"remove it by hand ({'pct' if guest == 'lxc' else 'qm'} destroy {vmid} --purge 1)")
+        result["passed"] = all(check["ok"] for check in result["checks"])
+        if failure is not None:
+            raise VerifyFailed(f"boot drill of {backup.name}: {failure.message}", where=target.name, code=failure.code,
+                               hint=failure.hint, details={"result": result})
+        if not result["passed"]:
+            raise VerifyFailed(f"drill of {backup.name}: guest {vmid} did not appear after restore", where=target.name,
                                code="drill_failed", details={"result": result})
         return result
+
+    def _boot(self, ctx: Context, target: Target, runner: Runner, guest: str, vmid: int) -> dict:
+        """Start the scratch guest, links down, and wait until it answers; then boot_check. Raises
+        VerifyFailed (boot_failed, boot_no_agent, boot_timeout, boot_check_failed) with the boot row."""
+        tool = "pct" if guest == "lxc" else "qm"
+        boot = {"links_down": [], "boot_s": None, "answered": False, "check": None}
+
+        def failed(code: str, message: str, hint: str | None = None) -> VerifyFailed:
+            return VerifyFailed(message, where=target.name, code=code, hint=hint, details={"boot": boot})
+
+        changes = links_down(parse_config(runner.run([tool, "config", str(vmid)]).stdout_text))
+        if changes:
+            runner.run(set_argv(tool, vmid, changes))
+            boot["links_down"] = sorted(changes)
+        limit = int(target.options.get("boot_timeout", 300))
+        ctx.progress(f"{target.name}: starting scratch guest {vmid} (links down), waiting up to {limit}s")
+        started = time.monotonic()
+        out = runner.run([tool, "start", str(vmid)], check=False, merge_stderr=True)
+        if out.returncode != 0:
+            raise failed("boot_failed", f"{tool} start {vmid} failed: {last_line(out.stdout)}")
+        while True:
+            left = limit - (time.monotonic() - started)
+            probe = runner.run(probe_argv(guest, vmid), check=False, merge_stderr=True, timeout=max(10.0, left + 10))
+            said = last_line(probe.stdout)
+            if probe.returncode == 0:
+                break
+            if "No QEMU guest agent configured" in said:
+                raise failed("boot_no_agent", f"guest {vmid} has no QEMU guest agent configured: bak cannot tell "
+                             "whether it booted", hint=f"Enable it on the original (qm set {target.options['vmid']} "
+                             "--agent enabled=1) and install qemu-guest-agent inside, then back up again.")
+            if f"VM {vmid} is not running" in said or "not running!" in said:
+                raise failed("boot_failed", f"guest {vmid} stopped while booting: {said}")
+            if time.monotonic() - started >= limit:
+                raise failed("boot_timeout", f"guest {vmid} did not answer within {limit}s (boot_timeout): {said}",
+                             hint="Look at the original's console and boot log; raise vzdump.boot_timeout for a slow guest.")
+            time.sleep(min(2.0, max(0.0, left)))
+        boot.update(answered=True, boot_s=round(time.monotonic() - started, 3))
+        check = target.options.get("boot_check")
+        if check:
+            boot["check"] = self._boot_check(runner, guest, vmid, check, limit)
+            if not boot["check"]["ok"]:
+                raise failed("boot_check_failed", f"boot_check {shlex.join(check['command'])} in guest {vmid}: "
+                             f"{boot['check']['problem']}", hint="Run the command in the original guest and compare.")
+        return boot
+
+    def _boot_check(self, runner: Runner, guest: str, vmid: int, check: dict, limit: int) -> dict:
+        out = runner.run(exec_argv(guest, vmid, check["command"], limit), check=False, timeout=limit + 30)
+        if guest == "lxc":
+            code, stdout = out.returncode, out.stdout_text
+        elif out.returncode != 0:
+            code, stdout = None, ""
+        else:
+            code, stdout, _ = parse_guest_exec(out.stdout_text)
+        row = {"command": check["command"], "exit_code": code, "output": stdout[:500], "ok": False, "problem": None}
+        expected = check.get("exit_code", 0)
+        if code is None:
+            row["problem"] = last_line(out.stdout + out.stderr) or "no result"
+        elif code != expected:
+            row["problem"] = f"exit code {code}, expected {expected}"
+        elif "output" in check and stdout.strip() != check["output"].strip():
+            row["problem"] = f"printed {stdout.strip()[:200]!r}, expected {check['output'].strip()[:200]!r}"
+        else:
+            row["ok"] = True
+        return row
+
+
+class Keeper:
+    """bak's side of KEEPER: its folder, the restore's pid file in it, keep and disown."""
+
+    def __init__(self, runner: Runner, folder: str, vmid: int):
+        self.runner, self.folder, self.vmid = runner, folder, vmid
+        self.pid_file = posixpath.join(folder, "pid")
+        self.outcome = ""
+
+    def keep(self) -> None:
+        """The guest restored is the user's now: the keeper leaves it."""
+        self.runner.run(["touch", "--", posixpath.join(self.folder, "keep")])
+
+    def disown(self) -> None:
+        self.runner.run(["rm", "-f", "--", self.pid_file], check=False)
+
+
+def last_line(data: bytes) -> str:
+    text = tail_text(data, 1)
+    return text.splitlines()[-1] if text else ""
 
 
 class FeederReader(HashingReader):
@@ -354,23 +733,30 @@ class FeederReader(HashingReader):
 
 # --- archive formats ---------------------------------------------------------------------------
 class Decompressed:
-    """The archive's bytes as vzdump wrote them before compressing (.zst, .gz or none); a
-    decompression error becomes a VerifyFailed that names the compressor."""
+    """The archive's bytes as vzdump wrote them before compressing (.zst, .gz/.tgz, .bz2 or none); a
+    decompression error becomes a VerifyFailed that names the compressor. An .lzo archive is checked on
+    the PVE host only (lzop -t): Python has no maintained lzop reader."""
 
     def __init__(self, name: str, raw: BinaryIO):
         if name.endswith(".zst"):
             import zstandard
 
             self.tool, self.errors = "zstd", (zstandard.ZstdError,)
-            self.stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        elif name.endswith(".gz"):
+            self.stream = ZstdFrames(raw)
+        elif name.endswith((".gz", ".tgz")):
             import gzip
             import zlib
 
             self.tool, self.errors = "gzip", (gzip.BadGzipFile, EOFError, zlib.error)
             self.stream = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif name.endswith(".bz2"):
+            import bz2
+
+            self.tool, self.errors = "bzip2", (OSError, EOFError, ValueError)
+            self.stream = bz2.BZ2File(raw, mode="rb")
         elif name.endswith(".lzo"):
-            raise VerifyFailed("lzo archives cannot be decompressed by bak; set compress: zstd for new backups")
+            raise VerifyFailed("an lzo copy cannot be checked away from the PVE host (no lzop reader here); "
+                               "set compress: zstd for new backups")
         else:
             self.tool, self.errors, self.stream = "read", (), raw
 
@@ -379,6 +765,107 @@ class Decompressed:
             return self.stream.read(size)
         except self.errors as exc:
             raise VerifyFailed(f"{self.tool}: {exc}") from None
+
+
+class ZstdFrames:
+    """zstd frames one after another, decompressed by python-zstandard's stream reader (bounded output), the
+    compressed bytes walked on their way in (RFC 8878: frame header, block headers, checksum): an input that
+    ends inside a frame (its data, or the 4 checksum bytes the zstd CLI writes) is an error, which the stream
+    reader alone does not report."""
+
+    def __init__(self, raw: BinaryIO):
+        import zstandard
+
+        self.walk = ZstdWalk(raw)
+        self.stream = zstandard.ZstdDecompressor().stream_reader(self.walk, read_across_frames=True)
+
+    def read(self, size: int = CHUNK) -> bytes:
+        data = self.stream.read(size)
+        if not data:
+            self.walk.read(1)  # drain: the reader may stop before the last bytes (the checksum)
+            if not self.walk.at_boundary:
+                import zstandard
+
+                raise zstandard.ZstdError(f"truncated archive: the input ends inside a zstd frame "
+                                          f"(at byte {self.walk.offset})")
+        return data
+
+
+class ZstdWalk:
+    """Passes bytes through while following zstd's frame layout, to tell whether the input ended between frames."""
+
+    MAGIC, SKIPPABLE = 0xFD2FB528, 0x184D2A50
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.offset = 0
+        self.pending = b""           # header bytes not parsed yet
+        self.skip = 0                # content bytes to pass before the next header
+        self.state = "magic"         # what the pending bytes are: magic, frame_header, skippable_size, block, checksum
+        self.checksum = False
+        self.frames = 0
+
+    @property
+    def at_boundary(self) -> bool:
+        return self.frames > 0 and self.state == "magic" and not self.pending and not self.skip
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(CHUNK if size is None or size < 0 else size)
+        view, position = memoryview(data), 0
+        while position < len(data):
+            if self.skip:
+                step = min(self.skip, len(data) - position)
+                self.skip -= step
+                position += step
+                continue
+            need = self._need()
+            take = min(need - len(self.pending), len(data) - position)
+            self.pending += bytes(view[position:position + take])
+            position += take
+            if len(self.pending) == need:
+                self._parse()
+        self.offset += len(data)
+        return data
+
+    _FIXED = {"magic": 4, "skippable_size": 4, "checksum": 4, "block": 3, "frame_header": 1}
+
+    def _need(self) -> int:
+        """How many header bytes the current state parses at once; a frame header's length is told by its
+        first byte, the descriptor (window byte unless single-segment, dictionary id, content size)."""
+        if self.state != "frame_header" or not self.pending:
+            return self._FIXED[self.state]
+        descriptor = self.pending[0]
+        fcs_flag, single = descriptor >> 6, descriptor >> 5 & 1
+        content_size = (1 if single else 0) if fcs_flag == 0 else (2, 4, 8)[fcs_flag - 1]
+        return 1 + (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size
+
+    def _parse(self) -> None:
+        if self.state == "frame_header" and len(self.pending) == 1:
+            return  # the descriptor: the rest of the header follows (at least its window or content size)
+        value, self.pending = self.pending, b""
+        if self.state == "magic":
+            magic = int.from_bytes(value, "little")
+            if magic == self.MAGIC:
+                self.state = "frame_header"
+            elif magic & 0xFFFFFFF0 == self.SKIPPABLE:
+                self.state = "skippable_size"
+            else:
+                self.state, self.skip = "garbage", 1 << 62  # not zstd: the stream reader says what is wrong
+        elif self.state == "frame_header":
+            self.checksum, self.state = bool(value[0] >> 2 & 1), "block"
+        elif self.state == "skippable_size":
+            self.skip, self.state = int.from_bytes(value, "little"), "magic"
+            self.frames += 1
+        elif self.state == "block":
+            header = int.from_bytes(value, "little")
+            last, kind, size = header & 1, header >> 1 & 3, header >> 3
+            self.skip = 1 if kind == 1 else size  # an RLE block stores its one byte
+            if last:
+                self.state = "checksum" if self.checksum else "magic"
+                self.frames += 0 if self.checksum else 1
+        elif self.state == "checksum":
+            self.state = "magic"
+            self.frames += 1
 
 
 def check_archive(name: str, stream: BinaryIO, whole: bool) -> dict:

@@ -33,6 +33,13 @@ class Completed:
         return self.stdout.decode("utf-8", "replace")
 
 
+@dataclass
+class Held:
+    """A command `Runner.held` keeps: the first line it printed, and once it ended, the rest."""
+    line: str
+    output: str = ""
+
+
 class StderrTail:
     """Keeps the last STDERR_TAIL_BYTES of stderr and passes each line to an optional callback."""
 
@@ -150,11 +157,12 @@ class Runner:
 
     def run(self, argv: list[str], *, stdin: bytes | BinaryIO | None = None, stdout: Sink | None = None,
             env: dict[str, str] | None = None, timeout: float | None = None, check: bool = True,
-            on_stderr_line: Callable[[str], None] | None = None) -> Completed:
+            on_stderr_line: Callable[[str], None] | None = None, merge_stderr: bool = False) -> Completed:
         """Run argv; stdout goes to `stdout` chunk by chunk when given, else is returned.
 
         `env` is for non-secret values: over SSH it becomes an `env K=V` prefix on the remote
-        command line. Secrets go through `secret_file`, never env or argv.
+        command line. Secrets go through `secret_file`, never env or argv. `merge_stderr` joins stderr
+        to stdout in the order the bytes come (a Proxmox task prints its log on one, its error on the other).
         """
         raise NotImplementedError
 
@@ -178,14 +186,31 @@ class Runner:
         yield  # pragma: no cover
 
     @contextmanager
+    def held(self, argv: list[str]) -> Iterator[Held]:
+        """Starts argv with its stdin held open by bak and yields the first line it prints; leaving the
+        block closes that stdin and waits for argv to end (its other lines: `Held.output`). When bak dies,
+        the kernel closes the pipe (or the SSH connection goes): argv sees the end of its input either way,
+        so it can undo what bak could not (the guardian of a secret file, the keeper of a scratch guest)."""
+        with self._held(argv, b"") as held:
+            yield held
+
+    def _held(self, argv: list[str], first_input: bytes):
+        """`held`, with `first_input` written to argv's stdin first."""
+        raise NotImplementedError
+
+    @contextmanager
     def private_file(self) -> Iterator[str]:
-        """An empty 0600 file in a 0700 folder on the host, removed afterwards, also if bak is killed."""
+        """An empty 0600 file on the host, gone afterwards whatever ends bak (nameless on Linux, see GUARDIAN)."""
         with self._guarded(b"") as path:
             yield path
 
-    def _guarded(self, content: bytes):
-        """A context manager giving the path of a file holding `content`, kept by GUARDIAN on the host."""
-        raise NotImplementedError
+    @contextmanager
+    def _guarded(self, content: bytes) -> Iterator[str]:
+        """The path of a file holding `content`, kept by GUARDIAN on the host (/proc/PID/fd/3: it has no name)."""
+        with self._held(guardian_argv(len(content)), content) as held:
+            if not held.line:
+                raise CommandFailed(f"could not create a private temp file on {self.host_name}", where=self.host_name)
+            yield held.line
 
     def close(self) -> None:
         pass

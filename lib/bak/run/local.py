@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from bak.errors import CommandFailed, ToolMissing
-from bak.run.base import CHUNK, Cancel, Completed, Feeder, Runner, Sink, StderrTail, guardian_argv
+from bak.run.base import CHUNK, Cancel, Completed, Feeder, Held, Runner, Sink, StderrTail
 from bak.secrets import secret_env_names
 
 
@@ -40,7 +40,8 @@ class LocalRunner(Runner):
 
     def run(self, argv: list[str], *, stdin: bytes | BinaryIO | None = None, stdout: Sink | None = None,
             env: dict[str, str] | None = None, timeout: float | None = None, check: bool = True,
-            on_stderr_line: Callable[[str], None] | None = None, cancel: Cancel | None = None) -> Completed:
+            on_stderr_line: Callable[[str], None] | None = None, cancel: Cancel | None = None,
+            merge_stderr: bool = False) -> Completed:
         """`cancel`, once requested, interrupts the child (SIGINT, then SIGKILL after CANCEL_GRACE_S): restic
         then drops what it was saving and removes its lock."""
         # Secrets named by the config ({env: VAR}) reach no child: the one tool that needs one gets a file.
@@ -53,12 +54,13 @@ class LocalRunner(Runner):
                               hint=f"Install {Path(argv[0]).name} (e.g. apt-get install ...) or set its folder in the config.")
         try:
             proc = subprocess.Popen(guarded_argv(argv), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, pass_fds=pass_fds)
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+                                    env=full_env, pass_fds=pass_fds)
         except FileNotFoundError:
             raise ToolMissing(f"{argv[0]} is not installed on this machine", where="local",
                               hint=f"Install {Path(argv[0]).name} (e.g. apt-get install ...) or set its folder in the config.") from None
         tail = StderrTail(on_stderr_line)
-        threads = [threading.Thread(target=_drain, args=(proc.stderr, tail.feed), daemon=True)]
+        threads = [] if merge_stderr else [threading.Thread(target=_drain, args=(proc.stderr, tail.feed), daemon=True)]
         feeder = None
         if stdin is not None:
             feeder = Feeder(stdin, lambda chunk: (proc.stdin.write(chunk), proc.stdin.flush()), proc.stdin.close)
@@ -142,18 +144,19 @@ class LocalRunner(Runner):
             os.close(fd)
 
     @contextmanager
-    def _guarded(self, content: bytes) -> Iterator[str]:
-        guard = subprocess.Popen(guardian_argv(len(content)), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    def _held(self, argv: list[str], first_input: bytes) -> Iterator[Held]:
+        """Not under the orphan guard: it must outlive a killed bak long enough to clean up."""
+        keeper = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        held = Held("")
         try:
-            guard.stdin.write(content)
-            guard.stdin.flush()
-            path = guard.stdout.readline().decode().rstrip("\n")
-            if not path:
-                raise CommandFailed("could not create a private temp file", where="local")
-            yield path
+            keeper.stdin.write(first_input)
+            keeper.stdin.flush()
+            held.line = keeper.stdout.readline().decode().rstrip("\n")
+            yield held
         finally:
-            guard.stdin.close()
-            guard.wait()
+            keeper.stdin.close()
+            held.output = keeper.stdout.read().decode("utf-8", "replace")
+            keeper.wait()
 
 
 CANCEL_GRACE_S = 5.0

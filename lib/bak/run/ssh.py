@@ -23,8 +23,8 @@ import paramiko
 from bak.config import Host
 from bak.errors import CommandFailed, HostKeyMismatch, HostKeyUnknown, Refused, ToolMissing, TransportError
 from bak.paths import regular_or_absent
+from bak.run.base import CHUNK, Completed, Feeder, Held, Runner, Sink, StderrTail, ere_escape
 from bak.run.hosts import check_fingerprint
-from bak.run.base import CHUNK, Completed, Feeder, Runner, Sink, StderrTail, ere_escape, guardian_argv
 
 # paramiko logs its own errors (and tracebacks of its transport thread) to stderr when nothing else does:
 # bak turns every failure into its own error, so that chatter never reaches the user.
@@ -179,17 +179,19 @@ class SSHRunner(Runner):
 
     def run(self, argv: list[str], *, stdin: bytes | BinaryIO | None = None, stdout: Sink | None = None,
             env: dict[str, str] | None = None, timeout: float | None = None, check: bool = True,
-            on_stderr_line: Callable[[str], None] | None = None) -> Completed:
+            on_stderr_line: Callable[[str], None] | None = None, merge_stderr: bool = False) -> Completed:
         transport = self.client().get_transport()
         try:
             channel = transport.open_session(timeout=self.host.connect_timeout)
+            channel.set_combine_stderr(merge_stderr)
             # Bytes, so a file name that is not UTF-8 (read back with surrogateescape) reaches the host as it was.
             channel.exec_command(self.command_line(argv, env).encode("utf-8", "surrogateescape"))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"lost the connection to {self.host.name}: {exc}", where=self.host.name) from None
         tail = StderrTail(on_stderr_line)
         stderr_thread = threading.Thread(target=self._drain_stderr, args=(channel, tail), daemon=True)
-        stderr_thread.start()
+        if not merge_stderr:
+            stderr_thread.start()
         feeder = None
         if stdin is not None:
             feeder = Feeder(stdin, channel.sendall, channel.shutdown_write)
@@ -215,7 +217,8 @@ class SSHRunner(Runner):
                 if not chunk:
                     break
                 sink(chunk)
-            stderr_thread.join()
+            if not merge_stderr:
+                stderr_thread.join()
             if feeder:
                 feeder.join()
                 feeder.raise_failure()
@@ -264,31 +267,36 @@ class SSHRunner(Runner):
             yield path
 
     @contextmanager
-    def _guarded(self, content: bytes) -> Iterator[str]:
-        """The guardian (see base.GUARDIAN) on its own channel: the file it keeps has no name, so whatever ends
-        the channel (bak closing it, bak or the connection dying, the guardian killed) leaves nothing on the host."""
+    def _held(self, argv: list[str], first_input: bytes) -> Iterator[Held]:
         transport = self.client().get_transport()
         try:
             channel = transport.open_session(timeout=self.host.connect_timeout)
-            channel.exec_command(shlex.join(guardian_argv(len(content))))
-            channel.sendall(content)
+            channel.exec_command(shlex.join(argv))
+            channel.sendall(first_input)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"lost the connection to {self.host.name}: {exc}", where=self.host.name) from None
+        held = Held("")
         try:
             channel.settimeout(self.host.connect_timeout + 30)
             line = b""
             while not line.endswith(b"\n"):
                 chunk = channel.recv(1)
                 if not chunk:
-                    raise CommandFailed(f"could not create a private temp file on {self.host.name}", where=self.host.name)
+                    break
                 line += chunk
-            yield line.decode().rstrip("\n")
+            held.line = line.decode("utf-8", "replace").rstrip("\n")
+            yield held
         finally:
             try:
                 channel.shutdown_write()
+                channel.settimeout(None)
+                rest = []
+                while chunk := channel.recv(CHUNK):
+                    rest.append(chunk)
+                held.output = b"".join(rest).decode("utf-8", "replace")
                 channel.recv_exit_status()
             except (OSError, EOFError, paramiko.SSHException):
-                pass  # the connection is gone: the guardian has seen its stdin end and cleaned up
+                pass  # the connection is gone: the held command has seen its stdin end and cleans up
             channel.close()
 
 
