@@ -16,16 +16,29 @@ from typing import Callable
 import click
 
 from bak import __version__
+from bak.digest import DEFAULT_ROWS
 from bak.errors import EXIT_BAD_INPUT, BakError, ConfigError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def output_options(fn, with_config: bool = True):
+CONFIG_HELP = "Config file (default: $BAK_CONFIG, then the user config folder)."
+STATE_HELP = ("bak's state folder: journal, locks, known_hosts (default: $BAK_STATE_DIR, then the config's state_dir, "
+              "then the user state folder).")
+
+
+def output_options(fn, with_config: bool = True, rows: bool = False):
     fn = click.option("--json", "as_json", is_flag=True, help="Print one JSON envelope (for scripts and the agent).")(fn)
+    if rows:
+        fn = click.option("--limit", "rows_limit", type=click.IntRange(1, 100000), metavar="N",
+                          help=f"With --json: show at most N rows of each list (default {DEFAULT_ROWS}, fewer when they "
+                               "would not fit what the agent reads); every row goes to the file the envelope names "
+                               "(detail.file). Changes nothing else.")(fn)
     if with_config:  # only where a config is read: every option --help shows does something
+        fn = click.option("--state-dir", "state_path", type=click.Path(file_okay=False, path_type=Path),
+                          help=STATE_HELP)(fn)
         fn = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                          help="Config file (default: $BAK_CONFIG, then the user config folder).")(fn)
+                          help=CONFIG_HELP)(fn)
     return fn
 
 
@@ -36,16 +49,24 @@ def _all_or_named(ctx, param, value):
     return value
 
 
-def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None] | None = None):
-    """Wraps a command body that returns an Outcome: config, envelope, exit code, all in one place."""
+def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None] | None = None,
+           rows: bool = False):
+    """Wraps a command body that returns an Outcome: config, envelope, exit code, all in one place.
+    `rows`: the command lists rows, and takes --limit for its JSON envelope."""
 
     def decorate(fn):
         @functools.wraps(fn)
-        def wrapper(*args, as_json: bool, config_path: Path | None = None, **kwargs):
+        def wrapper(*args, as_json: bool, config_path: Path | None = None, state_path: Path | None = None,
+                    rows_limit: int | None = None, **kwargs):
+            from bak import paths
             from bak.report import emit, envelope
 
             started, clock = datetime.now(timezone.utc), time.monotonic()
             result, warnings, errors, code = None, [], [], 0
+            given = click.get_current_context().find_root().obj or {}  # bak --config F --state-dir D COMMAND
+            config_path, state_path = config_path or given.get("config"), state_path or given.get("state_dir")
+            _OUTPUT["json"] = as_json
+            paths.choose_state_dir(state_path)
             try:
                 if needs_config == "lazy":
                     kwargs["load_config"] = lambda: load_config(config_path)
@@ -62,10 +83,15 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
             except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where bak must clean up (interrupts.Terminated)
                 errors = [{"code": "interrupted", "message": str(exc) or "interrupted", "where": None, "hint": None}]
                 code = getattr(exc, "exit_code", 130)
-            emit(envelope(name, started, time.monotonic() - clock, result, warnings, errors), as_json, human)
+            try:
+                emit(envelope(name, started, time.monotonic() - clock, result, warnings, errors), as_json, human,
+                     limit=rows_limit if rows_limit is not None else kwargs.get("limit") if _given("limit") else None)
+            finally:
+                paths.choose_state_dir(None)
+                _OUTPUT["json"] = False
             sys.exit(code)
 
-        return output_options(wrapper, with_config=bool(needs_config))
+        return output_options(wrapper, with_config=bool(needs_config), rows=rows)
 
     return decorate
 
@@ -116,17 +142,35 @@ class BakGroup(click.Group):
 def load_config(path: Path | None):
     from bak import config, paths
 
-    return config.load(path or paths.config_file())
+    loaded = config.load(path or paths.config_file())
+    paths.use_config_state_dir(loaded.state_dir)
+    return loaded
+
+
+_OUTPUT = {"json": False}  # under --json, progress lines stay off stderr: the agent reads both streams
+
+
+def _given(option: str) -> bool:
+    """Whether the command line gave `option` (not its default)."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(option) == ParameterSource.COMMANDLINE
 
 
 @click.group(cls=BakGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="bak")
-def cli():
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help=CONFIG_HELP + " Also taken after the command.")
+@click.option("--state-dir", "state_path", type=click.Path(file_okay=False, path_type=Path),
+              help=STATE_HELP + " Also taken after the command.")
+@click.pass_context
+def cli(ctx, config_path, state_path):
     """bak: back up, verify, restore, prune and schedule a homelab's backups.
 
     Exit codes: 0 all good; 1 ran and found problems; 2 bad input, nothing done;
     3 refused for safety or a precondition, nothing done.
     """
+    ctx.obj = {"config": config_path, "state_dir": state_path}
 
 
 # --- config ------------------------------------------------------------------------------
@@ -432,7 +476,8 @@ def _bad(message: str, where: str):
 
 # --- create / verify / restore / list -------------------------------------------------------
 def _progress(message: str) -> None:
-    click.echo(message, err=True)
+    if not _OUTPUT["json"]:
+        click.echo(message, err=True)
 
 
 def _human_create(result: dict) -> None:

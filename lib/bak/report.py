@@ -84,9 +84,16 @@ def schema_names() -> list[str]:
     return sorted(p.stem for p in _SCHEMAS.glob("*.json") if p.name != "envelope.json")
 
 
-def emit(env: dict, as_json: bool, human: Callable[[dict], None] | None) -> None:
+def emit(env: dict, as_json: bool, human: Callable[[dict], None] | None, limit: int | None = None) -> None:
+    """JSON: the envelope as the agent can read it whole (bak.digest), compact unless a person watches."""
     if as_json:
-        json.dump(env, sys.stdout, indent=2, default=str)
+        from bak import digest, paths
+
+        shown = digest.fit(env, limit, paths.state_dir)
+        if sys.stdout.isatty():
+            json.dump(shown, sys.stdout, indent=2, default=str)
+        else:
+            json.dump(shown, sys.stdout, separators=(",", ":"), default=str)
         sys.stdout.write("\n")
         return
     if human and env["result"] is not None:
