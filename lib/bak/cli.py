@@ -402,7 +402,7 @@ def _human_simulation(result: dict) -> None:
 @click.option("--days", type=click.IntRange(1, 36500), default=400, show_default=True, help="... over this many days.")
 @click.option("--safety-older-than", "safety_age", metavar="DURATION",
               help="Also remove safety copies (taken before forced restores) older than DURATION, e.g. 30d.")
-@action("prune", needs_config="lazy", human=_human_prune)
+@action("prune", needs_config="lazy", human=_human_prune, rows=True)
 def prune_command(targets, all_targets, dry_run, force, simulate, policy_name, every, days, safety_age, load_config, **keeps):
     """Remove old backups by each target's retention policy (Proxmox prune semantics).
 
@@ -526,7 +526,7 @@ def _human_verify(result: dict) -> None:
 @click.option("--latest", "mode", flag_value="latest", default=True, help="The newest backup on each destination (default).")
 @click.option("--all-backups", "mode", flag_value="all", help="Every backup.")
 @click.argument("names", nargs=-1, metavar="[BACKUP_NAME]...")
-@action("verify", human=_human_verify)
+@action("verify", human=_human_verify, rows=True)
 def verify_command(targets, all_targets, mode, names, config):
     """Check backups: sha256 against the sidecar plus the format's own full read, files in parallel.
 
@@ -605,7 +605,7 @@ def _human_list(result: dict) -> None:
 @click.option("--destination", help="Only this destination.")
 @click.option("--since", type=click.DateTime(), help="Only backups made at or after this local time.")
 @click.option("--until", type=click.DateTime(), help="Only backups made at or before this local time.")
-@action("list", human=_human_list)
+@action("list", human=_human_list, rows=True)
 def list_command(targets, all_targets, method, host, vmid, destination, since, until, config):
     """List backups per target and destination, with leftovers and foreign files."""
     from bak import actions
@@ -731,7 +731,7 @@ def pg_dump_command(targets, all_targets, config):
 @pg_group.command("verify")
 @target_options
 @click.option("--all-backups", "every", is_flag=True, help="Every dump, not only the newest.")
-@action("pg verify", human=_human_verify)
+@action("pg verify", human=_human_verify, rows=True)
 def pg_verify_command(targets, all_targets, every, config):
     """sha256 plus a full read (pg_restore -f /dev/null; gzip -t for .sql.gz)."""
     from bak import actions
@@ -777,15 +777,19 @@ def pg_drill_command(targets, all_targets, config):
 @click.option("--install-missing", "install", is_flag=True,
               help="First install what the demo uses and this machine lacks (rsync, git, PostgreSQL server) with "
                    "apt-get, when run as root; otherwise the demo names the command.")
+@action("demo", needs_config=False)
 def demo_command(folder, install):
-    """Build a sandbox lab (loopback and one folder only) and run backups end to end in it."""
-    from bak import demo
+    """Build a sandbox lab (loopback and one folder only) and run backups end to end in it.
 
-    try:
-        sys.exit(demo.run(folder, install))
-    except BakError as exc:
-        click.echo(f"error: {exc.message}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), err=True)
-        sys.exit(exc.exit_code)
+    It prints each step as it runs; with --json, one envelope with each step's outcome at the end."""
+    from bak import demo
+    from bak.report import Outcome
+
+    narrator = demo.Narrator(as_json=_OUTPUT["json"])
+    code = demo.run(folder, install, narrator)
+    outcome = Outcome(demo.outcome(narrator, code))
+    outcome.worst_exit = code
+    return outcome
 
 
 @cli.command("drill", context_settings=CONTEXT)
@@ -1157,7 +1161,7 @@ def _human_sync(result: dict) -> None:
 @click.option("--limit-upload", "limit_upload", type=click.IntRange(1, 100000000), metavar="KIB",
               help="Upload at most this many KiB/s (restic --limit-upload).")
 @click.option("--dry-run", is_flag=True, help="Show what would be copied; copy nothing.")
-@action("sync", human=_human_sync)
+@action("sync", human=_human_sync, rows=True)
 def sync_command(to, targets, all_targets, since, limit_upload, dry_run, config):
     """Copy backups already on a target's other destinations that the restic destination lacks (checked on the way)."""
     from bak.sync import sync

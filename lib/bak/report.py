@@ -54,9 +54,11 @@ def notice(text: str) -> None:
 
 def envelope(command: str, started: datetime, duration_s: float, result: Any,
              warnings: list[str], errors: list[dict]) -> dict:
+    from bak.front import rewrite_all
+
     warnings = [*_NOTICES, *warnings]
     _NOTICES.clear()
-    return scrub_obj({
+    return rewrite_all(scrub_obj({
         "command": command,
         "ok": not errors,
         "started_at": started.astimezone(timezone.utc).isoformat(timespec="seconds"),
@@ -64,7 +66,7 @@ def envelope(command: str, started: datetime, duration_s: float, result: Any,
         "result": result,
         "warnings": warnings,
         "errors": errors,
-    })
+    }))
 
 
 # Subcommands that are another command under a narrower name share its result schema.
