@@ -1,10 +1,10 @@
 """A lab of 1,000 backups over 30 targets, for what the agent reads of each command on a homelab that has run a while.
 
-15 PostgreSQL targets (a database each in the session's real cluster) and 15 config-folder targets, each on two
-folder destinations; 10 of them also name a restic repository (`offsite`) that holds nothing yet, so `sync`
-has hundreds of copies to plan. One real `bak create` makes a real backup of each target on each destination;
-the older ones are those bytes under older names (a dump with its sidecars, a snapshot folder with its
-manifest), so verify, restore and drill read real, intact backups of every age.
+10 PostgreSQL targets (a database each in the session's real cluster) and 20 config-folder targets, each on two
+folder destinations; 4 of them also name a restic repository (`offsite`) that holds nothing yet, so `sync`
+has a hundred copies to plan. One real `bak create` (the /bak-create script) makes a real backup of each
+target on each destination; the older ones are those bytes under older names (a dump with its sidecars, a
+snapshot folder with its manifest), so verify, restore and drill read real, intact backups of every age.
 """
 
 from __future__ import annotations
@@ -15,18 +15,23 @@ import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import os
+import subprocess
+import sys
+
 from bak import naming
-from conftest import run_cli, write_config
+from conftest import REPO, write_config
 
 PASSWORD = "big-Lab-pass"
-PG_TARGETS, FOLDER_TARGETS = 15, 15
+PG_TARGETS, FOLDER_TARGETS = 10, 20
+WITH_OFFSITE = 2  # of each kind
 DESTINATIONS = ("disk", "nas")
 TOTAL = 1000  # backups, counting each destination's copy
 
 
 def _per_target_counts() -> list[int]:
     """Uneven, as in life: 6-hourly dumps pile up, config folders less so; the sum over both destinations is TOTAL."""
-    weights = [6 if i < PG_TARGETS else 2 for i in range(PG_TARGETS + FOLDER_TARGETS)]
+    weights = [4 if i < PG_TARGETS else 3 for i in range(PG_TARGETS + FOLDER_TARGETS)]
     per_copy = TOTAL // len(DESTINATIONS)
     counts = [max(1, per_copy * w // sum(weights)) for w in weights]
     counts[0] += per_copy - sum(counts)
@@ -36,27 +41,36 @@ def _per_target_counts() -> list[int]:
 def config_data(home: Path, server, offsite: bool) -> dict:
     targets = []
     for i in range(PG_TARGETS):
-        dests = [*DESTINATIONS, *(["offsite"] if offsite and i < 5 else [])]
+        dests = [*DESTINATIONS, *(["offsite"] if offsite and i < WITH_OFFSITE else [])]
         targets.append({"name": f"db-{i:02d}", "method": "pg_dump", "destinations": dests, "policy": "gfs",
                         "interval": "6h",
                         "pg_dump": {"database": f"big{i:02d}", "address": "127.0.0.1", "port": server.port,
                                     "user": "backup", "password": {"file": str(home / "pg.pass")},
                                     "bin_dir": str(server.bindir)}})
     for i in range(FOLDER_TARGETS):
-        dests = [*DESTINATIONS, *(["offsite"] if offsite and i < 5 else [])]
+        dests = [*DESTINATIONS, *(["offsite"] if offsite and i < WITH_OFFSITE else [])]
         targets.append({"name": f"conf-{i:02d}", "method": "config", "destinations": dests, "policy": "gfs",
                         "interval": "1d", "config": {"source": str(home / "sources" / f"conf-{i:02d}")}})
     return {"version": 1,
             "destinations": {"disk": {"kind": "local", "path": str(home / "disk"), "medium": "ssd"},
                              "nas": {"kind": "local", "path": str(home / "nas"), "medium": "nfs", "offsite": True},
                              "offsite": {"kind": "restic", "repository": str(home / "restic"),
-                                         "password": {"file": str(home / "restic.pass")}, "offsite": True}},
+                                         "password": {"file": str(home / "restic.pass")}, "offsite": True},
+                             "spare": {"kind": "restic", "repository": str(home / "spare"),  # for destination init
+                                       "password": {"file": str(home / "restic.pass")}}},
             "policies": {"gfs": {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6}},
             "targets": targets}
 
 
+def script(home: Path, name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A /bak-* script as the plugin runs it, on this lab (its envelope on stdout)."""
+    lab_env = {**os.environ, "BAK_CONFIG": str(home / "config.yaml"), "BAK_STATE_DIR": str(home / "state"), **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "scripts" / f"bak_{name}.py"), *args], env=lab_env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
 def build(home: Path, server) -> dict:
-    """The lab under `home` (with BAK_CONFIG and BAK_STATE_DIR already pointing there); returns its facts."""
+    """The lab under `home`; returns its facts, and the output of the /bak-create that made it."""
     server.psql(f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='backup') THEN "
                 f"CREATE ROLE backup LOGIN PASSWORD '{PASSWORD}' CREATEDB; END IF; END$$")
     server.psql(f"ALTER ROLE backup PASSWORD '{PASSWORD}'")
@@ -75,21 +89,27 @@ def build(home: Path, server) -> dict:
         (source / "settings.json").write_text(json.dumps({"target": i}) + "\n")
         (source / "sub" / "notes.md").write_text(f"# notes {i}\n" * (i + 1))
     write_config(home / "config.yaml", config_data(home, server, offsite=False))
-    made = run_cli("create")
-    assert made.code == 0, made.envelope["errors"]
+    made = script(home, "create")
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     now = datetime.now().replace(microsecond=0)
     counts = _per_target_counts()
-    for index, entry in enumerate(made.envelope["result"]["targets"]):
+    for index, target in enumerate(config_data(home, server, offsite=False)["targets"]):
         for dest in DESTINATIONS:
-            folder = home / dest / ("postgresql" if entry["method"] == "pg_dump" else "config") / entry["target"]
-            for age in range(1, counts[index]):
-                if entry["method"] == "pg_dump":
-                    _copy_dump(folder, entry["name"], naming.pg_dump_name("big" + entry["target"][-2:], now - timedelta(hours=6 * age)))
-                else:
-                    _copy_snapshot(folder, entry["name"], naming.rsync_name(entry["target"], now - timedelta(days=age)))
+            if target["method"] == "pg_dump":
+                folder = home / dest / "postgresql" / target["name"]
+                (name,) = [p.name for p in folder.glob("*.dump")]
+                for age in range(1, counts[index]):
+                    _copy_dump(folder, name, naming.pg_dump_name(target["pg_dump"]["database"],
+                                                                  now - timedelta(hours=6 * age)))
+            else:
+                folder = home / dest / "config" / target["name"]
+                (name,) = [p.name for p in folder.iterdir() if p.is_dir()]
+                for age in range(1, counts[index]):
+                    _copy_snapshot(folder, name, naming.rsync_name(target["name"], now - timedelta(days=age)))
     write_config(home / "config.yaml", config_data(home, server, offsite=True))
-    assert run_cli("destination", "init", "offsite").code == 0
-    return {"targets": PG_TARGETS + FOLDER_TARGETS, "backups": sum(counts) * len(DESTINATIONS)}
+    init = script(home, "destination", "init", "offsite")
+    assert init.returncode == 0, init.stdout
+    return {"targets": PG_TARGETS + FOLDER_TARGETS, "backups": sum(counts) * len(DESTINATIONS), "create": made}
 
 
 def _copy_dump(folder: Path, name: str, new: str) -> None:
