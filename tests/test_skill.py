@@ -180,6 +180,18 @@ def test_a_script_prints_json_and_never_prompts(tmp_path):
 
 def test_config_reference_matches_the_schema():
     assert (REPO / "references" / "config.md").read_text() == render(schema()) + "\n"
+    from bak.config.reference import SECTIONS
+
+    assert SECTIONS == list(schema()["properties"])  # every top-level key has its section, in order
+
+
+def test_references_over_100_lines_start_with_a_table_of_contents():
+    """skill-creator's rule for references the agent loads on demand: it reads the contents first."""
+    for page in sorted((REPO / "references").glob("*.md")):
+        lines = page.read_text().splitlines()
+        if len(lines) > 100:
+            head = "\n".join(lines[:12])
+            assert "Contents" in head and head.count("](#") >= 3, page.name
 
 
 def test_plugin_manifest_names_the_skill():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -284,7 +285,12 @@ def _write_detail(env: dict, state_dir, shown: dict) -> str | None:
         return None
 
 
+DETAIL_NAME = re.compile(r"[a-z]+(?:-[a-z]+)*-\d{8}T\d{6}-\d+\.json")
+
+
 def _rotate(folder: Path) -> None:
-    files = sorted((p for p in folder.glob("*.json") if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+    """The newest KEPT_FILES detail files stay; only files named as bak names them are ever removed."""
+    files = sorted((p for p in folder.iterdir() if DETAIL_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
     for old in files[KEPT_FILES:]:
         old.unlink(missing_ok=True)
