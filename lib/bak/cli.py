@@ -293,11 +293,26 @@ def _configured_host(config, name: str):
 
 # --- journal -----------------------------------------------------------------------------
 def _human_log(result: dict) -> None:
-    from bak.report import human_size, table
+    from bak.report import human_size, short_time, table
 
-    table("Journal", ["id", "started (UTC)", "kind", "target", "status", "bytes", "error"],
-          [[o["id"], o["started_at"], o["kind"], o["target"], o["status"], human_size(o["bytes"]),
-            (o["error_tail"] or "").splitlines()[0] if o["error_tail"] else ""] for o in result["operations"]])
+    table("Journal (times in UTC)", ["id", "started", "kind", "target", "status", "bytes"],
+          [[o["id"], short_time(o["started_at"]), o["kind"], o["target"], o["status"], human_size(o["bytes"])]
+           for o in result["operations"]])
+    _problems_below((f"{o['target']} #{o['id']}", (o["error_tail"] or "").strip().splitlines()[-1:])
+                    for o in result["operations"] if o["error_tail"])
+
+
+def _problems_below(found) -> None:
+    """Long texts under the table instead of in it, each said once with what it concerns:
+    `3-2-1 not met: missing 1 offsite (db, files)`."""
+    from bak.report import say
+
+    grouped: dict[str, list[str]] = {}
+    for who, texts in found:
+        for text in texts:
+            grouped.setdefault(text, []).append(who)
+    for text, whom in grouped.items():
+        say(f"- {text} ({', '.join(dict.fromkeys(whom))})")
 
 
 @cli.command("log", context_settings=CONTEXT)
@@ -580,11 +595,21 @@ def restore_command(target_name, backup_name, store_name, into, force, dry_run, 
 
 
 def _human_list(result: dict) -> None:
-    from bak.report import human_size, table
+    """A table per target (its name and totals as the title), one line per backup; what a row would
+    need a long note for is said under its table."""
+    from bak.report import human_size, say, short_time, table
 
-    table("Backups", ["target", "store", "backup", "when", "size", "sha256", "protected"],
-          [[b["target"], b["store"], b["name"], b["when"], human_size(b["size"]), "yes" if b["checksum"] else "MISSING",
-            "yes" if b["protected"] else ""] for b in result["backups"]])
+    for summary in result["targets"]:
+        rows = [b for b in result["backups"] if b["target"] == summary["target"]]
+        if not rows:
+            continue
+        table(f"{summary['target']}: {summary['backups']} backup(s), {human_size(summary['bytes'])}",
+              ["store", "backup", "when (local)", "size"],
+              [[b["store"], b["name"], short_time(b["when"]), human_size(b["size"])] for b in rows])
+        for note, flagged in (("no checksum sidecar: never trust it unverified", [b for b in rows if not b["checksum"]]),
+                              ("protected: prune never removes it", [b for b in rows if b["protected"]])):
+            if flagged:
+                say(f"- {note}: " + ", ".join(f"{b['store']}:{b['name']}" for b in flagged))
     if result["partials"]:
         table("Leftovers of interrupted runs", ["target", "store", "name"],
               [[p["target"], p["store"], p["name"]] for p in result["partials"]])
@@ -593,7 +618,7 @@ def _human_list(result: dict) -> None:
               [[f["store"], f["folder"], f["name"]] for f in result["foreign"]])
     if result["safety_copies"]:
         table("Safety copies (taken before forced restores; never restored by default)", ["target", "store", "name", "when"],
-              [[c["target"], c["store"], f"{c['folder']}/{c['name']}", c["when"]] for c in result["safety_copies"]])
+              [[c["target"], c["store"], f"{c['folder']}/{c['name']}", short_time(c["when"])] for c in result["safety_copies"]])
 
 
 @cli.command("list", context_settings=CONTEXT)
@@ -624,21 +649,21 @@ def _human_status(result: dict) -> None:
     rows = []
     for t in result["targets"]:
         newest = t.get("newest") or {}
-        change = f" ({t['size_change_pct']:+.0f}%)" if "size_change_pct" in t else ""
+        change = f" {t['size_change_pct']:+.0f}%" if t.get("size_change_pct") else ""
         verify = (t["last_verify"] or {}).get("status", "never")
-        drill = (t["last_drill"] or {}).get("status", "never") + (" (overdue)" if t["drill_overdue"] else "")
+        drill = (t["last_drill"] or {}).get("status", "never") + ("!" if t["drill_overdue"] else "")
         proven = t.get("proven_rpo")
         rpo = "[red]none[/]" if proven is None else (
             _hours_text(proven["age_h"]) if proven["ok"] else f"[red]{_hours_text(proven['age_h'])}[/]")
-        rows.append([t["target"], f"[{_STATE_STYLE[t['state']]}]{t['state']}[/]", newest.get("when", "-"),
-                     f"{newest['age_h']:.1f}h" if newest else "-", human_size(newest.get("size")) + change,
-                     ", ".join(t["copies"]["destinations"]) or "-", "ok" if t["copies"]["ok"] else "[yellow]gap[/]",
-                     verify, drill, rpo, "; ".join(t["problems"])])
-    table("Targets", ["target", "state", "newest", "age", "size", "copies", "3-2-1", "verify", "drill", "proven RPO",
-                      "problems"], rows)
+        rows.append([t["target"], f"[{_STATE_STYLE[t['state']]}]{t['state']}[/]",
+                     _hours_text(newest["age_h"]) if newest else "-", human_size(newest.get("size")) + change,
+                     len(t["copies"]["destinations"]), "ok" if t["copies"]["ok"] else "[yellow]gap[/]",
+                     verify, drill, rpo])
+    table("Targets (drill!: overdue)", ["target", "state", "age", "size", "copies", "3-2-1", "verify", "drill", "RPO"],
+          rows)  # each problem is an error, said once for all its targets after the output
     colour = {"ok": "green", "warn": "yellow"}
-    table("Destinations", ["destination", "kind", "host", "medium", "on", "used", "free", "level", "forecast"],
-          [[d["destination"], d["kind"], d["host"], d.get("medium") or "-", d.get("on", "-"),
+    table("Destinations", ["destination", "kind", "host", "medium", "used", "free", "level", "forecast"],
+          [[d["destination"], d["kind"], d["host"], d.get("medium") or "-",
             f"{d['used_percent']}%" if "used_percent" in d else "-", human_size(d.get("free")),
             f"[{colour.get(d['level'], 'red')}]{d['level']}[/]",
             outlook_text(d["forecast"]) if "forecast" in d else "-"] for d in result["destinations"]])

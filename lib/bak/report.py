@@ -102,7 +102,9 @@ def emit(env: dict, as_json: bool, human: Callable[[dict], None] | None, limit: 
         human(env["result"])
     for warning in env["warnings"]:
         say(warning, err=True, label="warning: ", label_style={"fg": "yellow"})
-    for error in env["errors"]:
+    from bak.digest import group_errors
+
+    for error in group_errors(env["errors"]):  # a problem of many targets, once
         where = f"[{error['where']}] " if error.get("where") else ""
         say(where + error["message"], err=True, label="error: ", label_style={"fg": "red"})
         if error.get("hint"):
@@ -139,9 +141,11 @@ WRAPPED_MIN = 24
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """A table that stays readable at any width: columns while all fit whole but the widest, which
-    wraps between words and keeps WRAPPED_MIN characters; else one block of `column value` lines per
-    row. A narrow terminal never splits a header or a word."""
+    """One line per row at any width: columns a space apart under one rule, each as wide as its longest
+    value, but the widest (the free text: an error, a problem), which wraps between words and keeps
+    WRAPPED_MIN characters. Only when even that cannot fit, one block of `column value` lines per row.
+    A narrow terminal never splits a header or a word."""
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
@@ -149,14 +153,15 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     cells = [["" if v is None else str(v) for v in row] for row in rows]
     plain = [[Text.from_markup(v).plain for v in row] for row in cells]
     heads = [Text.from_markup(c).plain for c in columns]
-    border = 3 * len(columns) + 1
+    separators = len(columns) - 1
     natural = [max(len(text) for text in [heads[i], *(r[i] for r in plain)]) for i in range(len(columns))]
     longest_word = [max(len(w) for text in [heads[i], *(r[i] for r in plain)] for w in text.split() or [""])
                     for i in range(len(columns))]
     flexible = natural.index(max(natural))  # the one column that may wrap, between words, ...
     narrowest = min(natural[flexible], max(longest_word[flexible], WRAPPED_MIN))  # ... never to a word a line
-    if sum(natural) - natural[flexible] + narrowest + border <= console.width:
-        view = Table(title=title, title_justify="left")
+    if sum(natural) - natural[flexible] + narrowest + separators <= console.width:
+        view = Table(title=title, title_justify="left", title_style="italic", box=box.SIMPLE_HEAD, padding=0,
+                     show_edge=False, pad_edge=False, header_style="bold")
         for index, column in enumerate(columns):
             if index == flexible:
                 view.add_column(column, min_width=narrowest)
@@ -177,6 +182,20 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
                 block.add_row(head, value)
         console.print(block)
         console.print()
+
+
+def short_time(text: str | None) -> str:
+    """`12-07 00:07` for a time this year (a table's column), `2025-12-07` for an older one."""
+    if not text:
+        return "-"
+    from datetime import datetime as _datetime
+
+    try:
+        when = _datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    now = _datetime.now(when.tzinfo)
+    return f"{when:%m-%d %H:%M}" if when.year == now.year else f"{when:%Y-%m-%d}"
 
 
 def human_size(size: int | None) -> str:
