@@ -274,7 +274,7 @@ def _write_detail(env: dict, state_dir, shown: dict) -> str | None:
     try:
         folder = paths.ensure_private_dir(Path(state_dir() if callable(state_dir) else state_dir or paths.state_dir())
                                           / "details")
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")  # two runs of one process in a second differ
         path = folder / f"{env['command'].replace(' ', '-')}-{stamp}-{os.getpid()}.json"
         paths.write_atomically(path, json.dumps(env, indent=1, default=str).encode("utf-8") + b"\n", mode=0o600)
         _rotate(folder)
@@ -285,7 +285,7 @@ def _write_detail(env: dict, state_dir, shown: dict) -> str | None:
         return None
 
 
-DETAIL_NAME = re.compile(r"[a-z]+(?:-[a-z]+)*-\d{8}T\d{6}-\d+\.json")
+DETAIL_NAME = re.compile(r"[a-z]+(?:-[a-z]+)*-\d{8}T\d{12}-\d+\.json")
 
 
 def _rotate(folder: Path) -> None:
