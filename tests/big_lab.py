@@ -22,7 +22,7 @@ import sys
 from bak import naming
 from conftest import REPO, write_config
 
-PASSWORD = "big-Lab-pass"
+ROLE, PASSWORD = "big_lab", "big-Lab-pass"
 PG_TARGETS, FOLDER_TARGETS = 10, 20
 WITH_OFFSITE = 2  # of each kind
 DESTINATIONS = ("disk", "nas")
@@ -45,7 +45,7 @@ def config_data(home: Path, server, offsite: bool) -> dict:
         targets.append({"name": f"db-{i:02d}", "method": "pg_dump", "destinations": dests, "policy": "gfs",
                         "interval": "6h",
                         "pg_dump": {"database": f"big{i:02d}", "address": "127.0.0.1", "port": server.port,
-                                    "user": "backup", "password": {"file": str(home / "pg.pass")},
+                                    "user": ROLE, "password": {"file": str(home / "pg.pass")},
                                     "bin_dir": str(server.bindir)}})
     for i in range(FOLDER_TARGETS):
         dests = [*DESTINATIONS, *(["offsite"] if offsite and i < WITH_OFFSITE else [])]
@@ -71,14 +71,14 @@ def script(home: Path, name: str, *args: str, env: dict | None = None) -> subpro
 
 def build(home: Path, server) -> dict:
     """The lab under `home`; returns its facts, and the output of the /bak-create that made it."""
-    server.psql(f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='backup') THEN "
-                f"CREATE ROLE backup LOGIN PASSWORD '{PASSWORD}' CREATEDB; END IF; END$$")
-    server.psql(f"ALTER ROLE backup PASSWORD '{PASSWORD}'")
+    # A role of its own: the session's cluster is shared, and other tests set `backup`'s password.
+    server.psql(f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='{ROLE}') THEN "
+                f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}' CREATEDB; END IF; END$$")
     for i in range(PG_TARGETS):
         server.psql(f"DROP DATABASE IF EXISTS big{i:02d}")
-        server.psql(f"CREATE DATABASE big{i:02d} OWNER backup")
+        server.psql(f"CREATE DATABASE big{i:02d} OWNER {ROLE}")
         server.psql(f"CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) "
-                    f"FROM generate_series(1, {100 + i}) g; ALTER TABLE t OWNER TO backup", db=f"big{i:02d}")
+                    f"FROM generate_series(1, {100 + i}) g; ALTER TABLE t OWNER TO {ROLE}", db=f"big{i:02d}")
     (home / "pg.pass").write_text(PASSWORD + "\n")
     (home / "restic.pass").write_text("restic lab password\n")
     for path in (home / "pg.pass", home / "restic.pass"):
@@ -110,6 +110,12 @@ def build(home: Path, server) -> dict:
     init = script(home, "destination", "init", "offsite")
     assert init.returncode == 0, init.stdout
     return {"targets": PG_TARGETS + FOLDER_TARGETS, "backups": sum(counts) * len(DESTINATIONS), "create": made}
+
+
+def drop(server) -> None:
+    for i in range(PG_TARGETS):
+        server.psql(f"DROP DATABASE IF EXISTS big{i:02d} WITH (FORCE)")
+    server.psql(f"DROP ROLE IF EXISTS {ROLE}")
 
 
 def _copy_dump(folder: Path, name: str, new: str) -> None:

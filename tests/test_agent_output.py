@@ -23,7 +23,8 @@ READABLE = 20_000
 def lab(tmp_path_factory, postgres):
     home = tmp_path_factory.mktemp("big-lab")
     facts = big_lab.build(home, postgres)
-    return {"home": home, **facts}
+    yield {"home": home, **facts}
+    big_lab.drop(postgres)  # the session's cluster is shared: leave it as it was
 
 
 def read(lab, name: str, *args: str, env: dict | None = None, codes=(0, 1)) -> dict:
