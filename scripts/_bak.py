@@ -207,6 +207,6 @@ def _refuse(command: str, args: list[str], started: datetime, code: str, message
     error = {"code": code, "message": message, "where": where or str(data_dir()), "hint": hint}
     json.dump({"command": name, "ok": False, "started_at": started.isoformat(timespec="seconds"),
                "duration_s": round((datetime.now(timezone.utc) - started).total_seconds(), 3),
-               "result": None, "warnings": [], "errors": [error]}, sys.stdout, indent=2)
+               "result": None, "warnings": [], "errors": [error]}, sys.stdout, separators=(",", ":"))
     sys.stdout.write("\n")
     sys.exit(EXIT_REFUSED)

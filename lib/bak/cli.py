@@ -83,9 +83,10 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
             except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where bak must clean up (interrupts.Terminated)
                 errors = [{"code": "interrupted", "message": str(exc) or "interrupted", "where": None, "hint": None}]
                 code = getattr(exc, "exit_code", 130)
+            shown = rows_limit or (kwargs["limit"] if _given("limit") else None)  # log's own --limit counts too
             try:
                 emit(envelope(name, started, time.monotonic() - clock, result, warnings, errors), as_json, human,
-                     limit=rows_limit if rows_limit is not None else kwargs.get("limit") if _given("limit") else None)
+                     limit=shown)
             finally:
                 paths.choose_state_dir(None)
                 _OUTPUT["json"] = False
