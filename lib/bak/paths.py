@@ -18,11 +18,30 @@ def config_file() -> Path:
     return Path(platformdirs.user_config_dir(APP, appauthor=False)) / "config.yaml"
 
 
+# The state folder a command was given: --state-dir ("option"), the config's state_dir key ("config").
+_CHOSEN: dict[str, Path | None] = {"option": None, "config": None}
+
+
+def choose_state_dir(option: Path | None = None) -> None:
+    """Set by the CLI at the start of each command (None at its end): its --state-dir, if any."""
+    _CHOSEN.update(option=option, config=None)
+
+
+def use_config_state_dir(path: Path | None) -> None:
+    """The loaded config's `state_dir` key, below --state-dir and $BAK_STATE_DIR."""
+    _CHOSEN["config"] = path
+
+
 def state_dir() -> Path:
-    """Journal, locks and bak's own known_hosts; $BAK_STATE_DIR overrides (tests, demo)."""
+    """Journal, locks and bak's own known_hosts: --state-dir, then $BAK_STATE_DIR, then the config's
+    `state_dir` (a lab that keeps its journal beside its config), then the platform's user state folder."""
     env = os.environ.get("BAK_STATE_DIR")
-    if env:
+    if _CHOSEN["option"]:
+        path = _CHOSEN["option"]
+    elif env:
         path = Path(env).expanduser()
+    elif _CHOSEN["config"]:
+        path = _CHOSEN["config"]
     else:
         import platformdirs
 
