@@ -40,7 +40,7 @@ EXIT_REFUSED = 3
 sys.path.insert(0, str(LIB))
 
 
-def run(command: str, *, json_output: bool = True) -> None:
+def run(command: str) -> None:
     args = sys.argv[1:]
     started = datetime.now(timezone.utc)
     if sys.version_info < (3, 11):
@@ -55,11 +55,13 @@ def run(command: str, *, json_output: bool = True) -> None:
                     f"Remove {data_dir()} and run the command again: bak sets its environment up anew.")
         _rerun_with(ensure_environment(command, args, started), args)
 
+    from bak import front
     from bak.cli import cli, main
 
+    front.use_slash_commands(SCRIPTS, sorted(cli.commands))  # hints name /bak-* commands, not `bak`
     if not args and hasattr(cli.commands[command], "commands"):
         args = ["--help"]  # a group with nothing to run: show its subcommands
-    if json_output and not {"--help", "-h"} & set(args):
+    if not {"--help", "-h"} & set(args):
         args = [*args, "--json"]
     main([command, *args])
 
@@ -205,6 +207,6 @@ def _refuse(command: str, args: list[str], started: datetime, code: str, message
     error = {"code": code, "message": message, "where": where or str(data_dir()), "hint": hint}
     json.dump({"command": name, "ok": False, "started_at": started.isoformat(timespec="seconds"),
                "duration_s": round((datetime.now(timezone.utc) - started).total_seconds(), 3),
-               "result": None, "warnings": [], "errors": [error]}, sys.stdout, indent=2)
+               "result": None, "warnings": [], "errors": [error]}, sys.stdout, separators=(",", ":"))
     sys.stdout.write("\n")
     sys.exit(EXIT_REFUSED)

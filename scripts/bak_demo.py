@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""/bak-demo: run the built-in sandbox lab (human output; it has no JSON form)."""
+"""/bak-demo: run the built-in sandbox lab; one envelope with each step's outcome."""
 from _bak import run
 
-run("demo", json_output=False)
+run("demo")

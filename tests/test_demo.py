@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 
-from conftest import REPO, need, pg_bindir
+from conftest import REPO, check_envelope, need, pg_bindir
 
 
 def test_demo_runs_end_to_end_inside_its_folder():
@@ -25,20 +25,25 @@ def test_demo_runs_end_to_end_inside_its_folder():
 
 
 def _run_demo(tmp_path, lab):
+    """As /bak-demo runs it: the plugin's script, one envelope the agent reads whole."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BAK_")}
-    env["PYTHONPATH"] = str(REPO / "lib")
-    out = subprocess.run([sys.executable, "-m", "bak", "demo", "--dir", str(lab)], capture_output=True, text=True,
-                         timeout=240, env=env, cwd=tmp_path)
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "bak_demo.py"), "--dir", str(lab)], capture_output=True,
+                         text=True, timeout=240, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "demo finished" in out.stdout and "PASSED" in out.stdout
-    assert "simulated media" in out.stdout and "not found" not in out.stdout
-    # The closing line's command shows the lab again, verify and drill included (its state folder is named).
-    again = shlex.split(out.stdout.strip().splitlines()[-1])
-    assigned = dict(w.split("=", 1) for w in again if "=" in w and not w.startswith("-"))
-    argv = [w for w in again if w not in {f"{k}={v}" for k, v in assigned.items()}]
-    assert argv[-3:] == ["status", "--config", str(lab / "config.yaml")]
-    shown = subprocess.run([sys.executable, "-m", "bak", *argv[argv.index("status"):], "--json"], capture_output=True,
-                           text=True, timeout=60, env={**env, **assigned}, cwd=tmp_path)
+    assert len(out.stdout) < 20_000 and out.stderr == ""  # no progress lines: the agent reads both streams
+    demo = json.loads(out.stdout)
+    check_envelope(demo)
+    steps = demo["result"]["steps"]
+    assert demo["result"]["passed"] and len(steps) >= 12
+    assert all(s["command"].startswith("/backup-skill:bak-") for s in steps)  # what the user can type there
+    assert [s for s in steps if s["command"] == "/backup-skill:bak-drill"][0]["ok"]
+    assert any("simulated media" in note for note in demo["result"]["notes"])
+    assert not any("not found" in note for note in demo["result"]["notes"])
+    # The command it ends on shows the lab again, verify and drill included: the lab's config names its state.
+    again = shlex.split(demo["result"]["again"])
+    assert again == ["/backup-skill:bak-status", "--config", str(lab / "config.yaml")]
+    shown = subprocess.run([sys.executable, str(REPO / "scripts" / "bak_status.py"), *again[1:]], capture_output=True,
+                           text=True, timeout=60, env=env, cwd=tmp_path)
     targets = json.loads(shown.stdout)["result"]["targets"]
     assert targets and all(t["last_verify"] and t["last_drill"]["status"] == "ok" for t in targets)
     # Two folders on one disk: bak does not count them as two media or the "nfs" folder as off-site.
@@ -59,6 +64,9 @@ def test_demo_refuses_a_non_empty_folder(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bak", "demo", "--dir", str(tmp_path)], capture_output=True, text=True,
                          timeout=60, env=env)
     assert out.returncode == 2 and "not empty" in out.stderr  # bad input: nothing was done
+    as_json = subprocess.run([sys.executable, str(REPO / "scripts" / "bak_demo.py"), "--dir", str(tmp_path)],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert as_json.returncode == 2 and json.loads(as_json.stdout)["errors"][0]["code"] == "demo_folder_not_empty"
     assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
 
 
@@ -80,7 +88,9 @@ def test_demo_without_rsync_leaves_file_snapshots_out_and_still_succeeds(monkeyp
         assert "apt-get install rsync" in out and "PostgreSQL server not found" in out
         assert "git not found" not in out  # only what is missing is named
         assert "rsync snapshots" not in out and "streamed to both" not in out  # no caption promises them
-        assert "demo finished" in out and "BAK_STATE_DIR=" in out
+        assert "demo finished" in out
+        # The line to copy: the lab's config names its state folder, no environment to set.
+        assert out.strip().splitlines()[-1].split()[-3:] == ["status", "--config", str(folder / "lab" / "config.yaml")]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         import os as _os

@@ -176,3 +176,77 @@ def test_help_describes_every_option_and_argument():
             else:
                 assert (param.metavar or param.human_readable_name).strip("[].").upper() in (command.help or ""), \
                     f"bak {' '.join(path)} {param.human_readable_name} is not described"
+
+
+# --- one line per row: `bak list` and `bak log` ---------------------------------------------------------
+@pytest.fixture
+def listed(bak_home):
+    """Backups with the seed's long names (a VM's vzdump archives, PostgreSQL dumps, one without its
+    sidecar, one protected) and a journal with failures whose error text is long."""
+    import hashlib
+    from datetime import datetime, timedelta
+
+    from bak import naming
+    from bak.journal import Journal
+
+    write_config(bak_home / "config.yaml", {
+        "version": 1, "hosts": {"pve": {"address": "127.0.0.1", "port": 2}},
+        "destinations": {"nfs-share": {"kind": "local", "path": str(bak_home / "nfs")},
+                         "usb-disk": {"kind": "local", "path": str(bak_home / "usb")}},
+        "targets": [{"name": "vm-104", "method": "vzdump", "host": "pve", "destinations": ["nfs-share"], "interval": "1d",
+                     "vzdump": {"vmid": 104, "storage": "local"}},
+                    {"name": "nextcloud-db", "method": "pg_dump", "destinations": ["nfs-share", "usb-disk"],
+                     "interval": "6h", "pg_dump": {"database": "nextcloud"}}]})
+    now = datetime.now().replace(microsecond=0)
+    made = []
+    for days in range(4):
+        made.append(("nfs-share", "proxmox/vm-104", naming.vzdump_name(104, now - timedelta(days=days, hours=3))))
+        for store in ("nfs-share", "usb-disk"):
+            made.append((store, "postgresql/nextcloud-db", naming.pg_dump_name("nextcloud", now - timedelta(days=days))))
+    for index, (store, folder, name) in enumerate(made):
+        place = bak_home / ("nfs" if store == "nfs-share" else "usb") / folder
+        place.mkdir(parents=True, exist_ok=True)
+        (place / name).write_bytes(b"x" * (1000 + index * 4000))
+        if index != 3:  # one backup lost its sidecar
+            (place / f"{name}.sha256").write_text(f"{hashlib.sha256((place / name).read_bytes()).hexdigest()}  {name}\n")
+        if index == 4:
+            (place / f"{name}.protected").write_text("")
+    journal = Journal.default()
+    for index in range(12):
+        op = journal.start(["create", "verify", "prune"][index % 3], ["vm-104", "nextcloud-db"][index % 2], {})
+        failed = index % 4 == 0
+        journal.finish(op, "failed" if failed else "ok", bytes_=123456 * index,
+                       error_tail="pg_dump: error: connection to server at \"192.0.2.10\", port 5432 failed: "
+                                  "Connection refused. Is the server running on that host and accepting TCP/IP "
+                                  "connections?" if failed else None)
+    journal.close()
+    return made
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_list_and_log_give_one_line_per_row(listed, width, monkeypatch):
+    from bak.report import short_time
+
+    monkeypatch.setenv("COLUMNS", str(width))
+    listing = run_cli("list").envelope["result"]["backups"]
+    out = click.unstyle(CliRunner().invoke(cli, ["list"], catch_exceptions=False).stdout)
+    lines = out.splitlines()
+    assert all(len(line.rstrip()) <= width for line in lines), out
+    for backup in listing:  # each backup: one line, with its destination, time and size
+        (line,) = [l for l in lines if l.split()[:2] == [backup["store"], backup["name"]]]
+        assert short_time(backup["when"]) in line
+        assert report.human_size(backup["size"]) in line
+    assert len(listing) == len(listed) == 12
+    assert sum(1 for l in lines if "no checksum sidecar" in l) == 1 and sum(1 for l in lines if "protected:" in l) == 1
+
+    operations = run_cli("log").envelope["result"]["operations"]
+    out = click.unstyle(CliRunner().invoke(cli, ["log"], catch_exceptions=False).stdout)
+    lines = out.splitlines()
+    assert all(len(line.rstrip()) <= width for line in lines), out
+    for op in operations:
+        (line,) = [l for l in lines if l.split()[:1] == [str(op["id"])]]
+        assert line.split()[1:] == [*short_time(op["started_at"]).split(), op["kind"], op["target"], op["status"],
+                                    *report.human_size(op["bytes"]).split()]
+    # The long error, once, under the table, naming the rows it belongs to.
+    failed = [f"{o['target']} #{o['id']}" for o in operations if o["status"] == "failed"]
+    assert out.count("Connection refused") == 1 and f"({', '.join(failed)})" in " ".join(out.split())

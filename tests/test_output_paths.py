@@ -299,7 +299,26 @@ def test_fuzz_every_path_argument_of_every_command(bak_home, monkeypatch, watchd
     assert_clean(result)
     into_folder = [p for p in path_params(command) if chosen.get(p.name) == "folder" and isinstance(p.type, click.Path)
                    and not p.type.file_okay]
-    hostile.assert_untouched(folder_written=bool(into_folder) and result.code in (0, 1),
+    state_given = chosen.get("state_path") == "folder"  # bak's own state folder: its journal is written whatever the exit
+    hostile.assert_untouched(folder_written=bool(into_folder) and result.code in (0, 1) or state_given,
                              file_edited=chosen.get("crontab_file") in ("file", "symlink") and result.code == 0)
     if result.code in (2, 3):  # bad input or a refusal changes nothing (the journal and state are bak's own)
-        assert set(os.listdir(bak_home)) - before <= {"state", "dest"}, (args, set(os.listdir(bak_home)) - before)
+        state = {hostile.value(chosen["state_path"])} if "state_path" in chosen else set()
+        assert set(os.listdir(bak_home)) - before <= {"state", "dest"} | state, (args, set(os.listdir(bak_home)) - before)
+
+
+def test_a_state_folder_that_is_not_one_is_a_clean_error(bak_home, hostile, watchdog):
+    lab(bak_home)
+    watchdog()
+    planted = not os.path.lexists("/journal.sqlite")
+    try:
+        for value in ("/", str(hostile.paths["device"]), str(hostile.paths["fifo"]), str(hostile.paths["file"]),
+                      str(hostile.paths["file"] / "below")):
+            result = run_cli("status", "--state-dir", value)
+            assert_clean(result, (2,))
+            error = result.envelope["errors"][0]
+            assert error["where"] == "--state-dir" or "'--state-dir'" in error["message"], error  # ours, or click's
+    finally:
+        if planted and os.path.lexists("/journal.sqlite"):  # what a bak without the check wrote: not left behind
+            os.unlink("/journal.sqlite")
+    hostile.assert_untouched()

@@ -351,3 +351,28 @@ def test_doctor_checks_postgres_readiness_and_rights(lab, pg, monkeypatch):
     assert bad.code == 1
     row = next(c for c in bad.envelope["result"]["checks"] if c["check"] == "postgresql")
     assert row["level"] == "fail" and "password" in row["detail"] and "secret" in row["fix"]
+
+
+def test_a_server_that_does_not_answer_is_one_code_everywhere(bak_home, monkeypatch):
+    """pg_not_ready with its hint, whichever command meets the stopped server: dump, restore (dry run too),
+    drill, dr drill."""
+    server = _make_postgres()
+    try:
+        server.psql("CREATE DATABASE app")
+        server.psql(f"CREATE ROLE backup LOGIN PASSWORD '{PASSWORD}' CREATEDB")
+        server.psql("CREATE TABLE t AS SELECT 1 AS id; GRANT SELECT ON t TO backup", db="app")
+        monkeypatch.setenv("BAK_TEST_PG_PASSWORD", PASSWORD)
+        lab_config(bak_home, server)
+        assert run_cli("create").code == 0
+        server.stop("fast")
+        time.sleep(1.1)  # a new second: the next dump's name is free
+        for argv in (["create"], ["restore", "-t", "pg-app", "--dry-run"], ["restore", "-t", "pg-app"],
+                     ["pg", "restore", "-t", "pg-app"], ["drill"], ["pg", "drill"], ["dr", "drill"]):
+            result = run_cli(*argv)
+            assert result.code == 1, (argv, result.envelope)
+            (error,) = [e for e in result.envelope["errors"] if e["code"] != "plan_gap"]
+            assert error["code"] == "pg_not_ready" and error["where"] == "targets.pg-app", (argv, error)
+            assert "pg_isready" in error["hint"] and f"127.0.0.1:{server.port}" in error["message"], (argv, error)
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(server.datadir.parent, ignore_errors=True)

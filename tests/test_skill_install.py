@@ -1,9 +1,10 @@
 """`bak skill install` writes the layout Claude Code reads for plain, unnamespaced names.
 
 Claude Code's docs (https://code.claude.com/docs/en/skills, "Where skills live"): a personal skill is
-~/.claude/skills/<name>/SKILL.md, a project one <dir>/.claude/skills/<name>/SKILL.md, and a file at
-.claude/commands/<name>.md creates /<name> (custom commands are merged into skills) in the same two
-scopes; only a plugin's skills and commands are namespaced, /<plugin>:<name>.
+~/.claude/skills/<name>/SKILL.md, a project one <dir>/.claude/skills/<name>/SKILL.md (custom commands are
+merged into skills); only a plugin's skills and commands are namespaced, /<plugin>:<name>. Each of bak's
+commands is a skill of its own, its paths relative to its folder (tests/test_claude_code.py runs them with
+the real CLI, after moving the project).
 """
 
 import subprocess
@@ -31,13 +32,15 @@ def test_user_install_gives_the_personal_layout_and_a_working_copy(home, tmp_pat
     root = home / ".claude"
     skill = root / "skills" / "backup-skill"
     assert result.envelope["result"]["commands"] == [f"/bak-{c}" for c in COMMANDS]
-    assert sorted(p.name for p in (root / "commands").iterdir()) == [f"bak-{c}.md" for c in COMMANDS]
+    assert sorted(p.name for p in (root / "skills").iterdir()) == sorted(["backup-skill", *(f"bak-{c}" for c in COMMANDS)])
     assert (skill / "SKILL.md").read_text().startswith("---\nname: backup-skill\n")
     assert not (skill / ".claude-plugin").exists()  # a plugin manifest there would namespace it again
-    prompt = (root / "commands" / "bak-status.md").read_text()
-    assert "${CLAUDE_PLUGIN_ROOT}" not in prompt  # set for plugins only: written out as the skill folder
-    assert f"allowed-tools: Bash(python3 {skill}/scripts/bak_status.py:*)" in prompt
-    assert f"python3 {skill}/scripts/bak_status.py $ARGUMENTS" in prompt
+    assert not (root / "commands").exists()  # each command is a skill: only skills get ${CLAUDE_SKILL_DIR}
+    prompt = (root / "skills" / "bak-status" / "SKILL.md").read_text()
+    assert "${CLAUDE_PLUGIN_ROOT}" not in prompt and str(home) not in prompt  # no absolute path: it may move
+    assert 'Bash(python3 "${CLAUDE_SKILL_DIR}/../backup-skill/scripts/bak_status.py" *)' in prompt
+    assert 'python3 "${CLAUDE_SKILL_DIR}/../backup-skill/scripts/bak_status.py" $ARGUMENTS' in prompt
+    assert 'Bash(python3 "${CLAUDE_SKILL_DIR}/scripts/bak_list.py" *)' in (skill / "SKILL.md").read_text()
     # The copy runs on its own, from any folder, wherever the clone goes afterwards.
     out = subprocess.run([sys.executable, str(skill / "scripts" / "bak_status.py"), "--help"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
@@ -48,7 +51,7 @@ def test_install_is_idempotent_and_never_overwrites_a_foreign_file(home):
     assert run_cli("skill", "install").code == 0
     again = run_cli("skill", "install").envelope["result"]
     assert again["written"] == 0 and again["unchanged"] > 0
-    mine = home / ".claude" / "commands" / "bak-status.md"
+    mine = home / ".claude" / "skills" / "bak-status" / "SKILL.md"
     mine.write_text("my own /bak-status, not bak's\n")
     refused = run_cli("skill", "install")
     assert refused.code == 3 and refused.envelope["errors"][0]["code"] == "would_overwrite"
@@ -58,8 +61,26 @@ def test_install_is_idempotent_and_never_overwrites_a_foreign_file(home):
     removed = run_cli("skill", "install", "--uninstall")
     assert removed.code == 0 and removed.envelope["result"]["kept"] == [str(mine)]
     assert mine.exists() and not (home / ".claude" / "skills" / "backup-skill").exists()
-    assert sorted(p.name for p in (home / ".claude" / "commands").iterdir()) == ["bak-status.md"]
+    assert sorted(p.name for p in (home / ".claude" / "skills").iterdir()) == ["bak-status"]
     assert run_cli("skill", "install", "--uninstall").envelope["result"]["removed"] == 0
+
+
+def test_an_install_of_the_old_layout_is_replaced(home):
+    """bak 0.1 wrote each prompt to .claude/commands/ with absolute paths; a new install removes those it
+    recorded (unchanged since), so no command is loaded twice."""
+    import hashlib
+    import json
+
+    old = home / ".claude" / "commands" / "bak-status.md"
+    old.parent.mkdir(parents=True)
+    old.write_text("---\ndescription: old\n---\npython3 /somewhere/scripts/bak_status.py $ARGUMENTS\n")
+    record = home / ".claude" / "skills" / "backup-skill" / ".bak-install.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"version": "0.1.0", "files": {
+        "commands/bak-status.md": hashlib.sha256(old.read_bytes()).hexdigest()}}))
+    result = run_cli("skill", "install")
+    assert result.code == 0 and result.envelope["result"]["removed"] == 1
+    assert not old.exists() and (home / ".claude" / "skills" / "bak-status" / "SKILL.md").is_file()
 
 
 def test_a_foreign_skill_of_the_same_name_is_left_alone(home):
@@ -67,7 +88,7 @@ def test_a_foreign_skill_of_the_same_name_is_left_alone(home):
     theirs.parent.mkdir(parents=True)
     theirs.write_text("---\nname: backup-skill\ndescription: someone else's\n---\n")
     result = run_cli("skill", "install")
-    assert result.code == 3 and not (home / ".claude" / "commands").exists()
+    assert result.code == 3 and not (home / ".claude" / "skills" / "bak-status").exists()
     assert theirs.read_text().endswith("someone else's\n---\n")
 
 
@@ -76,7 +97,7 @@ def test_project_install_writes_only_inside_the_project(home, tmp_path):
     project.mkdir()
     result = run_cli("skill", "install", "--project", str(project))
     assert result.code == 0 and result.envelope["result"]["scope"] == "project"
-    assert (project / ".claude" / "commands" / "bak-wizard.md").is_file()
+    assert (project / ".claude" / "skills" / "bak-wizard" / "SKILL.md").is_file()
     assert (project / ".claude" / "skills" / "backup-skill" / "SKILL.md").is_file()
     assert not (home / ".claude").exists()
     assert run_cli("skill", "install", "--project", str(tmp_path / "nowhere")).code == 2

@@ -287,6 +287,7 @@ def verify(config: Config, targets: list[Target], *, every: bool = False, names:
                 outcome.result["checked"].append(row)
                 if exc:
                     outcome.failed(exc)
+        outcome.result["targets"] = verified_by_target(targets, outcome.result["checked"])
         if not names:  # restic repositories as a whole: their structure, and the next part of their data
             from bak.repository import check_repositories
 
@@ -296,6 +297,18 @@ def verify(config: Config, targets: list[Target], *, every: bool = False, names:
     notify.report_failures(config, "verify_failed", "verify",
                            sorted({r["target"] for r in outcome.result["checked"] if not r["ok"]}), outcome)
     return outcome
+
+
+def verified_by_target(targets: list[Target], checked: list[dict]) -> list[dict]:
+    """Per target: how many backups were checked, passed and failed, and the bytes read."""
+    summary = []
+    for target in targets:
+        rows = [r for r in checked if r["target"] == target.name]
+        failed = [r for r in rows if not r["ok"]]
+        summary.append({"target": target.name, "checked": len(rows), "ok": len(rows) - len(failed),
+                        "failed": len(failed), "bytes": sum(r.get("size") or 0 for r in rows),
+                        "failed_backups": sorted({f"{r['store']}:{r['name']}" for r in failed})[:5]})
+    return summary
 
 
 def copies_of(session: Session, target: Target, name: str | None, store_name: str | None) -> list[tuple[object, Backup]]:
@@ -450,7 +463,8 @@ def listing(config: Config, targets: list[Target], filters: dict | None = None) 
               if (not filters.get("method") or t.method == filters["method"])
               and (not filters.get("host") or t.host == filters["host"])
               and (not filters.get("vmid") or t.method == "vzdump" and t.options["vmid"] == filters["vmid"])]
-    outcome = Outcome({"backups": [], "partials": [], "foreign": [], "safety_copies": [], "restore_leftovers": []})
+    outcome = Outcome({"targets": [], "backups": [], "partials": [], "foreign": [], "safety_copies": [],
+                       "restore_leftovers": []})
     with Session(config) as session:
         seen_foreign = set()
         for target in chosen:
@@ -485,4 +499,20 @@ def listing(config: Config, targets: list[Target], filters: dict | None = None) 
                         seen_foreign.add((dest, path))
                         folder, _, name = path.rpartition("/")
                         outcome.result["foreign"].append({"store": dest, "folder": folder, "name": name})
+    outcome.result["targets"] = [summary_of(t, outcome.result) for t in chosen]
     return outcome
+
+
+def summary_of(target: Target, listed: dict) -> dict:
+    """One target's line of `list`: what the agent reports without reading every row."""
+    rows = [b for b in listed["backups"] if b["target"] == target.name]
+    stores: dict[str, int] = {}
+    for row in rows:
+        stores[row["store"]] = stores.get(row["store"], 0) + 1
+    times = sorted(row["when"] for row in rows)
+    return {"target": target.name, "method": target.method, "backups": len(rows), "stores": stores,
+            "oldest": times[0] if times else None, "newest": times[-1] if times else None,
+            "bytes": sum(row["size"] for row in rows), "unchecked": sum(not row["checksum"] for row in rows),
+            "protected": sum(row["protected"] for row in rows),
+            "partials": sum(p["target"] == target.name for p in listed["partials"]),
+            "safety_copies": sum(c["target"] == target.name for c in listed["safety_copies"])}

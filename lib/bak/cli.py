@@ -16,16 +16,29 @@ from typing import Callable
 import click
 
 from bak import __version__
+from bak.digest import DEFAULT_ROWS
 from bak.errors import EXIT_BAD_INPUT, BakError, ConfigError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def output_options(fn, with_config: bool = True):
+CONFIG_HELP = "Config file (default: $BAK_CONFIG, then the user config folder)."
+STATE_HELP = ("bak's state folder: journal, locks, known_hosts (default: $BAK_STATE_DIR, then the config's state_dir, "
+              "then the user state folder).")
+
+
+def output_options(fn, with_config: bool = True, rows: bool = False):
     fn = click.option("--json", "as_json", is_flag=True, help="Print one JSON envelope (for scripts and the agent).")(fn)
+    if rows:
+        fn = click.option("--limit", "rows_limit", type=click.IntRange(1, 100000), metavar="N",
+                          help=f"With --json: show at most N rows of each list (default {DEFAULT_ROWS}, fewer when they "
+                               "would not fit what the agent reads); every row goes to the file the envelope names "
+                               "(detail.file). Changes nothing else.")(fn)
     if with_config:  # only where a config is read: every option --help shows does something
+        fn = click.option("--state-dir", "state_path", type=click.Path(file_okay=False, path_type=Path),
+                          help=STATE_HELP)(fn)
         fn = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                          help="Config file (default: $BAK_CONFIG, then the user config folder).")(fn)
+                          help=CONFIG_HELP)(fn)
     return fn
 
 
@@ -36,17 +49,25 @@ def _all_or_named(ctx, param, value):
     return value
 
 
-def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None] | None = None):
-    """Wraps a command body that returns an Outcome: config, envelope, exit code, all in one place."""
+def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None] | None = None,
+           rows: bool = False):
+    """Wraps a command body that returns an Outcome: config, envelope, exit code, all in one place.
+    `rows`: the command lists rows, and takes --limit for its JSON envelope."""
 
     def decorate(fn):
         @functools.wraps(fn)
-        def wrapper(*args, as_json: bool, config_path: Path | None = None, **kwargs):
+        def wrapper(*args, as_json: bool, config_path: Path | None = None, state_path: Path | None = None,
+                    rows_limit: int | None = None, **kwargs):
+            from bak import paths
             from bak.interrupts import sigterm_raises
             from bak.report import emit, envelope
 
             started, clock = datetime.now(timezone.utc), time.monotonic()
             result, warnings, errors, code = None, [], [], 0
+            given = click.get_current_context().find_root().obj or {}  # bak --config F --state-dir D COMMAND
+            config_path, state_path = config_path or given.get("config"), state_path or given.get("state_dir")
+            _OUTPUT["json"] = as_json
+            paths.choose_state_dir(state_path)
             try:
                 # SIGTERM (systemd stopping a timer's service, `kill`) ends a command as Ctrl-C does: its
                 # `finally` blocks run, then one envelope says `interrupted` and bak exits 143.
@@ -67,10 +88,16 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
             except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where bak must clean up (interrupts.Terminated)
                 errors = [{"code": "interrupted", "message": str(exc) or "interrupted", "where": None, "hint": None}]
                 code = getattr(exc, "exit_code", 130)
-            emit(envelope(name, started, time.monotonic() - clock, result, warnings, errors), as_json, human)
+            shown = rows_limit or (kwargs["limit"] if _given("limit") else None)  # log's own --limit counts too
+            try:
+                emit(envelope(name, started, time.monotonic() - clock, result, warnings, errors), as_json, human,
+                     limit=shown)
+            finally:
+                paths.choose_state_dir(None)
+                _OUTPUT["json"] = False
             sys.exit(code)
 
-        return output_options(wrapper, with_config=bool(needs_config))
+        return output_options(wrapper, with_config=bool(needs_config), rows=rows)
 
     return decorate
 
@@ -142,17 +169,35 @@ class BakGroup(click.Group):
 def load_config(path: Path | None):
     from bak import config, paths
 
-    return config.load(path or paths.config_file())
+    loaded = config.load(path or paths.config_file())
+    paths.use_config_state_dir(loaded.state_dir)
+    return loaded
+
+
+_OUTPUT = {"json": False}  # under --json, progress lines stay off stderr: the agent reads both streams
+
+
+def _given(option: str) -> bool:
+    """Whether the command line gave `option` (not its default)."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(option) == ParameterSource.COMMANDLINE
 
 
 @click.group(cls=BakGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="bak")
-def cli():
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help=CONFIG_HELP + " Also taken after the command.")
+@click.option("--state-dir", "state_path", type=click.Path(file_okay=False, path_type=Path),
+              help=STATE_HELP + " Also taken after the command.")
+@click.pass_context
+def cli(ctx, config_path, state_path):
     """bak: back up, verify, restore, prune and schedule a homelab's backups.
 
     Exit codes: 0 all good; 1 ran and found problems; 2 bad input, nothing done;
     3 refused for safety or a precondition, nothing done.
     """
+    ctx.obj = {"config": config_path, "state_dir": state_path}
 
 
 # --- config ------------------------------------------------------------------------------
@@ -277,11 +322,26 @@ def _configured_host(config, name: str):
 
 # --- journal -----------------------------------------------------------------------------
 def _human_log(result: dict) -> None:
-    from bak.report import human_size, table
+    from bak.report import human_size, short_time, table
 
-    table("Journal", ["id", "started (UTC)", "kind", "target", "status", "bytes", "error"],
-          [[o["id"], o["started_at"], o["kind"], o["target"], o["status"], human_size(o["bytes"]),
-            (o["error_tail"] or "").splitlines()[0] if o["error_tail"] else ""] for o in result["operations"]])
+    table("Journal (times in UTC)", ["id", "started", "kind", "target", "status", "bytes"],
+          [[o["id"], short_time(o["started_at"]), o["kind"], o["target"], o["status"], human_size(o["bytes"])]
+           for o in result["operations"]])
+    _problems_below((f"{o['target']} #{o['id']}", (o["error_tail"] or "").strip().splitlines()[-1:])
+                    for o in result["operations"] if o["error_tail"])
+
+
+def _problems_below(found) -> None:
+    """Long texts under the table instead of in it, each said once with what it concerns:
+    `3-2-1 not met: missing 1 offsite (db, files)`."""
+    from bak.report import say
+
+    grouped: dict[str, list[str]] = {}
+    for who, texts in found:
+        for text in texts:
+            grouped.setdefault(text, []).append(who)
+    for text, whom in grouped.items():
+        say(f"- {text} ({', '.join(dict.fromkeys(whom))})")
 
 
 @cli.command("log", context_settings=CONTEXT)
@@ -386,7 +446,7 @@ def _human_simulation(result: dict) -> None:
 @click.option("--days", type=click.IntRange(1, 36500), default=400, show_default=True, help="... over this many days.")
 @click.option("--safety-older-than", "safety_age", metavar="DURATION",
               help="Also remove safety copies (taken before forced restores) older than DURATION, e.g. 30d.")
-@action("prune", needs_config="lazy", human=_human_prune)
+@action("prune", needs_config="lazy", human=_human_prune, rows=True)
 def prune_command(targets, all_targets, dry_run, force, simulate, policy_name, every, days, safety_age, load_config, **keeps):
     """Remove old backups by each target's retention policy (Proxmox prune semantics).
 
@@ -460,7 +520,8 @@ def _bad(message: str, where: str):
 
 # --- create / verify / restore / list -------------------------------------------------------
 def _progress(message: str) -> None:
-    click.echo(message, err=True)
+    if not _OUTPUT["json"]:
+        click.echo(message, err=True)
 
 
 def _human_create(result: dict) -> None:
@@ -509,7 +570,7 @@ def _human_verify(result: dict) -> None:
 @click.option("--latest", "mode", flag_value="latest", default=True, help="The newest backup on each destination (default).")
 @click.option("--all-backups", "mode", flag_value="all", help="Every backup.")
 @click.argument("names", nargs=-1, metavar="[BACKUP_NAME]...")
-@action("verify", human=_human_verify)
+@action("verify", human=_human_verify, rows=True)
 def verify_command(targets, all_targets, mode, names, config):
     """Check backups: sha256 against the sidecar plus the format's own full read, files in parallel.
 
@@ -565,11 +626,21 @@ def restore_command(target_name, backup_name, store_name, into, force, dry_run, 
 
 
 def _human_list(result: dict) -> None:
-    from bak.report import human_size, table
+    """A table per target (its name and totals as the title), one line per backup; what a row would
+    need a long note for is said under its table."""
+    from bak.report import human_size, say, short_time, table
 
-    table("Backups", ["target", "store", "backup", "when", "size", "sha256", "protected"],
-          [[b["target"], b["store"], b["name"], b["when"], human_size(b["size"]), "yes" if b["checksum"] else "MISSING",
-            "yes" if b["protected"] else ""] for b in result["backups"]])
+    for summary in result["targets"]:
+        rows = [b for b in result["backups"] if b["target"] == summary["target"]]
+        if not rows:
+            continue
+        table(f"{summary['target']}: {summary['backups']} backup(s), {human_size(summary['bytes'])}",
+              ["store", "backup", "when (local)", "size"],
+              [[b["store"], b["name"], short_time(b["when"]), human_size(b["size"])] for b in rows])
+        for note, flagged in (("no checksum sidecar: never trust it unverified", [b for b in rows if not b["checksum"]]),
+                              ("protected: prune never removes it", [b for b in rows if b["protected"]])):
+            if flagged:
+                say(f"- {note}: " + ", ".join(f"{b['store']}:{b['name']}" for b in flagged))
     if result["partials"]:
         table("Leftovers of interrupted runs", ["target", "store", "name"],
               [[p["target"], p["store"], p["name"]] for p in result["partials"]])
@@ -582,7 +653,7 @@ def _human_list(result: dict) -> None:
               [[r["target"], r["kind"], r["where"], r["interrupted_at"]] for r in result["restore_leftovers"]])
     if result["safety_copies"]:
         table("Safety copies (taken before forced restores; never restored by default)", ["target", "store", "name", "when"],
-              [[c["target"], c["store"], f"{c['folder']}/{c['name']}", c["when"]] for c in result["safety_copies"]])
+              [[c["target"], c["store"], f"{c['folder']}/{c['name']}", short_time(c["when"])] for c in result["safety_copies"]])
 
 
 @cli.command("list", context_settings=CONTEXT)
@@ -594,7 +665,7 @@ def _human_list(result: dict) -> None:
 @click.option("--destination", help="Only this destination.")
 @click.option("--since", type=click.DateTime(), help="Only backups made at or after this local time.")
 @click.option("--until", type=click.DateTime(), help="Only backups made at or before this local time.")
-@action("list", human=_human_list)
+@action("list", human=_human_list, rows=True)
 def list_command(targets, all_targets, method, host, vmid, destination, since, until, config):
     """List backups per target and destination, with leftovers and foreign files."""
     from bak import actions
@@ -613,21 +684,21 @@ def _human_status(result: dict) -> None:
     rows = []
     for t in result["targets"]:
         newest = t.get("newest") or {}
-        change = f" ({t['size_change_pct']:+.0f}%)" if "size_change_pct" in t else ""
+        change = f" {t['size_change_pct']:+.0f}%" if t.get("size_change_pct") else ""
         verify = (t["last_verify"] or {}).get("status", "never")
-        drill = (t["last_drill"] or {}).get("status", "never") + (" (overdue)" if t["drill_overdue"] else "")
+        drill = (t["last_drill"] or {}).get("status", "never") + ("!" if t["drill_overdue"] else "")
         proven = t.get("proven_rpo")
         rpo = "[red]none[/]" if proven is None else (
             _hours_text(proven["age_h"]) if proven["ok"] else f"[red]{_hours_text(proven['age_h'])}[/]")
-        rows.append([t["target"], f"[{_STATE_STYLE[t['state']]}]{t['state']}[/]", newest.get("when", "-"),
-                     f"{newest['age_h']:.1f}h" if newest else "-", human_size(newest.get("size")) + change,
-                     ", ".join(t["copies"]["destinations"]) or "-", "ok" if t["copies"]["ok"] else "[yellow]gap[/]",
-                     verify, drill, rpo, "; ".join(t["problems"])])
-    table("Targets", ["target", "state", "newest", "age", "size", "copies", "3-2-1", "verify", "drill", "proven RPO",
-                      "problems"], rows)
+        rows.append([t["target"], f"[{_STATE_STYLE[t['state']]}]{t['state']}[/]",
+                     _hours_text(newest["age_h"]) if newest else "-", human_size(newest.get("size")) + change,
+                     len(t["copies"]["destinations"]), "ok" if t["copies"]["ok"] else "[yellow]gap[/]",
+                     verify, drill, rpo])
+    table("Targets (drill!: overdue)", ["target", "state", "age", "size", "copies", "3-2-1", "verify", "drill", "RPO"],
+          rows)  # each problem is an error, said once for all its targets after the output
     colour = {"ok": "green", "warn": "yellow"}
-    table("Destinations", ["destination", "kind", "host", "medium", "on", "used", "free", "level", "forecast"],
-          [[d["destination"], d["kind"], d["host"], d.get("medium") or "-", d.get("on", "-"),
+    table("Destinations", ["destination", "kind", "host", "medium", "used", "free", "level", "forecast"],
+          [[d["destination"], d["kind"], d["host"], d.get("medium") or "-",
             f"{d['used_percent']}%" if "used_percent" in d else "-", human_size(d.get("free")),
             f"[{colour.get(d['level'], 'red')}]{d['level']}[/]",
             outlook_text(d["forecast"]) if "forecast" in d else "-"] for d in result["destinations"]])
@@ -721,7 +792,7 @@ def pg_dump_command(targets, all_targets, config):
 @pg_group.command("verify")
 @target_options
 @click.option("--all-backups", "every", is_flag=True, help="Every dump, not only the newest.")
-@action("pg verify", human=_human_verify)
+@action("pg verify", human=_human_verify, rows=True)
 def pg_verify_command(targets, all_targets, every, config):
     """sha256 plus a full read (pg_restore -f /dev/null; gzip -t for .sql.gz)."""
     from bak import actions
@@ -767,15 +838,19 @@ def pg_drill_command(targets, all_targets, config):
 @click.option("--install-missing", "install", is_flag=True,
               help="First install what the demo uses and this machine lacks (rsync, git, PostgreSQL server) with "
                    "apt-get, when run as root; otherwise the demo names the command.")
+@action("demo", needs_config=False)
 def demo_command(folder, install):
-    """Build a sandbox lab (loopback and one folder only) and run backups end to end in it."""
-    from bak import demo
+    """Build a sandbox lab (loopback and one folder only) and run backups end to end in it.
 
-    try:
-        sys.exit(demo.run(folder, install))
-    except BakError as exc:
-        click.echo(f"error: {exc.message}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), err=True)
-        sys.exit(exc.exit_code)
+    It prints each step as it runs; with --json, one envelope with each step's outcome at the end."""
+    from bak import demo
+    from bak.report import Outcome
+
+    narrator = demo.Narrator(as_json=_OUTPUT["json"])
+    code = demo.run(folder, install, narrator)
+    outcome = Outcome(demo.outcome(narrator, code))
+    outcome.worst_exit = code
+    return outcome
 
 
 @cli.command("drill", context_settings=CONTEXT)
@@ -1154,7 +1229,7 @@ def _human_sync(result: dict) -> None:
 @click.option("--limit-upload", "limit_upload", type=click.IntRange(1, 100000000), metavar="KIB",
               help="Upload at most this many KiB/s (restic --limit-upload).")
 @click.option("--dry-run", is_flag=True, help="Show what would be copied; copy nothing.")
-@action("sync", human=_human_sync)
+@action("sync", human=_human_sync, rows=True)
 def sync_command(to, targets, all_targets, since, limit_upload, dry_run, config):
     """Copy backups already on a target's other destinations that the restic destination lacks (checked on the way)."""
     from bak.sync import sync

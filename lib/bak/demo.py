@@ -123,18 +123,22 @@ def install_command(packages: list[str]) -> str:
     return "install " + ", ".join(packages) + " with this system's package manager"
 
 
-def install_missing(missing: dict[str, str]) -> bool:
+def install_missing(missing: dict[str, str], say=None) -> bool:
     """apt-get, as root, what the demo lacks (as tests/run.sh does for the tests); False when it cannot."""
-    import click
-
     if not missing or not (_is_root() and shutil.which("apt-get")):
         return False
     packages = sorted(set(missing.values()))
-    click.echo(f"installing {', '.join(missing)} with apt-get ({' '.join(packages)}) ...")
+    (say or _echo)(f"installing {', '.join(missing)} with apt-get ({' '.join(packages)}) ...")
     runner, quiet = LocalRunner(), {"DEBIAN_FRONTEND": "noninteractive"}
     runner.run(["apt-get", "update", "-qq"], env=quiet)
     runner.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=quiet)
     return True
+
+
+def _echo(text: str) -> None:
+    import click
+
+    click.echo(text)
 
 
 def build_sources(lab: Path, runner: LocalRunner, with_git: bool) -> None:
@@ -193,12 +197,50 @@ def build_config(lab: Path, cluster: DemoCluster | None, with_rsync: bool, with_
     return config
 
 
-def step(title: str, argv: list[str]) -> int:
-    from bak.cli import cli
-    from bak.report import say
+class Narrator:
+    """What the demo says and runs: human output as it goes, or (for the agent, --json) each step's
+    outcome gathered into one envelope (the steps' own envelopes are not printed)."""
 
-    say(f"\n$ bak {' '.join(argv)}", bold=True)
-    say(f"# {title}", dim=True)
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.notes: list[str] = []
+        self.steps: list[dict] = []
+        self.lab: Path | None = None
+        self.again: str | None = None
+
+    def tell(self, text: str, **style) -> None:
+        from bak.report import say
+
+        if self.as_json:
+            self.notes.append(text.strip())
+        else:
+            say(text, **style)
+
+    def step(self, title: str, argv: list[str]) -> int:
+        import contextlib
+        import io
+        import json
+
+        from bak.cli import cli
+
+        if not self.as_json:
+            self.tell(f"\n$ bak {' '.join(argv)}", bold=True)
+            self.tell(f"# {title}", dim=True)
+            return _run(cli, argv)
+        captured = io.StringIO()
+        with contextlib.redirect_stdout(captured):
+            code = _run(cli, [*argv, "--json"])
+        env = json.loads(captured.getvalue())
+        result = env["result"] if isinstance(env["result"], dict) else {}
+        self.steps.append({"title": title, "command": "bak " + " ".join(argv), "exit_code": code, "ok": env["ok"],
+                           **({"summary": result["summary"]} if isinstance(result.get("summary"), str) else {}),
+                           "errors": [f"{e['code']}: {e['message']}"[:300] for e in env["errors"][:3]],
+                           "errors_total": len(env["errors"]), "warnings": len(env["warnings"]),
+                           **({"detail_file": env["detail"]["file"]} if env.get("detail") else {})})
+        return code
+
+
+def _run(cli, argv: list[str]) -> int:
     try:
         cli.main(args=argv, prog_name="bak", standalone_mode=False)
     except SystemExit as exc:
@@ -211,10 +253,10 @@ def only_321_findings(targets: list[dict]) -> bool:
     return all(problem.startswith("3-2-1") for t in targets for problem in t["problems"])
 
 
-def run(folder: Path | None, install: bool = False) -> int:
-    import click
-
-    from bak.report import say
+def run(folder: Path | None, install: bool = False, narrator: Narrator | None = None) -> int:
+    """The whole demo; `narrator` (human output by default) also keeps what each step gave."""
+    narrator = narrator or Narrator(as_json=False)
+    say, step = narrator.tell, narrator.step
 
     lab = Path(os.path.abspath(folder)) if folder else Path(__import__("tempfile").mkdtemp(prefix="bak-demo-"))
     try:
@@ -227,9 +269,10 @@ def run(folder: Path | None, install: bool = False) -> int:
         raise BadInput(f"demo folder {lab} is not empty", code="demo_folder_not_empty", hint="Pass an empty or new --dir.")
     os.environ["BAK_STATE_DIR"] = str(lab / "state")
     os.environ["BAK_CONFIG"] = str(lab / "config.yaml")
-    click.secho(f"bak demo lab: {lab}", bold=True)
+    narrator.lab = lab
+    say(f"the demo lab: {lab}", bold=True)
     missing = missing_tools()
-    if install and install_missing(missing):
+    if install and install_missing(missing, say):
         missing = missing_tools()
     for name, leaves_out in (("rsync", "the file, vault and config snapshots"), ("git", "the git vault"),
                              ("PostgreSQL server", "the PostgreSQL dump, restore and drill")):
@@ -243,7 +286,7 @@ def run(folder: Path | None, install: bool = False) -> int:
     try:
         if bindir:
             cluster = DemoCluster(lab / "postgresql", bindir)
-            click.echo(f"starting a throwaway PostgreSQL ({bindir.parent.name}) on 127.0.0.1:{cluster.port} ...")
+            say(f"starting a throwaway PostgreSQL ({bindir.parent.name}) on 127.0.0.1:{cluster.port} ...")
             cluster.start()
             password = random_secrets.token_urlsafe(18)
             secret = lab / "secrets" / "pg-backup.pass"
@@ -255,7 +298,7 @@ def run(folder: Path | None, install: bool = False) -> int:
         if with_rsync:
             build_sources(lab, LocalRunner(), with_git)
         config = build_config(lab, cluster, with_rsync, with_git)
-        (lab / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (lab / "config.yaml").write_text(yaml.safe_dump({"state_dir": "state", **config}, sort_keys=False))
         say("destinations 'local' and 'nfs' are two folders on this machine's disk; 'nfs' stands in for an "
                    "NFS share on another machine. Its copies are simulated media: bak counts them as they are, one "
                    "medium on this host, so the 3-2-1 checks below report the gap a second disk and an off-site "
@@ -304,8 +347,13 @@ def run(folder: Path | None, install: bool = False) -> int:
     failed = [c for c in codes if c != 0]
     say(f"\ndemo {'finished' if not failed else 'finished with problems'}: lab left in {lab} "
         f"(config.yaml, backups/, state/journal.sqlite)", bold=True, fg="green" if not failed else "red")
+    narrator.again = again_command(lab)
     say("look at the lab again:")
-    click.echo(f"  {again_command(lab)}")  # one line, to copy whole
+    if narrator.as_json:
+        return 1 if failed else 0
+    import click
+
+    click.echo(f"  {narrator.again}")  # one line, to copy whole
     return 1 if failed else 0
 
 
@@ -324,9 +372,21 @@ def expected_gap(code: int, command: str) -> int:
 
 
 def again_command(lab: Path) -> str:
-    """The command that shows the lab's dashboard again, with its own state folder."""
+    """The command that shows the lab's dashboard again: its config names its state folder (state_dir)."""
+    from bak import front
+
+    config_file = lab / "config.yaml"
+    if front.slash_prefix():
+        return front.command(f"status --config {shlex.quote(str(config_file))}")
     bak = "bak" if shutil.which("bak") else f"{shlex.quote(sys.executable)} -m bak"
-    state, config_file = lab / "state", lab / "config.yaml"
     if os.name == "nt":
-        return f'$env:BAK_STATE_DIR="{state}"; {bak} status --config "{config_file}"'
-    return f"BAK_STATE_DIR={shlex.quote(str(state))} {bak} status --config {shlex.quote(str(config_file))}"
+        return f'{bak} status --config "{config_file}"'
+    return f"{bak} status --config {shlex.quote(str(config_file))}"
+
+
+def outcome(narrator: Narrator, code: int) -> dict:
+    """The demo as one result (bak demo --json): where the lab is, each step's outcome, how to look again."""
+    lab = narrator.lab
+    return {"lab": str(lab) if lab else None, "config": str(lab / "config.yaml") if lab else None,
+            "state_dir": str(lab / "state") if lab else None, "passed": code == 0, "steps": narrator.steps,
+            "notes": narrator.notes, "again": narrator.again}

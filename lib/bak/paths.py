@@ -19,16 +19,46 @@ def config_file() -> Path:
     return Path(platformdirs.user_config_dir(APP, appauthor=False)) / "config.yaml"
 
 
+# The state folder a command was given: --state-dir ("option"), the config's state_dir key ("config").
+_CHOSEN: dict[str, Path | None] = {"option": None, "config": None}
+
+
+def choose_state_dir(option: Path | None = None) -> None:
+    """Set by the CLI at the start of each command (None at its end): its --state-dir, if any."""
+    _CHOSEN.update(option=option, config=None)
+
+
+def use_config_state_dir(path: Path | None) -> None:
+    """The loaded config's `state_dir` key, below --state-dir and $BAK_STATE_DIR."""
+    _CHOSEN["config"] = path
+
+
 def state_dir() -> Path:
-    """Journal, locks and bak's own known_hosts; $BAK_STATE_DIR overrides (tests, demo)."""
+    """Journal, locks and bak's own known_hosts: --state-dir, then $BAK_STATE_DIR, then the config's
+    `state_dir` (a lab that keeps its journal beside its config), then the platform's user state folder."""
     env = os.environ.get("BAK_STATE_DIR")
-    if env:
+    if _CHOSEN["option"]:
+        path = _CHOSEN["option"]
+    elif env:
         path = Path(env).expanduser()
+    elif _CHOSEN["config"]:
+        path = _CHOSEN["config"]
     else:
         import platformdirs
 
         path = Path(platformdirs.user_state_dir(APP, appauthor=False))
-    ensure_private_dir(path)
+    from bak.errors import BadInput
+
+    where = "--state-dir" if _CHOSEN["option"] else "BAK_STATE_DIR" if env else "state_dir"
+    try:
+        ensure_private_dir(path)
+    except OSError as exc:  # a file where a folder above it should be, no right to create it
+        raise BadInput(f"cannot use {path} as bak's state folder: {exc.strerror or exc}", where=where) from None
+    if not path.is_dir():
+        raise BadInput(f"{path} is not a folder: bak keeps its journal and locks in a folder of its own", where=where)
+    if path.resolve() == Path(path.resolve().anchor):
+        raise BadInput(f"{path} is the filesystem root: bak keeps its journal and locks in a folder of its own",
+                       where=where)
     return path
 
 

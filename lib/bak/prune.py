@@ -45,6 +45,8 @@ class StorePlan:
                           for d in self.decisions],
             "stale_partials": [f"{p.folder}/{p.name}" for p in self.stale_partials],
             "foreign": self.listing.foreign,
+            "kept": sum(d.keep for d in self.decisions),
+            "removed": sum(not d.keep for d in self.decisions),
         }
         if self.store.kind == "restic":
             plan["restic_forget"] = self.forget_ids()
@@ -115,6 +117,7 @@ def prune(config: Config, targets: list[Target], *, dry_run: bool, force: bool, 
 def _prune_target(config, target, hosts, now, entry, dry_run, force, journal, safety_age) -> None:
     plans = plan_target(config, target, hosts, now)
     entry["stores"] = [p.as_dict() for p in plans]
+    entry.update(reasons([d for p in plans for d in p.decisions]))
     if safety_age is not None:
         _prune_safety_copies(target, plans, entry, now - safety_age, dry_run, journal)
     ahead = [b for p in plans for b in p.listing.backups if b.in_future(now)]
@@ -196,6 +199,23 @@ def _remove(store, backup: catalog.Backup, reason: str, journal: Journal, target
     with journal.operation("prune", target.name, details) as op:
         op.bytes = backup.size
         store.remove_backup(backup.folder, backup.name, backup.sidecars)
+
+
+def reasons(decisions: list) -> dict:
+    """Why, counted: the rule that kept each backup, and why the others go (what the agent says without
+    reading every decision)."""
+    kept_by: dict[str, int] = {}
+    removed_because: dict[str, int] = {}
+    for decision in decisions:
+        if decision.keep:
+            rule = decision.reason if decision.reason in ("protected", "keep-all") or "(" in decision.reason \
+                else decision.reason.split()[0]
+            kept_by[rule] = kept_by.get(rule, 0) + 1
+        else:
+            head, sep, _ = decision.reason.partition(" is kept by ")
+            why = f"{head.split()[0]}: another backup of that period is kept" if sep else decision.reason
+            removed_because[why] = removed_because.get(why, 0) + 1
+    return {"kept_by": kept_by, "removed_because": removed_because}
 
 
 def _age(delta: timedelta) -> str:

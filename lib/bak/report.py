@@ -54,9 +54,11 @@ def notice(text: str) -> None:
 
 def envelope(command: str, started: datetime, duration_s: float, result: Any,
              warnings: list[str], errors: list[dict]) -> dict:
+    from bak.front import rewrite_all
+
     warnings = [*_NOTICES, *warnings]
     _NOTICES.clear()
-    return scrub_obj({
+    return rewrite_all(scrub_obj({
         "command": command,
         "ok": not errors,
         "started_at": started.astimezone(timezone.utc).isoformat(timespec="seconds"),
@@ -64,7 +66,7 @@ def envelope(command: str, started: datetime, duration_s: float, result: Any,
         "result": result,
         "warnings": warnings,
         "errors": errors,
-    })
+    }))
 
 
 # Subcommands that are another command under a narrower name share its result schema.
@@ -84,16 +86,25 @@ def schema_names() -> list[str]:
     return sorted(p.stem for p in _SCHEMAS.glob("*.json") if p.name != "envelope.json")
 
 
-def emit(env: dict, as_json: bool, human: Callable[[dict], None] | None) -> None:
+def emit(env: dict, as_json: bool, human: Callable[[dict], None] | None, limit: int | None = None) -> None:
+    """JSON: the envelope as the agent can read it whole (bak.digest), compact unless a person watches."""
     if as_json:
-        json.dump(env, sys.stdout, indent=2, default=str)
+        from bak import digest, paths
+
+        shown = digest.fit(env, limit, paths.state_dir)
+        if sys.stdout.isatty():
+            json.dump(shown, sys.stdout, indent=2, default=str)
+        else:
+            json.dump(shown, sys.stdout, separators=(",", ":"), default=str)
         sys.stdout.write("\n")
         return
     if human and env["result"] is not None:
         human(env["result"])
     for warning in env["warnings"]:
         say(warning, err=True, label="warning: ", label_style={"fg": "yellow"})
-    for error in env["errors"]:
+    from bak.digest import group_errors
+
+    for error in group_errors(env["errors"]):  # a problem of many targets, once
         where = f"[{error['where']}] " if error.get("where") else ""
         say(where + error["message"], err=True, label="error: ", label_style={"fg": "red"})
         if error.get("hint"):
@@ -130,9 +141,11 @@ WRAPPED_MIN = 24
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """A table that stays readable at any width: columns while all fit whole but the widest, which
-    wraps between words and keeps WRAPPED_MIN characters; else one block of `column value` lines per
-    row. A narrow terminal never splits a header or a word."""
+    """One line per row at any width: columns a space apart under one rule, each as wide as its longest
+    value, but the widest (the free text: an error, a problem), which wraps between words and keeps
+    WRAPPED_MIN characters. Only when even that cannot fit, one block of `column value` lines per row.
+    A narrow terminal never splits a header or a word."""
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
@@ -140,14 +153,15 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     cells = [["" if v is None else str(v) for v in row] for row in rows]
     plain = [[Text.from_markup(v).plain for v in row] for row in cells]
     heads = [Text.from_markup(c).plain for c in columns]
-    border = 3 * len(columns) + 1
+    separators = len(columns) - 1
     natural = [max(len(text) for text in [heads[i], *(r[i] for r in plain)]) for i in range(len(columns))]
     longest_word = [max(len(w) for text in [heads[i], *(r[i] for r in plain)] for w in text.split() or [""])
                     for i in range(len(columns))]
     flexible = natural.index(max(natural))  # the one column that may wrap, between words, ...
     narrowest = min(natural[flexible], max(longest_word[flexible], WRAPPED_MIN))  # ... never to a word a line
-    if sum(natural) - natural[flexible] + narrowest + border <= console.width:
-        view = Table(title=title, title_justify="left")
+    if sum(natural) - natural[flexible] + narrowest + separators <= console.width:
+        view = Table(title=title, title_justify="left", title_style="italic", box=box.SIMPLE_HEAD, padding=0,
+                     show_edge=False, pad_edge=False, header_style="bold")
         for index, column in enumerate(columns):
             if index == flexible:
                 view.add_column(column, min_width=narrowest)
@@ -168,6 +182,20 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
                 block.add_row(head, value)
         console.print(block)
         console.print()
+
+
+def short_time(text: str | None) -> str:
+    """`12-07 00:07` for a time this year (a table's column), `2025-12-07` for an older one."""
+    if not text:
+        return "-"
+    from datetime import datetime as _datetime
+
+    try:
+        when = _datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    now = _datetime.now(when.tzinfo)
+    return f"{when:%m-%d %H:%M}" if when.year == now.year else f"{when:%Y-%m-%d}"
 
 
 def human_size(size: int | None) -> str:

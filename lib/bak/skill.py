@@ -1,21 +1,25 @@
 """`bak skill install`: the skill and its commands where Claude Code loads them under plain names.
 
 A plugin's commands are always namespaced (`/backup-skill:bak-status`); personal and project
-skills and commands keep the names the spec uses (`/bak-status`). Claude Code's docs
-(https://code.claude.com/docs/en/skills, "Where skills live", and its note that custom commands
-are merged into skills: `.claude/commands/deploy.md` and `.claude/skills/deploy/SKILL.md` both
-create `/deploy`):
+skills keep the names the spec uses (`/bak-status`). Claude Code's docs
+(https://code.claude.com/docs/en/skills, "Where skills live"; custom commands are merged into skills:
+`.claude/commands/deploy.md` and `.claude/skills/deploy/SKILL.md` both create `/deploy`):
 
-    personal  ~/.claude/skills/<name>/SKILL.md, ~/.claude/commands/<name>.md   /<name>, every project
-    project   <dir>/.claude/skills/<name>/SKILL.md, <dir>/.claude/commands/<name>.md   /<name>, there
+    personal  ~/.claude/skills/<name>/SKILL.md      /<name>, every project
+    project   <dir>/.claude/skills/<name>/SKILL.md  /<name>, there
     plugin    <plugin>/skills/..., <plugin>/commands/<name>.md   /<plugin>:<name>
 
 So the skill folder (SKILL.md with scripts/, lib/, references/ beside it) goes to
-`<root>/skills/backup-skill/` and each prompt to `<root>/commands/bak-<command>.md`, with
-`${CLAUDE_PLUGIN_ROOT}` (set for plugins only) written out as the skill folder's path. A record
-of what was written (`.bak-install.json`, with each file's sha256) lets a second install change
-only what changed and an uninstall remove only bak's files; a file bak did not write, or that
-was edited since, is never overwritten or removed.
+`<root>/skills/backup-skill/` and each prompt becomes a skill of its own, `<root>/skills/bak-<command>/`.
+Paths in them are relative to their own folder: `${CLAUDE_PLUGIN_ROOT}` (set for plugins only) is
+written as `${CLAUDE_SKILL_DIR}` (the skill) or `${CLAUDE_SKILL_DIR}/../backup-skill` (a command), which
+Claude Code 2.1 substitutes in a skill's allowed-tools and text (the function that builds a prompt
+command from a SKILL.md; checked with the real CLI by tests/test_claude_code.py). A command file in
+.claude/commands/ gets no `${CLAUDE_SKILL_DIR}`, and `${CLAUDE_PROJECT_DIR}` is the folder Claude Code was
+started in (a subfolder breaks it), so neither would survive the project moving. A record of what was
+written (`.bak-install.json`, with each file's sha256) lets a second install change only what changed
+and an uninstall remove only bak's files; a file bak did not write, or that was edited since, is never
+overwritten or removed.
 """
 
 from __future__ import annotations
@@ -23,18 +27,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 from bak import __version__
 from bak.errors import BadInput, Refused
+from bak.front import PLUGIN as SKILL
 from bak.report import Outcome
 
-SKILL = "backup-skill"
 RECORD = ".bak-install.json"
 SOURCE = Path(__file__).resolve().parents[2]  # the plugin folder: lib/bak/skill.py -> lib -> root
-COPIED = ("SKILL.md", "scripts", "lib/bak", "references", "commands")
-PLUGIN_ROOT = re.compile(r"\$\{CLAUDE_PLUGIN_ROOT\}(/[^\s:)`\"']*)?")
+COPIED = ("SKILL.md", "scripts", "lib/bak", "references")
+PLUGIN_ROOT = "${CLAUDE_PLUGIN_ROOT}"
+ROOT_OF = {"skill": "${CLAUDE_SKILL_DIR}", "command": "${CLAUDE_SKILL_DIR}/../" + SKILL}
 
 
 def claude_root(project: Path | None) -> tuple[str, Path]:
@@ -67,28 +71,17 @@ def _source_files() -> dict[str, Path]:
     return files
 
 
-def _rooted(text: str, skill_dir: Path) -> str:
-    """${CLAUDE_PLUGIN_ROOT}/x written out as the installed folder's path, quoted if it needs it."""
-    root = skill_dir.as_posix()
-
-    def replace(match: re.Match) -> str:
-        path = root + (match.group(1) or "")
-        return f'"{path}"' if re.search(r"[\s\"'$`\\]", path) else path
-
-    return PLUGIN_ROOT.sub(replace, text)
-
-
 def planned_files(root: Path) -> dict[str, bytes]:
     """What an install writes, by path under the .claude folder."""
-    skill_dir = root / "skills" / SKILL
     planned = {}
     for name, file in _source_files().items():
         data = file.read_bytes()
-        if name.endswith(".md"):
-            data = _rooted(data.decode("utf-8"), skill_dir).encode("utf-8")
+        if name == "SKILL.md":
+            data = data.replace(PLUGIN_ROOT.encode(), ROOT_OF["skill"].encode())
         planned[f"skills/{SKILL}/{name}"] = data
-        if name.startswith("commands/bak-"):
-            planned[name] = planned[f"skills/{SKILL}/{name}"]  # the prompt Claude Code loads as /bak-<command>
+    for prompt in sorted((SOURCE / "commands").glob("bak-*.md")):
+        data = prompt.read_bytes().replace(PLUGIN_ROOT.encode(), ROOT_OF["command"].encode())
+        planned[f"skills/{prompt.stem}/SKILL.md"] = data  # Claude Code loads it as /bak-<command>
     return planned
 
 
@@ -115,8 +108,32 @@ def _write(path: Path, data: bytes, executable: bool) -> None:
     os.replace(partial, path)
 
 
+def plugin_in_use(project: Path | None) -> str | None:
+    """Where Claude Code has bak's plugin enabled (its settings' enabledPlugins), seen from this scope."""
+    home = Path.home() / ".claude"
+    settings = [home / "settings.json"]
+    if project is not None:
+        settings += [project / ".claude" / "settings.json", project / ".claude" / "settings.local.json"]
+    for path in settings:
+        try:
+            enabled = json.loads(path.read_text(encoding="utf-8")).get("enabledPlugins") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for key, on in enabled.items() if isinstance(enabled, dict) else ():
+            if on is True and key.split("@")[0] == SKILL:
+                return f"{key} (enabled in {path})"
+    return None
+
+
 def install(project: Path | None = None) -> Outcome:
     scope, root = claude_root(project)
+    plugin = plugin_in_use(project)
+    if plugin:
+        raise Refused(f"bak's plugin {plugin} is on: the plain names too would load every command twice "
+                      f"(/bak-status and /{SKILL}:bak-status) and the skill twice", where=str(root),
+                      code="plugin_installed",
+                      hint=f"Pick one. Keep the plugin (its commands are /{SKILL}:bak-status ...) and skip this "
+                           f"install; or run `claude plugin uninstall {plugin.split()[0]}`, then this install again.")
     planned = planned_files(root)
     recorded = _read_record(root)
     foreign, unchanged, written = [], 0, []
@@ -134,7 +151,9 @@ def install(project: Path | None = None) -> Outcome:
                       hint="Move them away (or merge your edits elsewhere), then run the install again. Nothing was written.")
     for name in written:
         _write(root / name, planned[name], executable=name.endswith(".py"))
-    removed, kept = _remove(root, {n: s for n, s in recorded.items() if n not in planned})
+    gone = {n: s for n, s in recorded.items() if n not in planned}  # an older layout's files among them
+    removed, kept = _remove(root, gone)
+    _remove_empty_folders(root, gone)
     _write(root / "skills" / SKILL / RECORD,
            json.dumps({"version": __version__, "files": {n: _sha(d) for n, d in planned.items()}}, indent=1).encode(),
            executable=False)
@@ -147,13 +166,17 @@ def uninstall(project: Path | None = None) -> Outcome:
     removed, kept = _remove(root, recorded)
     record = root / "skills" / SKILL / RECORD
     record.unlink(missing_ok=True)
-    skill_dir = root / "skills" / SKILL
-    for folder in sorted((p for p in skill_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        if not any(folder.iterdir()):
-            folder.rmdir()
-    if skill_dir.is_dir() and not any(skill_dir.iterdir()):
-        skill_dir.rmdir()
+    _remove_empty_folders(root, recorded)
     return _outcome(scope, root, "uninstall", written=0, unchanged=0, removed=removed, kept=kept)
+
+
+def _remove_empty_folders(root: Path, files: dict[str, str]) -> None:
+    """The folders bak's files were in, once empty (deepest first); never root/skills itself."""
+    folders = {parent for name in files for parent in (root / name).parents
+               if root / "skills" in parent.parents or root / "commands" in parent.parents}
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _remove(root: Path, files: dict[str, str]) -> tuple[int, list[str]]:

@@ -140,6 +140,7 @@ def _plan(session: Session, target: Target, restic: Store, since: datetime | Non
     todo = missing(session, target, restic, since)
     entry["present"] = len(catalog.scan(restic, target).backups)
     entry["planned"] = [{"name": b.name, "from": s.name, "size": b.size} for s, b in todo]
+    entry["to_copy"], entry["to_copy_bytes"] = len(todo), sum(b.size or 0 for _, b in todo)
 
 
 class _Run:

@@ -146,6 +146,7 @@ class Config:
     notify: dict
     dr: dict
     raw: dict
+    state_dir: Path | None = None  # the `state_dir` key, resolved from the config file's folder
 
     def host(self, name: str) -> Host:
         return LOCAL_HOST if name == LOCAL else self.hosts[name]
@@ -501,4 +502,5 @@ def _build(data: dict, source: str) -> Config:
                           backend=s["backend"], ping_url=s.get("ping_url"))
                  for s in data.get("schedules") or []]
     return Config(source=source, hosts=hosts, destinations=destinations, policies=policies, targets=targets,
-                  schedules=schedules, notify=data.get("notify") or {}, dr=data["dr"], raw=data)
+                  schedules=schedules, notify=data.get("notify") or {}, dr=data["dr"], raw=data,
+                  state_dir=Path(source).parent / Path(data["state_dir"]).expanduser() if data.get("state_dir") else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-SECTIONS = ["version", "hosts", "destinations", "policies", "targets", "schedules", "notify", "dr"]
+SECTIONS = ["version", "state_dir", "hosts", "destinations", "policies", "targets", "schedules", "notify", "dr"]
 
 
 def _type(node: dict) -> str:
@@ -43,13 +43,15 @@ def render(schema: dict) -> str:
     lines = ["# Config reference", "",
              "Generated from `lib/bak/config/schema.json` by `bak config reference`; a test fails if they differ.",
              "Every object rejects unknown keys. `bak config example` prints a complete valid config (an example homelab).",
-             ""]
+             "", "Contents: " + ", ".join(f"[`{s}`](#{s})" for s in SECTIONS) + ".", ""]
     for section in SECTIONS:
         node = schema["properties"][section]
         lines += [f"## `{section}`", "", node["description"], ""]
         header = ["| key | type | default | meaning | example |", "|---|---|---|---|---|"]
-        if section == "version":
-            lines += header + [f"| `version` | {_type(node)} | required | {node['description']} | `1` |", ""]
+        if node.get("type") not in ("object", "array"):  # a top-level value: one row
+            required = "required" if section in schema.get("required", []) else ""
+            example = json.dumps(node["examples"][0], ensure_ascii=False) if node.get("examples") else ""
+            lines += header + [f"| `{section}` | {_type(node)} | {required} | {node['description']} | `{example}` |", ""]
             continue
         item = node.get("additionalProperties") if node.get("type") == "object" and "properties" not in node else None
         if isinstance(item, dict):

@@ -172,10 +172,28 @@ class Session:
         return [line.split(FIELD) for line in out.stdout_text.splitlines() if line]
 
 
+# libpq's words when no server answers (interfaces/libpq/fe-connect.c): the connection refused or timed out,
+# no socket, a server starting or stopping.
+SERVER_DOWN = re.compile(r"connection to server .* failed: (?:Connection refused|No such file or directory"
+                         r"|Connection timed out|No route to host|timeout expired)|could not connect to server"
+                         r"|the database system is (?:starting up|shutting down|in recovery mode)")
+
+
+def not_ready(options: dict, target: Target, meaning: str, **extra) -> CommandFailed:
+    """One cause, one code: whatever found the server down (pg_isready before a dump, psql before a
+    restore or a drill) says it the same way."""
+    return CommandFailed(f"PostgreSQL at {options['address']}:{options['port']} is not ready: {meaning}",
+                         where=f"targets.{target.name}", code="pg_not_ready",
+                         hint="Start the server, or check pg_dump.address/port (pg_isready -h ... -p ...).", **extra)
+
+
 def explain_connection_failure(exc: CommandFailed, target: Target) -> BakError:
     text = exc.stderr_tail
     options = target.options
     where = f"targets.{target.name}"
+    if SERVER_DOWN.search(text):
+        last = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        return not_ready(options, target, "no response" + (f" ({last[0][-160:]})" if last else ""), stderr_tail=text)
     if "password authentication failed" in text or "no password supplied" in text:
         return CommandFailed(f"PostgreSQL refused the password of role {options.get('user') or '(default)'}",
                              where=where, code="pg_auth", stderr_tail=text,
@@ -292,9 +310,7 @@ class PgDump(Method):
         if ready.returncode != 0:
             meaning = {1: "rejecting connections (starting up or shutting down)", 2: "no response",
                        3: "no attempt made (bad connection parameters)"}.get(ready.returncode, "unknown state")
-            raise CommandFailed(f"PostgreSQL at {options['address']}:{options['port']} is not ready: {meaning}",
-                                returncode=ready.returncode, where=f"targets.{session.target.name}", code="pg_not_ready",
-                                hint="Start the server, or check pg_dump.address/port (pg_isready -h ... -p ...).")
+            raise not_ready(options, session.target, meaning, returncode=ready.returncode)
 
     def preflight(self, ctx: Context, target: Target) -> None:
         self.require_ready(Session(ctx, target))  # the password is read by the caller, without a passfile
