@@ -52,10 +52,11 @@ atexit.register(shutil.rmtree, SESSION_TMP, True)
 
 
 def _entries() -> set[str]:
-    """Top-level names in the system temp folder and in our TMPDIR, and $HOME two levels deep."""
+    """Top-level names in the filesystem root, the system temp folder and our TMPDIR, and $HOME two levels deep."""
     # (another run of this suite has a bak-tests-* folder of its own, which it removes)
     found = {f"/tmp/{n}" for n in os.listdir(_SYSTEM_TMP) if not n.startswith("bak-tests-")} | \
-        {f"TMPDIR/{n}" for n in os.listdir(SESSION_TMP / "tmp") if not n.startswith("pytest-of-")}
+        {f"TMPDIR/{n}" for n in os.listdir(SESSION_TMP / "tmp") if not n.startswith("pytest-of-")} | \
+        {f"/{n}" for n in os.listdir("/")}  # a path drawn by a fuzzer (/dev0null) must not become a real folder
     for entry in HOME.iterdir():
         found.add(f"~/{entry.name}")
         if entry.is_dir() and not entry.is_symlink() and entry.name not in _HOME_SKIP:

@@ -20,7 +20,7 @@ def test_pg_dump_argv():
 def test_pg_restore_and_psql_argv():
     assert pg_dump.restore_argv(PG, "app_restored", jobs=4, no_owner=True, path="/tmp/x.dump") == [
         "/usr/lib/postgresql/15/bin/pg_restore", "-h", "127.0.0.1", "-p", "5433", "-U", "backup", "-d", "app_restored",
-        "-w", "--exit-on-error", "--no-owner", "-j", "4", "/tmp/x.dump"]
+        "-w", "--exit-on-error", "--no-owner", "-j", "4", "--", "/tmp/x.dump"]
     assert pg_dump.restore_argv(PG, "x", jobs=4)[-1] == "--exit-on-error"  # -j needs a file, stdin cannot
     assert pg_dump.psql_argv(PG, "postgres", {"db": "a b"})[-4:] == ["-v", "ON_ERROR_STOP=1", "-v", "db=a b"]
     assert pg_dump.globals_argv(PG, with_passwords=False)[-2:] == ["--globals-only", "--no-role-passwords"]
@@ -45,9 +45,9 @@ def test_rsync_argv_and_transport():
         "rsync", "-a", "-8", "--partial", "--numeric-ids", "--stats", "--no-human-readable", "-ii",
         "--out-format=%i %l %M %B %U %G %C %n%L", "--checksum-choice=xxh128",
         "-e", "ssh -p 22", "--secluded-args", "--checksum", "--bwlimit=500", "--exclude=*.tmp", "--exclude=.cache",
-        "--link-dest=/dst/prev", "/src/", "bak@h:/dst/"]
+        "--link-dest=/dst/prev", "--", "/src/", "bak@h:/dst/"]
     assert rsync.rsync_argv("/snap/", "/snap.bak-listing/", dry_run=True, checksum=True, relative=True)[10:] == [
-        "--dry-run", "--relative", "--checksum", "/snap/", "/snap.bak-listing/"]
+        "--dry-run", "--relative", "--checksum", "--", "/snap/", "/snap.bak-listing/"]
 
 
 def test_rsync_output_parsing():
@@ -131,5 +131,5 @@ def test_top_level_names_are_cut_into_runs_in_rsyncs_own_order():
     assert rsync.deal(list(reversed(entries)), 2) == rsync.deal(entries, 2)
     assert rsync.deal(entries, 4) == [[b"a.txt"], [b"z", b"-x"], [b"a-b"], [b"a", b"caf\xc3\xa9"]]
     assert rsync.deal([(b"only", True)], 4) == [[b"only"]]
-    assert rsync.rsync_argv("/src/", "/dst/", files_from=True, ignore_missing=True)[-6:] == [
-        "--files-from=-", "--from0", "--recursive", "--ignore-missing-args", "/src/", "/dst/"]
+    assert rsync.rsync_argv("/src/", "/dst/", files_from=True, ignore_missing=True)[-7:] == [
+        "--files-from=-", "--from0", "--recursive", "--ignore-missing-args", "--", "/src/", "/dst/"]

@@ -241,6 +241,7 @@ def test_a_stale_target_is_notified_once_a_day_while_it_lasts(bak_home, receiver
     lab_with_a_broken_target(bak_home, {"apprise_urls": [receiver.url()], "events": ["stale"]})
     old = bak_home / "dest" / "rsync" / "files" / naming.rsync_name("files", datetime.now() - timedelta(days=5))
     old.mkdir(parents=True)
+    old.with_name(old.name + ".manifest").write_text("")  # its checksum sidecar: a backup, not a stray folder
     run_cli("create", "--target", "broken")  # another target's run finds that files is stale ...
     assert [p["body"]["title"] for p in receiver.posts] == ["bak: files is stale"]  # (broken is FAILING: a failure)
     assert re.match(r"newest backup is 5\.\dd old \(interval 24\.0h\)", receiver.posts[0]["body"]["message"])

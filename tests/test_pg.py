@@ -225,11 +225,12 @@ def test_destination_filling_up_mid_dump_leaves_no_final_file(bak_home, pg, monk
     folder = tiny_disk / "postgresql" / "pg-app"
     folder.mkdir(parents=True)
     small = folder / naming.pg_dump_name("app", __import__("datetime").datetime(2026, 1, 1))
-    small.write_bytes(b"x" * 1000)  # a tiny previous dump makes the space precheck pass
+    small.write_bytes(b"x" * 1000)  # a tiny previous dump (a complete one: with its sidecar) makes the precheck pass
+    small.with_name(small.name + ".sha256").write_text(f"{__import__('hashlib').sha256(b'x' * 1000).hexdigest()}  {small.name}\n")
     result = run_cli("create")
     assert result.code == 1
     assert result.envelope["errors"][0]["code"] == "disk_full"
-    assert sorted(p.name for p in folder.rglob("*") if not p.is_dir()) == [small.name]
+    assert sorted(p.name for p in folder.rglob("*") if not p.is_dir()) == [small.name, small.name + ".sha256"]
 
 
 def test_password_never_appears_in_argv_output_journal_or_logs(lab, pg):
@@ -253,7 +254,7 @@ def test_password_never_appears_in_argv_output_journal_or_logs(lab, pg):
         stop.set()
         watcher.join()
     assert any(b"pg_dump" in c or b"psql" in c for c in seen), "the watcher saw the dump (or its snapshot session) running"
-    assert not any(PASSWORD.encode() in c for c in seen)
+    assert not [c for c in seen if PASSWORD.encode() in c]
     for out in outputs:
         assert out.code == 0, out.envelope
         assert PASSWORD not in out.stdout and PASSWORD not in out.stderr

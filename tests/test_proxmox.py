@@ -365,9 +365,9 @@ def test_restore_from_a_bad_copy_restores_nothing_and_leaves_nothing(pve):
     assert failed.code == 1 and "command 'vma extract' failed" in failed.envelope["errors"][0]["message"], failed.envelope
     assert "qmrestore" in (root / "calls.log").read_text()
 
-    copy_of(nfs, f"{name}.sha256").unlink()
+    copy_of(nfs, f"{name}.sha256").unlink()  # without its sidecar the copy is no backup at all (issue 30)
     unchecked = run_cli("restore", "--target", "vm-101", "--from", "nfs")
-    assert unchecked.code == 3 and unchecked.envelope["errors"][0]["code"] == "no_checksum"
+    assert unchecked.code == 2 and unchecked.envelope["errors"][0]["code"] == "no_backup", unchecked.envelope
     assert not list(dump.glob("bak-restore-*")) and set(state(root)["vms"]) == {"100", "101", "102", "200", "9000"}
 
 

@@ -80,14 +80,16 @@ def test_protected_backups_survive(local_lab):
     assert doomed not in names
 
 
-def test_newest_good_backup_survives_even_when_the_policy_drops_it(local_lab):
-    bad = make_backup(local_lab, NOW, sidecar=False)
+def test_a_newer_file_without_its_sidecar_never_displaces_the_newest_good_backup(local_lab):
+    bad = make_backup(local_lab, NOW, sidecar=False)  # not a backup at all (issue 30): foreign, never pruned
     good = make_backup(local_lab, NOW - timedelta(hours=1))
     config_for(local_lab.parent.parent, {"here": {"kind": "local", "path": str(local_lab.parent)}}, policy={"keep_last": 1})
     result = run_cli("prune")
     assert result.code == 0
-    decisions = {d["name"]: d for d in result.envelope["result"]["targets"][0]["stores"][0]["decisions"]}
-    assert decisions[good]["keep"] and decisions[good]["reason"] == "newest good backup (safety)"
+    store = result.envelope["result"]["targets"][0]["stores"][0]
+    decisions = {d["name"]: d for d in store["decisions"]}
+    assert list(decisions) == [good] and decisions[good]["keep"]
+    assert f"postgresql/{bad}" in store["foreign"]
     assert (local_lab / good).exists() and (local_lab / bad).exists()
 
 

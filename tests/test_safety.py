@@ -493,7 +493,10 @@ def test_rsyncs_ssh_trusts_only_bak_known_hosts_and_a_refusal_is_not_retried(bak
     started = time.monotonic()
     code, _, stderr = run_rsync(ctx.hosts.runner("local"), rsync_argv(str(bak_home / "src") + "/",
                                 f"{sshd.user}@127.0.0.1:{bak_home / 'dst'}/", ssh=transport), 60, attempts.append, 32)
-    assert code == 255 and attempts == [] and time.monotonic() - started < 5
+    # rsync exits 255 (ssh's own status) or 12 (it saw the stream close first): a race inside rsync, which the
+    # `--` before its paths makes more frequent; either way the refusal is not retried and is named as such.
+    assert code in (12, 255) and "Host key verification failed" in stderr, (code, stderr)
+    assert attempts == [] and time.monotonic() - started < 5
     with pytest.raises(HostKeyUnknown) as refused:
         raise_for_exit(code, stderr, "box", ctx, "files")
     assert refused.value.exit_code == 3

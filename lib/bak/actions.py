@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 
-from bak import catalog, notify, watch
+from bak import catalog, naming, notify, watch
 from bak.catalog import Backup
 from bak.config import Config, Target
 from bak.dr import kit
@@ -38,7 +39,12 @@ class Session:
 
 def create(config: Config, targets: list[Target], *, dry_run: bool = False, progress=None,
            ping_url: str | None = None) -> Outcome:
-    outcome = _create(config, targets, dry_run=dry_run, progress=progress, ping_url=ping_url)
+    try:
+        outcome = _create(config, targets, dry_run=dry_run, progress=progress, ping_url=ping_url)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a scheduled run that ends so has failed, and says so
+        if not dry_run:
+            report_interrupted(config, targets, ping_url, stop)
+        raise
     if not dry_run:
         kit.refresh(config, outcome)
         report_run(config, outcome, ping_url)
@@ -69,6 +75,21 @@ def report_run(config: Config, outcome: Outcome, ping_url: str | None) -> None:
                                             details))
 
 
+def report_interrupted(config: Config, targets: list[Target], ping_url, stop: KeyboardInterrupt) -> None:
+    """The fail ping and the failure notification of a create stopped by a signal (a second signal waits)."""
+    import socket
+
+    from bak.interrupts import interrupts_deferred
+
+    with interrupts_deferred():
+        tail = f"bak create was interrupted ({stop or 'Ctrl-C'}): its backups were not finished"
+        if ping_url:
+            notify.ping(ping_url, "fail", tail)
+        names = [t.name for t in targets]
+        notify.send(config, "failure", f"bak: backup of {', '.join(names)} interrupted on {socket.gethostname()}", tail,
+                    {"targets": names, "errors": [{"code": "interrupted", "message": tail}]})
+
+
 def _create(config: Config, targets: list[Target], *, dry_run: bool, progress, ping_url: str | None) -> Outcome:
     outcome = Outcome({"dry_run": dry_run, "targets": []})
     if ping_url and not dry_run:
@@ -84,7 +105,12 @@ def _create(config: Config, targets: list[Target], *, dry_run: bool, progress, p
             try:
                 method = method_for(target.method)
                 if dry_run:
-                    entry["status"] = "planned"
+                    problems = preflight(session, target, method)
+                    entry["status"] = "would_fail" if problems else "planned"
+                    if problems:
+                        entry["error"] = problems[0].message
+                    for problem in problems:
+                        outcome.failed(problem)
                     continue
                 with target_lock(target.name, "create"):
                     session.ctx.now = datetime.now().replace(microsecond=0)  # each backup is named at its own start
@@ -113,6 +139,61 @@ def _create(config: Config, targets: list[Target], *, dry_run: bool, progress, p
     return outcome
 
 
+def preflight(session: Session, target: Target, method) -> list[BakError]:
+    """What a create's dry run can find without writing anything: the hosts answer (a key file is there), the
+    secrets can be read, the source is there, every destination can take a backup. Each problem, not the first."""
+    from bak.config import LOCAL
+    from bak.secrets import read_secret
+
+    problems: list[BakError] = []
+
+    def check(step) -> bool:
+        try:
+            step()
+            return True
+        except BakError as exc:
+            if exc.to_error() not in [p.to_error() for p in problems]:
+                problems.append(exc)
+            return False
+
+    config = session.config
+    host_ok = target.host == LOCAL or check(lambda: session.hosts.runner(target.host).run(["true"]))
+    for where, ref in secret_refs(target.options, f"targets.{target.name}.{target.method}"):
+        if "pgpass" not in ref or target.host == LOCAL:  # a remote passfile is on its host, read there
+            check(lambda: read_secret(ref, where))
+    if host_ok:
+        check(lambda: method.preflight(session.ctx, target))
+    for name in target.destinations:
+        destination = config.destinations[name]
+        for key in ("password", "aws_access_key_id", "aws_secret_access_key"):
+            if getattr(destination, key):
+                check(lambda: read_secret(getattr(destination, key), f"destinations.{name}.{key}"))
+        if destination.host != LOCAL and not check(lambda: session.hosts.runner(destination.host).run(["true"])):
+            continue
+        store = None
+
+        def usable():
+            nonlocal store
+            store = open_store(destination, session.hosts)
+            store.check_usable()
+
+        if check(usable) and store.kind == "restic":
+            _, lost = _usable([store], target)
+            problems += [BakError(c["error"]["message"], where=c["store"], code=c["error"]["code"],
+                                  hint=c["error"]["hint"]) for c in lost]
+    return problems
+
+
+def secret_refs(node, where: str):
+    """(key path, reference) of every `{env|file|pgpass: ...}` secret reference in a target's options."""
+    if isinstance(node, dict):
+        if len(node) == 1 and next(iter(node)) in ("env", "file", "pgpass") and isinstance(next(iter(node.values())), str):
+            yield where, node
+            return
+        for key, value in node.items():
+            yield from secret_refs(value, f"{where}.{key}")
+
+
 def _usable(stores: list, target: Target) -> tuple[list, list[dict]]:
     """A restic repository that cannot be listed (its server down, not created yet, a wrong password) costs
     its own copy, not the others: it is left out and reported as a failed copy."""
@@ -128,8 +209,10 @@ def _usable(stores: list, target: Target) -> tuple[list, list[dict]]:
     return usable, lost
 
 
-def backups_of(session: Session, target: Target, store_name: str | None = None) -> list[tuple[object, Backup]]:
-    """(store, backup) pairs, newest first; `store_name` limits it to one destination."""
+def backups_of(session: Session, target: Target, store_name: str | None = None,
+               incomplete: list | None = None) -> list[tuple[object, Backup]]:
+    """(store, backup) pairs, newest first; `store_name` limits it to one destination. `incomplete` gets the
+    (store, file) pairs named like backups that lack their checksum sidecar (never backups: verify names them)."""
     names = [store_name] if store_name else list(target.destinations)
     if store_name and store_name not in target.destinations:
         raise BadInput(f"{store_name!r} is not a destination of {target.name}", where="--from",
@@ -137,7 +220,10 @@ def backups_of(session: Session, target: Target, store_name: str | None = None) 
     found = []
     for name in names:
         store = open_store(session.config.destinations[name], session.hosts)
-        found.extend((store, b) for b in catalog.scan(store, target).backups)
+        listing = catalog.scan(store, target)
+        found.extend((store, b) for b in listing.backups)
+        if incomplete is not None:
+            incomplete.extend((store, b) for b in listing.incomplete)
     return sorted(found, key=lambda pair: (pair[1].when, pair[1].name), reverse=True)
 
 
@@ -151,12 +237,23 @@ def verify(config: Config, targets: list[Target], *, every: bool = False, names:
     jobs = []
     with Session(config, progress) as session:
         for target in targets:
+            lacking: list = []
             try:
                 method = method_for(target.method)
-                pairs = backups_of(session, target)
+                pairs = backups_of(session, target, incomplete=lacking)
             except BakError as exc:
                 outcome.failed(exc)
                 continue
+            for store, backup in lacking:
+                if names and backup.name not in names:
+                    continue
+                sidecar = naming.MANIFEST_SUFFIX if backup.is_dir else ".sha256"
+                exc = VerifyFailed(f"{backup.name} on {store.name}: no {sidecar} sidecar, so it is not a complete backup "
+                                   "(never restored or pruned; put the sidecar back, or remove it)",
+                                   where=f"{store.name}:{backup.name}")
+                outcome.result["checked"].append({"target": target.name, "store": store.name, "name": backup.name,
+                                                  "ok": False, "checksum": "missing", "error": exc.message})
+                outcome.failed(exc)
             if names:
                 pairs = [p for p in pairs if p[1].name in names]
             elif not every:
@@ -236,8 +333,11 @@ def restore(config: Config, target: Target, *, name: str | None, store_name: str
         if value is not None and any(ord(c) < 32 or c == "\x7f" for c in value):
             raise BadInput(f"{where} {value[:80]!r} holds a control character (a newline?)", where=where,
                            hint="Name the place to restore into without control characters.")
+    method = method_for(target.method)
+    if options.get("file") is not None and not method.single_files:
+        raise BadInput(f"--file restores one path of a file-tree snapshot; {target.name} is a {target.method} target",
+                       where="--file", hint="Omit --file: this target's backups are restored whole.")
     with Session(config) as session:
-        method = method_for(target.method)
         candidates = copies_of(session, target, name, store_name)
         store, backup = candidates[0]
         plan = {"target": target.name, "backup": backup.name, "store": store.name, "into": into, "force": force}
@@ -246,10 +346,11 @@ def restore(config: Config, target: Target, *, name: str | None, store_name: str
             return Outcome({"dry_run": True, **plan, **({"checks": checks} if checks else {})})
         skipped = []
         with target_lock(target.name, "restore"):
+            clear_stages(session, target, method)
             for store, backup in candidates:
                 plan.update(store=store.name)
                 try:
-                    with session.journal.operation("restore", target.name, dict(plan)) as op:
+                    with session.journal.operation("restore", target.name, dict(plan)) as op, staging(session, op):
                         result = method.restore(session.ctx, target, store, backup, into=into, force=force, options=options)
                         op.bytes = backup.size
                         op.details.update(result)
@@ -294,7 +395,9 @@ def drill_backup(session: Session, target: Target, store: Store, backup: Backup)
     """One drill of one copy, under the target's lock, journaled with the copy it read."""
     method = method_for(target.method)
     with target_lock(target.name, "drill"):
-        with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op:
+        clear_stages(session, target, method)
+        with session.journal.operation("drill", target.name, {"store": store.name, "name": backup.name}) as op, \
+                staging(session, op):
             try:
                 result = method.drill(session.ctx, target, store, backup)
             except BakError as exc:  # what the drill measured before failing (boot time, the check) is journaled too
@@ -305,6 +408,46 @@ def drill_backup(session: Session, target: Target, store: Store, backup: Backup)
     return result
 
 
+STAGING_KINDS = ("restore", "drill")
+
+
+@contextmanager
+def staging(session: Session, op):
+    """While a restore or drill runs, what it builds is journaled in its operation (Context.stage)."""
+    session.ctx.operation = op
+    try:
+        yield
+    finally:
+        session.ctx.operation = None
+
+
+def left_stages(journal: Journal, target: str) -> list[dict]:
+    """Restores and drills of a target that were killed while they built something, newest first."""
+    rows = [row for kind in STAGING_KINDS for row in journal.query(target=target, kind=kind, limit=200)]
+    return sorted((row for row in rows if row["status"] == "interrupted" and row["details"].get("stages")),
+                  key=lambda row: row["id"], reverse=True)
+
+
+def clear_stages(session: Session, target: Target, method) -> None:
+    """What killed restores and drills of this target left (a half restored folder, a scratch database or
+    volume), removed under the target's lock: no run of it is alive to own them."""
+    journal = session.journal
+    for row in left_stages(journal, target.name):
+        details = dict(row["details"])
+        for where in list(details["stages"]):
+            try:
+                removed = method.remove_stage(session.ctx, target, where)
+            except BakError as exc:
+                session.ctx.warnings.append(f"could not remove {where}, left by an interrupted {row['kind']}: {exc.message}")
+                continue
+            details["stages"] = [w for w in details["stages"] if w != where]
+            details["cleared"] = [*details.get("cleared", []), where]
+            journal.note(row["id"], details)
+            if removed:
+                session.ctx.warnings.append(f"removed {where}, left by a {row['kind']} of {target.name} interrupted "
+                                            f"at {row['started_at']}")
+
+
 def failed_drill(target: Target, store: Store | None, backup: Backup | None, exc: BakError) -> dict:
     return {"target": target.name, "backup": backup and backup.name, "store": store and store.name,
             "passed": False, **(exc.details.get("result") or {}), "error": exc.message}
@@ -313,14 +456,21 @@ def failed_drill(target: Target, store: Store | None, backup: Backup | None, exc
 def listing(config: Config, targets: list[Target], filters: dict | None = None) -> Outcome:
     """Backups by target and destination; `filters`: method, host, vmid, since, until, destination."""
     filters = filters or {}
+    if filters.get("destination") and filters["destination"] not in config.destinations:
+        raise BadInput(f"no destination named {filters['destination']!r}", where="--destination",
+                       hint="Destinations: " + (", ".join(sorted(config.destinations)) or "none"))
     chosen = [t for t in targets
               if (not filters.get("method") or t.method == filters["method"])
               and (not filters.get("host") or t.host == filters["host"])
               and (not filters.get("vmid") or t.method == "vzdump" and t.options["vmid"] == filters["vmid"])]
-    outcome = Outcome({"targets": [], "backups": [], "partials": [], "foreign": [], "safety_copies": []})
+    outcome = Outcome({"targets": [], "backups": [], "partials": [], "foreign": [], "safety_copies": [],
+                       "restore_leftovers": []})
     with Session(config) as session:
         seen_foreign = set()
         for target in chosen:
+            outcome.result["restore_leftovers"] += [
+                {"target": target.name, "kind": row["kind"], "where": where, "interrupted_at": row["started_at"]}
+                for row in left_stages(session.journal, target.name) for where in row["details"]["stages"]]
             for dest in target.destinations:
                 if filters.get("destination") and dest != filters["destination"]:
                     continue

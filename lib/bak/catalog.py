@@ -125,6 +125,7 @@ class Listing:
     backups: list[Backup]          # newest first
     partials: list[Leftover]
     foreign: list[str]             # paths relative to the store root
+    incomplete: list[Backup] = field(default_factory=list)  # named like backups, without their checksum sidecar
 
     def newest_good(self, now: datetime) -> Backup | None:
         return next((b for b in self.backups if not b.in_future(now)), None)
@@ -229,24 +230,36 @@ def listing_from(target: Target, store: Store, indexes: dict[str, FolderIndex]) 
     backups: list[Backup] = []
     partials: list[Leftover] = []
     foreign: list[str] = []
+    incomplete: list[Backup] = []
     for folder in folders_to_read(target, store):
         index = indexes.get(folder)
         if index is None:
             continue
         own = store.per_target_folders and folder == folder_of(target)
         found, leftovers = index.of_kind(kind) if own else index.of_key(kind, key)
+        found, lacking = complete(store, found)
+        foreign += [f"{folder}/{n}" for b in lacking for n in (b.name, *b.sidecars)]
         if own or target.owns_flat_names or not store.per_target_folders:
             backups += found
             partials += leftovers
+            incomplete += lacking
         else:  # flat names another target makes too: whose they are cannot be told, so nobody touches them
             foreign += [f"{folder}/{n}" for b in found for n in (b.name, *b.sidecars)] + \
                 [f"{folder}/{p.name}" for p in leftovers]
         # In a shared kind folder, folders that are not backups are the targets' own folders.
         foreign += [f"{folder}/{name}" for name in index.foreign if own or name not in index.folders]
-    for backup in backups:
+    for backup in backups + incomplete:
         backup.target, backup.reader = target.name, store
     backups.sort(key=lambda b: (b.when, b.name), reverse=True)
-    return Listing(store.name, folder_of(target), backups, partials, foreign)
+    return Listing(store.name, folder_of(target), backups, partials, foreign, incomplete)
+
+
+def complete(store: Store, found: list[Backup]) -> tuple[list[Backup], list[Backup]]:
+    """(backups, the rest): a name bak did not finish writing, or that someone dropped there (an 8-byte
+    "dump" with no .sha256), is never a backup, never the newest, never restored: it is foreign."""
+    if not store.checksummed:
+        return found, []
+    return [b for b in found if b.has_checksum], [b for b in found if not b.has_checksum]
 
 
 def snapshot_sizes(store: Store | None, folder: str, name: str) -> tuple[int, int | None]:
@@ -278,7 +291,7 @@ def safety_copies(store: Store, target: Target) -> list[Backup]:
         return []
     folder = safety_folder_of(target)
     index = index_folder(store.name, folder, store.list(folder))
-    copies = [b for items in index.backups.values() for b in items]
+    copies, _ = complete(store, [b for items in index.backups.values() for b in items])
     for copy in copies:
         copy.target, copy.reader = target.name, store
     return sorted(copies, key=lambda b: (b.when, b.name), reverse=True)

@@ -59,6 +59,7 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
         def wrapper(*args, as_json: bool, config_path: Path | None = None, state_path: Path | None = None,
                     rows_limit: int | None = None, **kwargs):
             from bak import paths
+            from bak.interrupts import sigterm_raises
             from bak.report import emit, envelope
 
             started, clock = datetime.now(timezone.utc), time.monotonic()
@@ -68,11 +69,15 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
             _OUTPUT["json"] = as_json
             paths.choose_state_dir(state_path)
             try:
-                if needs_config == "lazy":
-                    kwargs["load_config"] = lambda: load_config(config_path)
-                elif needs_config:
-                    kwargs["config"] = load_config(config_path)
-                outcome = fn(*args, **kwargs)
+                # SIGTERM (systemd stopping a timer's service, `kill`) ends a command as Ctrl-C does: its
+                # `finally` blocks run, then one envelope says `interrupted` and bak exits 143.
+                with sigterm_raises():
+                    refuse_undecodable(click.get_current_context())
+                    if needs_config == "lazy":
+                        kwargs["load_config"] = lambda: load_config(config_path)
+                    elif needs_config:
+                        kwargs["config"] = load_config(config_path)
+                    outcome = fn(*args, **kwargs)
                 result, warnings, errors, code = outcome.result, outcome.warnings, outcome.errors, outcome.exit_code
             except ConfigError as exc:
                 errors, code = exc.to_errors(), exc.exit_code
@@ -95,6 +100,27 @@ def action(name: str, *, needs_config: bool = True, human: Callable[[dict], None
         return output_options(wrapper, with_config=bool(needs_config), rows=rows)
 
     return decorate
+
+
+# Options that name a path but are typed as text: a file name need not be UTF-8 (Python reads such argv bytes
+# as lone surrogates, \udc80-\udcff, and gives them back to the system unchanged).
+PATH_TEXT_OPTIONS = frozenset({"into", "single_file", "source"})
+
+
+def refuse_undecodable(ctx: click.Context) -> None:
+    """A name (target, host, destination, backup) given as bytes that are not UTF-8 is bad input, said at once:
+    it can be no configured name, and the journal, JSON and SQLite cannot carry it."""
+    from bak.errors import BadInput
+
+    for param in ctx.command.params:
+        if isinstance(param.type, click.Path) or param.name in PATH_TEXT_OPTIONS:
+            continue
+        value = ctx.params.get(param.name)
+        for text in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(text, str) and any("\ud800" <= c <= "\udfff" for c in text):
+                raise BadInput(f"{param.opts[0] if param.opts else param.name} is not UTF-8 text",
+                               where=param.opts[0] if param.opts else param.name,
+                               hint="Names in bak's config are plain text: give the name as it is written there.")
 
 
 def internal_error(exc: BaseException) -> dict:
@@ -245,10 +271,12 @@ def _human_trust(result: dict) -> None:
 def ssh_trust(host, fingerprint, replace, config):
     """Record HOST's SSH host key in known_hosts (shows its fingerprint)."""
     from bak.report import Outcome
-    from bak.run.hosts import known_hosts_path
+    from bak.run.hosts import check_fingerprint, known_hosts_path
     from bak.run.ssh import trust_host
 
     target = _configured_host(config, host)
+    if fingerprint is not None:
+        check_fingerprint(fingerprint)
     return Outcome(trust_host(target, known_hosts_path(target), fingerprint, replace))
 
 
@@ -558,6 +586,8 @@ def _human_restore(result: dict) -> None:
 
     if result["dry_run"]:
         say(f"would restore {result['backup']} from {result['store']} into {result['into'] or 'a new place beside the original'}")
+        if (result.get("checks") or {}).get("effect"):
+            say(result["checks"]["effect"], label="  ")
         return
     where = result.get("database") or result.get("volume") or result.get("path")
     safety = result.get("safety_dump") or result.get("safety_backup") or result.get("safety_snapshot")
@@ -617,6 +647,10 @@ def _human_list(result: dict) -> None:
     if result["foreign"]:
         table("Foreign files (never pruned)", ["store", "folder", "name"],
               [[f["store"], f["folder"], f["name"]] for f in result["foreign"]])
+    if result.get("restore_leftovers"):
+        table("Left by interrupted restores and drills (the next one of the target removes them)",
+              ["target", "kind", "left", "interrupted at"],
+              [[r["target"], r["kind"], r["where"], r["interrupted_at"]] for r in result["restore_leftovers"]])
     if result["safety_copies"]:
         table("Safety copies (taken before forced restores; never restored by default)", ["target", "store", "name", "when"],
               [[c["target"], c["store"], f"{c['folder']}/{c['name']}", short_time(c["when"])] for c in result["safety_copies"]])
@@ -718,14 +752,15 @@ def _human_report(result: dict) -> None:
               help="Write the report to this file (default: report.html in bak's state folder).")
 @click.option("--days", type=click.IntRange(1, 366), default=31, show_default=True,
               help="How many days the calendars show.")
+@click.option("--force", is_flag=True, help="Replace the --html file if it exists (only ever a regular file).")
 @action("report", human=_human_report)
-def report_command(html_path, days, config):
+def report_command(html_path, days, force, config):
     """One self-contained HTML file: per target a calendar of its backups (kept or to be pruned, verified,
     drilled, failed runs), size and run length over time; destinations' use and when they fill; 3-2-1; the
     last operations. Nothing is fetched when it is opened."""
     from bak.html_report import report
 
-    return report(config, html_path, days)
+    return report(config, html_path, days, force=force)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -857,13 +892,14 @@ def _human_plan(result: dict) -> None:
 @dr_group.command("plan")
 @click.option("--runbook", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the plan as a runbook to this file: Markdown (.md) or one self-contained page (.html).")
+@click.option("--force", is_flag=True, help="Replace the --runbook file if it exists (only ever a regular file).")
 @action("dr plan", human=_human_plan)
-def dr_plan_command(runbook, config):
+def dr_plan_command(runbook, force, config):
     """The ordered recovery of the whole homelab: for each target the newest checked backup, where its copies
     are, the commands (bak's and by hand) and the expected time from measured drills; the total RTO."""
     from bak.dr.plan import recovery_plan
 
-    return recovery_plan(config, runbook)
+    return recovery_plan(config, runbook, force=force)
 
 
 def _human_dr_drill(result: dict) -> None:
@@ -943,7 +979,10 @@ def bootstrap_command(source, port, key, fingerprint, force):
     """On a fresh machine: bak's config, journal and known_hosts back from the recovery kit that `bak create`
     keeps beside the backups. Secrets are not in it: the config points to them."""
     from bak.dr.kit import SSH_SOURCE, bootstrap
+    from bak.run.hosts import check_fingerprint
 
+    if fingerprint is not None:
+        check_fingerprint(fingerprint)
     if not SSH_SOURCE.match(source):
         given = [name for name, value in (("--port", port), ("--key", key), ("--fingerprint", fingerprint)) if value]
         if given:

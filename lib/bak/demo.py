@@ -258,9 +258,14 @@ def run(folder: Path | None, install: bool = False, narrator: Narrator | None = 
     narrator = narrator or Narrator(as_json=False)
     say, step = narrator.tell, narrator.step
 
-    lab = Path(folder) if folder else Path(__import__("tempfile").mkdtemp(prefix="bak-demo-"))
-    lab.mkdir(parents=True, exist_ok=True)
-    if any(lab.iterdir()):
+    lab = Path(os.path.abspath(folder)) if folder else Path(__import__("tempfile").mkdtemp(prefix="bak-demo-"))
+    try:
+        lab.mkdir(parents=True, exist_ok=True)
+        empty = not any(lab.iterdir())
+    except OSError as exc:  # a file or device there, a folder above that is not one, no right to write
+        raise BadInput(f"demo folder {lab}: {exc.strerror or exc}", where="--dir",
+                       hint="Pass an empty or new folder as --dir.") from None
+    if not empty:
         raise BadInput(f"demo folder {lab} is not empty", code="demo_folder_not_empty", hint="Pass an empty or new --dir.")
     os.environ["BAK_STATE_DIR"] = str(lab / "state")
     os.environ["BAK_CONFIG"] = str(lab / "config.yaml")

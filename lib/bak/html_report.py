@@ -71,14 +71,17 @@ def default_path() -> Path:
     return state_dir() / DEFAULT_NAME
 
 
-def report(config: Config, path: Path | None = None, days: int = 31, now: datetime | None = None) -> Outcome:
-    from bak.paths import write_atomically
+def report(config: Config, path: Path | None = None, days: int = 31, now: datetime | None = None,
+           force: bool = False) -> Outcome:
+    """`path` given by the user is written only where no file is, unless `force`; bak's own default one is
+    rewritten each time. Either way only a regular file is ever replaced."""
+    from bak.paths import output_file, write_output
     from bak.secrets import scrub
 
     now = now or datetime.now().replace(microsecond=0)
+    given = path is not None
     path = (path or default_path()).expanduser()
-    if not path.parent.is_dir():
-        raise BadInput(f"the folder of {path} does not exist", where="--html")
+    output_file(path, "--html", force=force or not given)
     clock = time.monotonic()
     health = status.status(config, now)
     views, usage = _gather(config, health.result, now, days)
@@ -89,7 +92,7 @@ def report(config: Config, path: Path | None = None, days: int = 31, now: dateti
         journal.close()
     page = render(config, health.result, views, usage, operations, now, days)
     data = scrub(page).encode()
-    write_atomically(path, data)
+    write_output(path, data, "--html")
     start = window_start(now, days)
     outcome = Outcome({
         "path": str(path), "bytes": len(data), "days": days, "summary": health.result["summary"],
@@ -165,7 +168,7 @@ def _gather(config: Config, health: dict, now: datetime, days: int) -> tuple[lis
             views.append(TargetView(target, entries.get(target.name, {}), sorted(shown.values(), key=lambda b: b.when),
                                     sorted(f for f in failures if f[0]), sorted(durations)))
         for name, row in scanned.items():
-            if row["error"] is None:
+            if row["error"] is None and row["usage"] is not None:  # a remote restic backend reports no space
                 usage[name] = status.space_series(name, row, pruned, now)
     return views, usage
 

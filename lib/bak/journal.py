@@ -157,6 +157,12 @@ class Journal:
                        (utcnow(), status, bytes_, checksum, tail, op_id))
         self._run(update)
 
+    def note(self, op_id: int, details: dict) -> None:
+        """An operation's details, written now rather than at its end: what a kill would leave behind must be
+        in the journal before it exists (see Context.stage)."""
+        self._run(lambda db: db.execute("UPDATE operations SET details=? WHERE id=?",
+                                        (json.dumps(scrub_obj(details), default=str), op_id)))
+
     @contextmanager
     def operation(self, kind: str, target: str | None, details: dict | None = None) -> Iterator[Operation]:
         """Journals start and end; an exception is recorded as `failed` with its tail, then re-raised."""

@@ -152,18 +152,24 @@ def families_from(health: dict, now: datetime) -> list[Family]:
 
 
 def check_folder(folder: Path) -> None:
-    if not folder.is_dir():
-        raise BadInput(f"the textfile folder {folder} does not exist", where=str(folder),
-                       hint="Give node_exporter's --collector.textfile.directory (e.g. /var/lib/node_exporter/textfile_collector).")
+    """A real folder this user may write in, and no device, pipe or folder where bak.prom goes."""
+    from bak.paths import output_file, output_folder
+
+    try:
+        output_folder(folder, str(folder))
+    except BadInput as exc:
+        exc.hint = "Give node_exporter's --collector.textfile.directory (e.g. /var/lib/node_exporter/textfile_collector)."
+        raise
+    output_file(folder / TEXTFILE_NAME, str(folder), force=True)
 
 
 def publish(folder: Path, text: str) -> Path:
     """TEXTFILE_NAME in node_exporter's folder, replaced atomically."""
-    from bak.paths import write_atomically
+    from bak.paths import write_output
 
     check_folder(folder)
     path = folder / TEXTFILE_NAME
-    write_atomically(path, text.encode())
+    write_output(path, text.encode(), str(folder))
     return path
 
 

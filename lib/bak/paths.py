@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 APP = "bak"
@@ -46,7 +47,18 @@ def state_dir() -> Path:
         import platformdirs
 
         path = Path(platformdirs.user_state_dir(APP, appauthor=False))
-    ensure_private_dir(path)
+    from bak.errors import BadInput
+
+    where = "--state-dir" if _CHOSEN["option"] else "BAK_STATE_DIR" if env else "state_dir"
+    try:
+        ensure_private_dir(path)
+    except OSError as exc:  # a file where a folder above it should be, no right to create it
+        raise BadInput(f"cannot use {path} as bak's state folder: {exc.strerror or exc}", where=where) from None
+    if not path.is_dir():
+        raise BadInput(f"{path} is not a folder: bak keeps its journal and locks in a folder of its own", where=where)
+    if path.resolve() == Path(path.resolve().anchor):
+        raise BadInput(f"{path} is the filesystem root: bak keeps its journal and locks in a folder of its own",
+                       where=where)
     return path
 
 
@@ -90,3 +102,87 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+def output_file(path: Path, where: str, *, force: bool, parents: bool = False) -> bool:
+    """Check a file bak is about to write as a whole (a report, a runbook, a config), before any work: absent,
+    or a regular file it may replace (only with `force`). A device, pipe, socket, folder or symbolic link is
+    refused: replacing /dev/full with a report breaks the machine. `parents`: missing folders above it will be
+    made (the nearest existing one must be a folder). Returns whether the file exists."""
+    from bak.errors import BadInput, Refused
+
+    try:
+        info = path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        folder = path.parent
+        while parents and not os.path.lexists(folder) and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise BadInput(f"the folder of {path} does not exist" if not os.path.lexists(folder) else
+                           f"{folder} is not a folder, so {path} cannot be written", where=where,
+                           hint="Create the folder first, or give a path in an existing one.") from None
+        return False
+    except OSError as exc:
+        raise BadInput(f"cannot use {path}: {exc.strerror or exc}", where=where) from None
+    kind = _kind(info.st_mode)
+    if kind is not None:
+        raise BadInput(f"{path} is {kind}, not a regular file: bak writes only regular files", where=where,
+                       hint="Give the path of a new file (or of a regular file, with --force).")
+    if not force:
+        raise Refused(f"{path} already exists; bak never overwrites a file without --force", where=where,
+                      code="would_overwrite", hint="Pick a new file name, or pass --force to replace it.")
+    return True
+
+
+def output_folder(path: Path, where: str) -> Path:
+    """A folder bak writes files into (node_exporter's textfile folder): it must be a real, writable folder."""
+    from bak.errors import BadInput
+
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise BadInput(f"the folder {path} does not exist", where=where) from None
+    except OSError as exc:
+        raise BadInput(f"cannot use {path}: {exc.strerror or exc}", where=where) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise BadInput(f"{path} is {_kind(info.st_mode) or 'a file'}, not a folder", where=where)
+    if path.resolve() == Path(path.resolve().anchor):
+        raise BadInput(f"{path} is the filesystem root: bak writes no file there", where=where)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BadInput(f"the folder {path} is not writable by this user", where=where)
+    return path
+
+
+def regular_or_absent(path: Path, where: str) -> bool:
+    """A file bak reads or edits in place (known_hosts, an SSH key): absent (False) or a regular file, links
+    followed (True); a device or pipe there is bad input, never read forever or blocked on."""
+    from bak.errors import BadInput
+
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise BadInput(f"cannot use {path}: {exc.strerror or exc}", where=where) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise BadInput(f"{path} is {_kind(info.st_mode)}, not a regular file", where=where)
+    return True
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    for test, words in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a device"),
+                        (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def write_output(path: Path, data: bytes, where: str, mode: int = 0o644) -> None:
+    """write_atomically, its failure (a read-only or pseudo filesystem, a full disk) as bak's error."""
+    from bak.errors import WriteFailed
+
+    try:
+        write_atomically(path, data, mode)
+    except OSError as exc:
+        raise WriteFailed(f"cannot write {path}: {exc.strerror or exc}", where=where) from None

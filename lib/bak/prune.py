@@ -198,9 +198,7 @@ def _remove(store, backup: catalog.Backup, reason: str, journal: Journal, target
                "added": backup.added}  # what removing it frees (a hard-linked snapshot: about what it added)
     with journal.operation("prune", target.name, details) as op:
         op.bytes = backup.size
-        store.remove(backup.folder, backup.name)
-        for sidecar in backup.sidecars:
-            store.remove(backup.folder, sidecar)
+        store.remove_backup(backup.folder, backup.name, backup.sidecars)
 
 
 def reasons(decisions: list) -> dict:

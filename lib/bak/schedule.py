@@ -255,18 +255,27 @@ def changes(config: Config, *, remove: bool, config_path: str, crontab_file: Pat
     return planned, commands
 
 
-def _read_existing(path: Path) -> str | None:
-    """A file bak may replace: its text, None when absent; anything else is the caller's bad path."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        from bak.errors import BadInput
+EDITED_MAX = 4 << 20  # a crontab, a unit, a git hook: far smaller
 
+
+def _read_existing(path: Path) -> str | None:
+    """A file bak may replace: its text, None when absent; a device, pipe or folder there (a crontab file
+    /dev/zero would be read forever, /dev/null replaced) is the caller's bad path."""
+    from bak.errors import BadInput
+    from bak.paths import output_file
+
+    if not output_file(path, str(path), force=True, parents=True):
+        return None
+    hint = "Point it at a text file bak may write (or at a new one)."
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(EDITED_MAX + 1)
+        if len(data) > EDITED_MAX:
+            raise BadInput(f"{path} holds more than {EDITED_MAX} bytes: not a file bak edits", where=str(path), hint=hint)
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise BadInput(f"cannot use {path or '(empty path)'}: {reason}", where=str(path),
-                       hint="Point it at a text file bak may write (or at a new one).") from None
+        raise BadInput(f"cannot use {path or '(empty path)'}: {reason}", where=str(path), hint=hint) from None
 
 
 def _read_crontab(path: Path | None) -> str:

@@ -46,6 +46,9 @@ def claude_root(project: Path | None) -> tuple[str, Path]:
         return "user", Path.home() / ".claude"
     if not project.is_dir():
         raise BadInput(f"no such project folder: {project}", where="--project")
+    if project.resolve() == Path(project.resolve().anchor):
+        raise BadInput(f"{project} is the filesystem root, not a project folder", where="--project",
+                       hint="Give the project's own folder (the one Claude Code is started in).")
     return "project", project.resolve() / ".claude"
 
 

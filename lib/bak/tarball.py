@@ -52,8 +52,17 @@ def read_index(stream: BinaryIO) -> dict[str, dict]:
     return rows
 
 
+def outside(name: str) -> bool:
+    """A member name GNU tar will not extract where it belongs: absolute, or climbing with `..`
+    ("Member name contains '..'"). A volume bak tars holds only `./...` names."""
+    return name.startswith("/") or ".." in name.split("/")
+
+
 def _row(archive: tarfile.TarFile, member: tarfile.TarInfo, seen: dict[str, dict]) -> dict:
     path = member_path(member.name)
+    for name in (member.name, member.linkname if member.islnk() else ""):
+        if outside(name):
+            raise Damaged(f"member {name[:200]!r} is outside the volume: a restore refuses it")
     if member.islnk():  # a hard link restores as one more name of a file already in the archive
         linked = seen.get(member_path(member.linkname))
         if linked is None:

@@ -11,7 +11,7 @@ import yaml
 
 from bak import config as bak_config
 from bak.errors import BadInput, ConfigError, Refused
-from bak.paths import ensure_private_dir
+from bak.paths import ensure_private_dir, output_file
 from bak.report import Outcome
 from bak.strategy import config_from_answers
 
@@ -29,10 +29,13 @@ def write_config(answers: Any, path: Path, force: bool) -> Outcome:
     if problems:
         raise ConfigError(problems, source="wizard answers")
     previous = None
-    if path.exists():
-        if not force:
-            raise Refused(f"{path} exists; the wizard never overwrites a config", where=str(path), code="would_overwrite",
-                          hint="Pass --output for a new file, or --force (the old config is kept beside it).")
+    path = Path(os.path.abspath(path.expanduser()))
+    try:
+        exists = output_file(path, "--output", force=force, parents=True)
+    except Refused:
+        raise Refused(f"{path} exists; the wizard never overwrites a config", where=str(path), code="would_overwrite",
+                      hint="Pass --output for a new file, or --force (the old config is kept beside it).") from None
+    if exists:
         previous = path.with_name(f"{path.name}.bak-{datetime.now():%Y%m%d-%H%M%S}")
         os.replace(path, previous)
     ensure_private_dir(path.parent)

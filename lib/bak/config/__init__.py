@@ -27,6 +27,8 @@ _PATTERN_MEANING = {
     RESTIC_REPOSITORY: "a restic repository: a path, sftp:PATH, rest:http(s)://HOST:PORT/ or s3:http(s)://HOST/BUCKET, "
                        "without credentials",
     r"^1/[1-9][0-9]{0,3}$": "1/N, the part of the data each check reads (1/30, 1/1)",
+    r"^https?://\S+$": "an http(s) URL without spaces",
+    r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$": "an Apprise URL (SERVICE://...) without spaces",
 }
 
 
@@ -130,7 +132,7 @@ class Schedule:
     cron: str | None
     on_commit: bool
     backend: str
-    ping_url: str | None
+    ping_url: str | dict | None  # the URL, or a secret reference to it
 
 
 @dataclass
@@ -254,6 +256,48 @@ def key_path(parts) -> str:
     return out or "(top)"
 
 
+def _is_secret_ref(node) -> bool:
+    """A `{file|env: ...}` secret reference, alone or as one branch of a choice (a URL or a reference to one)."""
+    if not isinstance(node, dict):
+        return False
+    return "env" in node.get("properties", {}) or any(_is_secret_ref(b) for b in node.get("anyOf", []) + node.get("oneOf", []))
+
+
+@lru_cache(maxsize=1)
+def secret_keys() -> frozenset[str]:
+    """Keys whose value is a secret or may carry one (passwords, token URLs): the schema marks them by
+    allowing a secret reference there. Their values are never echoed in an error."""
+    found, stack = set(), [schema(), answers_schema()]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, sub in node.get("properties", {}).items():
+                if _is_secret_ref(sub) or isinstance(sub, dict) and _is_secret_ref(sub.get("items")):
+                    found.add(key)
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend(node)
+    return frozenset(found)
+
+
+def _holds_secret(path) -> bool:
+    return any(isinstance(part, str) and part in secret_keys() for part in path)
+
+
+def _secret_problem(error, where: str) -> dict:
+    """What is wrong with a secret-typed value, without the value."""
+    if error.validator == "type" and error.validator_value == "object" and isinstance(error.instance, str):
+        message = "a secret is never written in the config itself: give a reference, {file: PATH} or {env: VAR}"
+    elif error.validator == "pattern":
+        message = "the value is not " + _PATTERN_MEANING.get(error.validator_value, "in the expected form")
+    elif error.validator in ("minProperties", "maxProperties"):
+        message = "a secret reference has exactly one key, file or env"
+    else:
+        message = f"the value is not valid here ({error.validator})"
+    return {"where": where, "message": message + " (the value is not shown: it may hold a secret)",
+            "hint": "Point to the secret instead: {file: ~/.config/bak/NAME} (mode 0600) or {env: VARIABLE}."}
+
+
 def _describe(error, data: dict) -> list[dict]:
     where = key_path(error.absolute_path)
     if error.validator == "additionalProperties" and error.validator_value is False:
@@ -270,6 +314,8 @@ def _describe(error, data: dict) -> list[dict]:
                  "message": f"options block {k!r} does not belong to method {method!r}"} for k in keys]
     if error.validator == "not" and error.validator_value == {"const": LOCAL}:
         return [{"where": key_path([*error.absolute_path, LOCAL]), "message": "the host name 'local' is reserved for this machine"}]
+    if error.validator == "pattern" and _holds_secret(error.absolute_path):
+        return [_secret_problem(error, where)]
     if error.validator == "pattern":
         meaning = _PATTERN_MEANING.get(error.validator_value, f"text matching {error.validator_value}")
         # A repository written with credentials in it is not echoed back: they would end up in the output.
@@ -283,7 +329,13 @@ def _describe(error, data: dict) -> list[dict]:
         names = [sub.validator_value[0] for sub in error.context]
         return [{"where": where, "message": "needs one of the keys: " + ", ".join(names)}]
     if error.validator in ("allOf", "anyOf", "oneOf") and error.context:
-        return [d for sub in error.context for d in _describe(sub, data)] or [{"where": where, "message": error.message}]
+        context = error.context
+        if _holds_secret(error.absolute_path):  # a URL or a reference to one: say what is wrong with the kind given
+            context = [sub for sub in context if sub.validator != "type"] or context
+        return [d for sub in context for d in _describe(sub, data)] or [
+            _secret_problem(error, where) if _holds_secret(error.absolute_path) else {"where": where, "message": error.message}]
+    if _holds_secret(error.absolute_path):
+        return [_secret_problem(error, where)]
     return [{"where": where, "message": error.message}]
 
 

@@ -12,6 +12,8 @@ def _type(node: dict) -> str:
         return " \\| ".join(f"`{v}`" for v in node["enum"])
     if "const" in node:
         return f"`{node['const']}`"
+    if "anyOf" in node and "type" not in node:  # a value or a secret reference to it
+        return " or ".join(dict.fromkeys(_type(branch) for branch in node["anyOf"]))
     kind = node.get("type", "")
     if kind == "array" and isinstance(node.get("items"), dict) and node["items"].get("type") != "object":
         return f"list of {node['items'].get('type', 'value')}"

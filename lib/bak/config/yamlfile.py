@@ -3,6 +3,8 @@
 A file is read only if it is a regular file of a sane size, as UTF-8 text. Aliases are allowed but
 their expansion is bounded, so nine nested aliases in a 1 KB file ("billion laughs") are refused at
 once instead of costing minutes and gigabytes later, when the schema walks the expanded tree.
+A key written twice in one mapping is refused with both lines: YAML's "last one wins" let a stray
+second `targets: []` drop every target, or a second `path:` send backups elsewhere, without a word.
 Every problem is a ConfigError with the line and column it comes from.
 """
 
@@ -57,6 +59,7 @@ def parse(text: str, source: str) -> Any:
         node = loader.get_single_node()
         if node is not None:
             _check_size(node, source)
+            _check_duplicate_keys(node, loader, source)
         return loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -93,6 +96,43 @@ def _check_size(root, source: str) -> None:
             continue
         stack.append((node, depth, True))
         stack.extend((child, depth + 1, False) for child in children if id(child) not in expanded)
+
+
+def _check_duplicate_keys(root, loader, source: str) -> None:
+    """Every mapping's keys, compared as YAML reads them (`yes` and `true` are one key), each mapping once."""
+    import yaml
+
+    problems, seen, stack = [], set(), [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key, _ in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                try:
+                    value = loader.construct_object(key)
+                    hash(value)
+                except (yaml.YAMLError, TypeError, ValueError):
+                    continue  # an unhashable or odd key: the schema reports it
+                if value in first:
+                    problems.append({"where": _where(key, source),
+                                     "message": f"key {_shown(value)} appears twice in one mapping: on line "
+                                                f"{first[value].start_mark.line + 1} and on line {key.start_mark.line + 1}",
+                                     "hint": "YAML would keep only the last one: merge them, or remove the stray one."})
+                else:
+                    first[value] = key
+        stack.extend(_children(node, yaml))
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda p: p["where"]), source=source)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def _children(node, yaml) -> list:

@@ -261,9 +261,11 @@ def bootstrap(spec: str, *, port: int = 22, key: str | None = None, fingerprint:
     beside, renamed, before the kit's takes its place."""
     from bak import config as bak_config
     from bak.journal import default_path
-    from bak.paths import config_file, state_dir
+    from bak.paths import config_file, output_file, state_dir
 
     config_path, journal_path = config_file(), default_path()
+    for path in (config_path, journal_path):  # a device or pipe there is never moved aside: refused even with --force
+        output_file(path, str(path), force=True, parents=True)
     present = [p for p in (config_path, journal_path) if p.exists()]
     if present and not force:
         raise Refused(f"{', '.join(map(str, present))} already exist(s): bootstrap never overwrites", where="--from",

@@ -9,6 +9,7 @@ the expected RTO, said to be incomplete when a step was never drilled.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -187,16 +188,19 @@ def kit_places(config: Config, targets: list[Target]) -> list[dict]:
     return places
 
 
-def recovery_plan(config: Config, runbook: Path | None = None) -> Outcome:
+def recovery_plan(config: Config, runbook: Path | None = None, force: bool = False) -> Outcome:
     """The plan as a command's outcome: each gap is a problem (exit 1); `runbook` (.md or .html) also
-    writes it as a runbook there."""
+    writes it as a runbook there: a new file, or with `force` over a regular file."""
     from bak.actions import Session
     from bak.dr.runbook import markdown, page
-    from bak.stores.local import LocalStore
+    from bak.paths import output_file, write_output
 
-    if runbook is not None and runbook.suffix not in (".md", ".html"):
-        raise BadInput(f"--runbook {runbook.name!r} must end in .md (Markdown) or .html (one self-contained page)",
-                       where="--runbook")
+    if runbook is not None:
+        if runbook.suffix not in (".md", ".html"):
+            raise BadInput(f"--runbook {runbook.name!r} must end in .md (Markdown) or .html (one self-contained page)",
+                           where="--runbook")
+        runbook = Path(os.path.abspath(runbook.expanduser()))
+        output_file(runbook, "--runbook", force=force)
     with Session(config) as session:
         plan, _ = build(session)
     outcome = Outcome(plan)
@@ -206,10 +210,6 @@ def recovery_plan(config: Config, runbook: Path | None = None) -> Outcome:
             outcome.problem("plan_gap", f"{step['target']}: {problem}", step["target"])
     if runbook is not None:
         text = markdown(plan) if runbook.suffix == ".md" else page(plan)
-        target = runbook.expanduser().resolve()
-        try:
-            LocalStore.write_small_at(target.parent, target.name, text.encode())
-        except OSError as exc:
-            raise BadInput(f"cannot write the runbook {target}: {exc.strerror}", where="--runbook") from None
-        plan["runbook"] = str(target)
+        write_output(runbook, text.encode(), "--runbook", mode=0o600)
+        plan["runbook"] = str(runbook)
     return outcome

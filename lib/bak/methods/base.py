@@ -23,11 +23,31 @@ class Context:
     now: datetime
     progress: Callable[[str], None] = lambda message: None
     warnings: list[str] = field(default_factory=list)
+    operation: Operation | None = None  # the restore or drill running, for stage()
+
+    def stage(self, where: str) -> None:
+        """Journal `where` (a folder, a database, a volume a restore or drill builds) before it is made: a run
+        killed meanwhile leaves it, and the next restore or drill of the target removes it (see Method.remove_stage)."""
+        if self.operation is not None:
+            self.operation.details.setdefault("stages", []).append(where)
+            self.journal.note(self.operation.id, self.operation.details)
+
+    def unstage(self, where: str) -> None:
+        """`where` is finished (renamed to its final name) or removed: nothing to clean up any more."""
+        stages = self.operation.details.get("stages", []) if self.operation is not None else []
+        if where in stages:
+            stages.remove(where)
+            self.journal.note(self.operation.id, self.operation.details)
 
 
 class Method:
     name: str
+    single_files = False  # a restore can give back one path of a backup (--file)
     boots = False  # a restored copy can be started (a drill with --boot)
+
+    def preflight(self, ctx: Context, target: Target) -> None:
+        """What a dry run can check of the source without writing anything (it is there, it answers);
+        raises what the backup would."""
 
     def create(self, ctx: Context, target: Target, stores: list[Store], op: Operation) -> dict:
         """Make one backup of `target` into every store; returns the per-target result."""
@@ -49,6 +69,10 @@ class Method:
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
         """Restore somewhere scratch, check what came back, remove it; raises VerifyFailed on a mismatch."""
         raise NotImplementedError
+
+    def remove_stage(self, ctx: Context, target: Target, where: str) -> bool:
+        """Remove what a killed restore or drill left (a `where` it passed to ctx.stage); whether it was there."""
+        return False
 
 
 def clear_leftovers(ctx: Context, store: Store, listing: Listing, keep: str | None = None) -> None:

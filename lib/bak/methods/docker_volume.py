@@ -27,7 +27,7 @@ from bak.errors import BadInput, BakError, CommandFailed, Refused, VerifyFailed
 from bak.interrupts import interrupts_deferred, sigterm_raises
 from bak.journal import Operation
 from bak.methods.base import Context, Method, clear_leftovers, drill_verdict, free_name, fresh_name
-from bak.run.base import CHUNK, Runner
+from bak.run.base import CHUNK, Runner, operand
 from bak.stores import Store
 from bak.stores.fanout import FanOut, FanOutResult
 from bak.tarball import Damaged, Indexer, IndexingReader, as_manifest, read_index
@@ -45,8 +45,11 @@ def inspect_argv(cli: str, volume: str) -> list[str]:
     return [cli, "volume", "inspect", volume]
 
 
-def volume_create_argv(cli: str, volume: str) -> list[str]:
-    return [cli, "volume", "create", volume]
+STAGE_LABEL = "bak.restore-of"  # on a volume a restore or drill makes: whose, so only bak's are ever cleaned up
+
+
+def volume_create_argv(cli: str, volume: str, target: str | None = None) -> list[str]:
+    return [cli, "volume", "create", *(["--label", f"{STAGE_LABEL}={target}"] if target else []), volume]
 
 
 def volume_remove_argv(cli: str, volume: str) -> list[str]:
@@ -83,15 +86,15 @@ def tar_extract_argv(mountpoint: str, full: bool) -> list[str]:
 
 
 def listing_argv(mountpoint: str) -> list[str]:
-    return ["find", mountpoint, "-printf", FIND_FORMAT]
+    return ["find", operand(mountpoint), "-printf", FIND_FORMAT]
 
 
 def checksums_argv(mountpoint: str) -> list[str]:
-    return ["find", mountpoint, "-type", "f", "-exec", "sha256sum", "-z", "--", "{}", "+"]
+    return ["find", operand(mountpoint), "-type", "f", "-exec", "sha256sum", "-z", "--", "{}", "+"]
 
 
 def emptying_argv(mountpoint: str) -> list[str]:
-    return ["find", mountpoint, "-mindepth", "1", "-delete"]
+    return ["find", operand(mountpoint), "-mindepth", "1", "-delete"]
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,10 @@ class DockerVolume(Method):
         return path
 
     # -- create ----------------------------------------------------------------------------
+    def preflight(self, ctx: Context, target: Target) -> None:
+        runner = ctx.hosts.runner(target.host)
+        self.mountpoint(runner, probe_engine(runner, target.options["cli"]), target.options["volume"])
+
     def create(self, ctx: Context, target: Target, stores: list[Store], op: Operation) -> dict:
         options = target.options
         listings = [scan(store, target) for store in stores]
@@ -322,20 +329,37 @@ class DockerVolume(Method):
             if exists:
                 result.update(self._replace(ctx, runner, engine, target, store, backup, volume))
             else:
-                self._restore_new(runner, engine, store, backup, volume)
+                self._restore_new(ctx, target, runner, engine, store, backup, volume)
         result["duration_s"] = round(time.monotonic() - started, 3)
         return result
 
-    def _restore_new(self, runner: Runner, engine: Engine, store: Store, backup: Backup, volume: str,
-                     indexer: Indexer | None = None) -> None:
-        """A new volume filled from the backup; removed again if the restore fails: no half volume stays."""
-        runner.run(volume_create_argv(engine.cli, volume))
+    def _restore_new(self, ctx: Context, target: Target, runner: Runner, engine: Engine, store: Store, backup: Backup,
+                     volume: str, indexer: Indexer | None = None) -> None:
+        """A new volume filled from the backup; removed again if the restore fails: no half volume stays. A volume
+        cannot be renamed: it is journaled while it fills, so one a killed run left is removed by the next."""
+        ctx.stage(f"volume:{volume}")
+        runner.run(volume_create_argv(engine.cli, volume, target.name))
         try:
             self._fill(runner, engine, store, backup, volume, self.mountpoint(runner, engine, volume), indexer)
         except BaseException:
             with interrupts_deferred():
                 _quietly(runner, volume_remove_argv(engine.cli, volume), 120)
+                ctx.unstage(f"volume:{volume}")
             raise
+        ctx.unstage(f"volume:{volume}")
+
+    def remove_stage(self, ctx: Context, target: Target, where: str) -> bool:
+        """A volume a killed restore or drill of this target made (it carries bak's label naming the target)."""
+        kind, _, volume = where.partition(":")
+        if kind != "volume" or not naming.is_safe_name(volume):
+            return False
+        runner = ctx.hosts.runner(target.host)
+        engine = probe_engine(runner, target.options["cli"])
+        info = self._inspect(runner, engine, volume)
+        if info is None or (info.get("Labels") or {}).get(STAGE_LABEL) != target.name:
+            return False
+        runner.run(volume_remove_argv(engine.cli, volume))
+        return True
 
     def _fill(self, runner: Runner, engine: Engine, store: Store, backup: Backup, volume: str, mountpoint: str,
               indexer: Indexer | None = None) -> None:
@@ -344,18 +368,32 @@ class DockerVolume(Method):
         with store.open_read(backup.folder, backup.name) as raw:
             hashing = HashingReader(raw)
             source = hashing if indexer is None else IndexingReader(hashing, indexer)
-            runner.run(engine.on_files(tar_extract_argv(mountpoint, engine.full_tar)), stdin=source)
+            try:
+                runner.run(engine.on_files(tar_extract_argv(mountpoint, engine.full_tar)), stdin=source)
+            except CommandFailed:
+                # tar stops on a damaged archive: if the copy does not match its .sha256, it is the copy's fault
+                # (VerifyFailed: the restore goes on to the next copy); else tar's own error stands.
+                try:
+                    while source.read(CHUNK):
+                        pass
+                except OSError:
+                    pass
+                if expected and hashing.hash.hexdigest() != expected:
+                    raise VerifyFailed(f"{backup.name} on {store.name} does not match its .sha256 (damaged copy)",
+                                       where=f"{store.name}:{backup.name}") from None
+                raise
             while source.read(CHUNK):
                 pass
         if expected and hashing.hash.hexdigest() != expected:
-            raise CommandFailed(f"{backup.name} does not match its .sha256; volume {volume} holds a bad restore",
-                                where=volume, code="verify_failed", hint="Remove that volume and restore another copy.")
+            raise VerifyFailed(f"{backup.name} on {store.name} does not match its .sha256; volume {volume} held a bad "
+                               "restore", where=f"{store.name}:{backup.name}", hint="Restore another copy (--from).")
 
     def _replace(self, ctx: Context, runner: Runner, engine: Engine, target: Target, store: Store, backup: Backup,
                  volume: str) -> dict:
         """--force: with the volume's containers stopped, tar it into a safety copy, remove what the copy holds
         (refused if anything is not in it), extract the backup, start the containers again."""
         mountpoint = self.mountpoint(runner, engine, volume)
+        self.verify(ctx, target, store, backup)  # a damaged copy is found before the volume is emptied, not after
         with containers_stopped(ctx, runner, engine, volume, target.options["stop_timeout"]) as paused:
             safety, saved = self._safety_copy(ctx, runner, engine, target, store, volume, mountpoint)
             unsaved = sorted(item.path for item in volume_items(runner, engine, mountpoint, checksums=False)
@@ -406,10 +444,11 @@ class DockerVolume(Method):
                   "checks": []}
         diff: dict = {}
         indexer = Indexer()
+        ctx.stage(f"volume:{scratch}")  # until it is removed below, whatever ends the drill
         with sigterm_raises():
             try:
                 started = time.monotonic()
-                self._restore_new(runner, engine, store, backup, scratch, indexer)
+                self._restore_new(ctx, target, runner, engine, store, backup, scratch, indexer)
                 result["restore_duration_s"] = round(time.monotonic() - started, 3)
                 try:
                     archived = indexer.result()
@@ -429,4 +468,6 @@ class DockerVolume(Method):
                     problem = _quietly(runner, volume_remove_argv(engine.cli, scratch), 120)
                 if problem and "no such volume" not in problem.lower():
                     ctx.warnings.append(f"could not remove the drill's scratch volume {scratch}: {problem}")
+                else:
+                    ctx.unstage(f"volume:{scratch}")
         return drill_verdict(result, diff, store, backup, "the restored volume differs from the archive")

@@ -12,6 +12,7 @@ import posixpath
 import re
 import threading
 import time
+import zlib
 
 from bak import naming
 from bak.catalog import Backup, folder_of, safety_folder_of, scan
@@ -26,6 +27,8 @@ from bak.stores.fanout import FanOut
 from bak.verify import HashingReader, check_file, recorded_sha256
 
 SPACE_FACTOR = 1.2
+INCOMING_PREFIX = "bak_incoming_"  # the database a restore loads into, renamed to its name once complete
+DRILL_PREFIX = "bak_drill_"        # a drill's scratch database
 SNAPSHOT_WAIT_S = 60
 # What a non-superuser cannot replay from a plain dump: ownership and privileges of other roles.
 OWNERSHIP_ERROR = re.compile(r"must be (owner|member)|permission denied to (change default privileges|set role)|"
@@ -46,7 +49,8 @@ PRECHECK_SQL = ("SELECT current_user, (SELECT rolsuper FROM pg_roles WHERE rolna
                 "has_database_privilege(current_database(), 'CONNECT'), "
                 "pg_database_size(current_database()), current_setting('server_version'), "
                 "coalesce((SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ') " + USER_TABLES +
-                " AND NOT has_table_privilege(c.oid, 'SELECT')), '');")
+                " AND NOT has_table_privilege(c.oid, 'SELECT')), ''), "
+                "coalesce((SELECT sum(pg_table_size(c.oid)) " + USER_TABLES + "), 0);")
 
 
 # --- argv builders (pure) ------------------------------------------------------------------
@@ -98,7 +102,7 @@ def restore_argv(options: dict, database: str, *, jobs: int = 1, no_owner: bool 
         argv.append("--no-privileges")
     if jobs > 1 and path:
         argv += ["-j", str(jobs)]
-    return argv + ([path] if path else [])
+    return argv + (["--", path] if path else [])
 
 
 def full_read_argv(options: dict) -> list[str]:
@@ -107,6 +111,22 @@ def full_read_argv(options: dict) -> list[str]:
 
 
 # --- connection and secrets ------------------------------------------------------------------
+def recorded_row_counts(data: bytes) -> tuple[dict[str, int] | None, str | None]:
+    """The row counts a dump's .meta.json recorded, read as untrusted input (the file has no checksum of its
+    own and anyone with access to the destination can edit it): (counts, None), or (None, what is wrong)."""
+    try:
+        meta = json.loads(data)
+    except (ValueError, RecursionError):
+        return None, "its .meta.json is not JSON"
+    counts = meta.get("row_counts") if isinstance(meta, dict) else None
+    if not isinstance(counts, dict):
+        return None, "its .meta.json holds no row_counts object"
+    wrong = [t for t, n in counts.items() if not isinstance(n, int) or isinstance(n, bool) or n < 0]
+    if wrong:
+        return None, f"its .meta.json holds a row count that is not a count ({str(wrong[0])[:80]!r})"
+    return counts, None
+
+
 def passfile_line(password: str) -> bytes:
     escaped = password.replace("\\", "\\\\").replace(":", "\\:")
     return f"*:*:*:*:{escaped}\n".encode()
@@ -268,26 +288,38 @@ class PgDump(Method):
     # -- prechecks --------------------------------------------------------------------------
     def precheck(self, session: Session) -> dict:
         options = session.options
-        ready = session.run(isready_argv(options), check=False)
-        if ready.returncode != 0:
-            meaning = {1: "rejecting connections (starting up or shutting down)", 2: "no response",
-                       3: "no attempt made (bad connection parameters)"}.get(ready.returncode, "unknown state")
-            raise not_ready(options, session.target, meaning, returncode=ready.returncode)
+        self.require_ready(session)
         try:
             row = session.sql(PRECHECK_SQL)[0]
         except CommandFailed as exc:
             raise explain_connection_failure(exc, session.target) from None
-        user, superuser, can_connect, size, version, unreadable = row
+        user, superuser, can_connect, size, version, unreadable, table_bytes = row
         if can_connect != "t" or unreadable:
             raise Refused(f"role {user} cannot dump {options['database']}: "
                           + ("no CONNECT privilege" if can_connect != "t" else f"no SELECT on {unreadable}"),
                           where=f"targets.{session.target.name}", code="pg_privilege",
                           hint=f"GRANT CONNECT ON DATABASE ... and GRANT SELECT ON ... TO {user} (or use the pg_read_all_data role).")
-        return {"user": user, "superuser": superuser == "t", "database_size": int(size), "server_version": version}
+        return {"user": user, "superuser": superuser == "t", "database_size": int(size), "server_version": version,
+                "table_bytes": int(table_bytes)}
 
-    def require_space(self, stores: list[Store], target: Target, database_size: int) -> int:
+    @staticmethod
+    def require_ready(session: Session) -> None:
+        """pg_isready: the server answers (it reads nothing and needs no password)."""
+        options = session.options
+        ready = session.run(isready_argv(options), check=False)
+        if ready.returncode != 0:
+            meaning = {1: "rejecting connections (starting up or shutting down)", 2: "no response",
+                       3: "no attempt made (bad connection parameters)"}.get(ready.returncode, "unknown state")
+            raise not_ready(options, session.target, meaning, returncode=ready.returncode)
+
+    def preflight(self, ctx: Context, target: Target) -> None:
+        self.require_ready(Session(ctx, target))  # the password is read by the caller, without a passfile
+
+    def require_space(self, stores: list[Store], target: Target, table_bytes: int) -> int:
+        """Room for the dump: a little more than the last one, else than the tables' data. The database's own
+        size counts its indexes and ~7 MB of catalogs, which no dump holds: it refused a 1.1 MB dump on 2 MB."""
         last = max((l.backups[0].size for l in (scan(s, target) for s in stores) if l.backups), default=None)
-        needed = int(SPACE_FACTOR * (last if last is not None else database_size))
+        needed = int(SPACE_FACTOR * (last if last is not None else table_bytes))
         for store in stores:
             store.require_space(needed)
         return needed
@@ -302,7 +334,7 @@ class PgDump(Method):
                 clear_leftovers(ctx, store, scan(store, target))
                 store.refuse_existing(folder, name)
             facts = self.precheck(session)
-            needed = self.require_space(stores, target, facts["database_size"])
+            needed = self.require_space(stores, target, facts["table_bytes"])
             ctx.progress(f"{target.name}: dumping {options['database']} ({facts['database_size']} bytes in the database)")
             started = time.monotonic()
             snapshot = SnapshotSession(session)
@@ -390,13 +422,15 @@ class PgDump(Method):
 
     def restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
                 force: bool, options: dict) -> dict:
-        """Into a new database; with --force over an existing one, the dump is loaded beside it first and
-        swapped in only once complete, after a safety dump: a failed restore changes nothing."""
+        """Loaded into a database of its own (bak_incoming_...) and renamed to its name only once complete (with
+        --force over an existing one, after a safety dump): a failed restore changes nothing, and a killed one
+        leaves only the journaled bak_incoming_ database, which the next restore or drill drops."""
         database = self._check_request(ctx, target, backup, into, options)
         with Session(ctx, target) as session:
             exists = self._check_rights(session, database, force)["exists"]
             safety = self._safety_dump(ctx, session, target, store, database) if exists else None
-            work = f"bak_incoming_{ctx.now:%Y%m%d_%H%M%S}_{database}"[:63] if exists else database
+            work = f"{INCOMING_PREFIX}{ctx.now:%Y%m%d_%H%M%S}_{database}"[:63]
+            ctx.stage(f"database:{work}")
             session.sql("CREATE DATABASE :\"db\";", "postgres", {"db": work})
             started = time.monotonic()
             try:
@@ -409,10 +443,12 @@ class PgDump(Method):
                                 "or restore as a superuser.")
                 if safety and isinstance(exc, BakError):
                     exc.hint = (exc.hint or "") + f" {database} was not changed; its safety dump {safety} is kept."
+                ctx.unstage(f"database:{work}")
                 raise
             if exists:
                 session.sql("DROP DATABASE :\"db\" WITH (FORCE);", "postgres", {"db": database})
-                session.sql("ALTER DATABASE :\"work\" RENAME TO :\"db\";", "postgres", {"db": database, "work": work})
+            session.sql("ALTER DATABASE :\"work\" RENAME TO :\"db\";", "postgres", {"db": database, "work": work})
+            ctx.unstage(f"database:{work}")
             duration = time.monotonic() - started
         return {"target": target.name, "backup": backup.name, "store": store.name, "database": database,
                 "replaced": exists, "safety_dump": safety, "duration_s": round(duration, 3), "notes": notes[:20]}
@@ -423,38 +459,68 @@ class PgDump(Method):
         A drill (`options["drill"]`) leaves owners and privileges out, which the backup role usually
         cannot recreate: pg_restore's --no-owner/--no-privileges, or for plain SQL the statements that
         fail for that reason only, returned as notes. Any other error still fails the load."""
-        opts = session.options
         drill = options.get("drill", False)
         no_owner, no_privileges = options.get("no_owner", False) or drill, drill
         expected = recorded_sha256(store, backup)
         notes: list[str] = []
         with store.open_read(backup.folder, backup.name) as plain:
             raw = HashingReader(plain)
-            if backup.name.endswith(".dump"):
-                jobs = int(options.get("jobs") or opts["restore_jobs"])
-                if jobs > 1:
-                    with session.runner.private_file() as staged:
-                        session.run(["dd", f"of={staged}", "bs=1M", "status=none"], stdin=raw)
-                        session.run(restore_argv(opts, database, jobs=jobs, no_owner=no_owner,
-                                                 no_privileges=no_privileges, path=staged))
-                else:
-                    session.run(restore_argv(opts, database, no_owner=no_owner, no_privileges=no_privileges), stdin=raw)
-            else:
-                import gzip
-
-                out = session.run(psql_argv(opts, database, stop_on_error=not drill),
-                                  stdin=gzip.GzipFile(fileobj=raw, mode="rb"))
-                errors = [line for line in out.stderr_text.splitlines() if "ERROR:" in line]
-                notes = [e for e in errors if OWNERSHIP_ERROR.search(e)]
-                if len(notes) < len(errors):
-                    other = [e for e in errors if not OWNERSHIP_ERROR.search(e)]
-                    raise CommandFailed(f"loading {backup.name} failed: {other[0]}", where=database,
-                                        stderr_tail="\n".join(other[-20:]), code="restore_failed")
-            raw.drain()
+            try:
+                notes = self._stream_into(session, backup, raw, database, options, drill, no_owner, no_privileges)
+                raw.drain()
+            except (BakError, OSError, EOFError, zlib.error) as exc:
+                # A load that breaks off on a damaged copy (pg_restore's "unexpected EOF", gzip's CRC) is the copy's
+                # fault, not the database's: said as such, so the restore goes on to the next copy.
+                damage = self._damage(store, backup, raw, expected)
+                if damage:
+                    raise damage from None
+                if isinstance(exc, BakError):
+                    raise
+                raise CommandFailed(f"{backup.name} could not be decompressed: {exc}", where=database,
+                                    code="restore_failed") from None
         if expected and raw.hash.hexdigest() != expected:
             raise VerifyFailed(f"{backup.name} on {store.name} does not match its .sha256: the restore was discarded",
                                where=f"{store.name}:{backup.name}", hint="Restore another copy (--from) or an older backup.")
         return notes
+
+    def _stream_into(self, session: Session, backup: Backup, raw: HashingReader, database: str, options: dict,
+                     drill: bool, no_owner: bool, no_privileges: bool) -> list[str]:
+        opts = session.options
+        if backup.name.endswith(".dump"):
+            jobs = int(options.get("jobs") or opts["restore_jobs"])
+            if jobs > 1:
+                with session.runner.private_file() as staged:
+                    session.run(["dd", f"of={staged}", "bs=1M", "status=none"], stdin=raw)
+                    session.run(restore_argv(opts, database, jobs=jobs, no_owner=no_owner,
+                                             no_privileges=no_privileges, path=staged))
+            else:
+                session.run(restore_argv(opts, database, no_owner=no_owner, no_privileges=no_privileges), stdin=raw)
+            return []
+        import gzip
+
+        out = session.run(psql_argv(opts, database, stop_on_error=not drill), stdin=gzip.GzipFile(fileobj=raw, mode="rb"))
+        errors = [line for line in out.stderr_text.splitlines() if "ERROR:" in line]
+        notes = [e for e in errors if OWNERSHIP_ERROR.search(e)]
+        if len(notes) < len(errors):
+            other = [e for e in errors if not OWNERSHIP_ERROR.search(e)]
+            raise CommandFailed(f"loading {backup.name} failed: {other[0]}", where=database,
+                                stderr_tail="\n".join(other[-20:]), code="restore_failed")
+        return notes
+
+    @staticmethod
+    def _damage(store: Store, backup: Backup, raw: HashingReader, expected: str | None) -> VerifyFailed | None:
+        """After a failed load: the rest of the copy read through its hash; a VerifyFailed when the copy itself
+        is damaged (it does not match its .sha256, or cannot be read to its end)."""
+        where = f"{store.name}:{backup.name}"
+        try:
+            raw.drain()
+        except (BakError, OSError) as exc:
+            return VerifyFailed(f"{backup.name} on {store.name} could not be read to its end: "
+                                f"{getattr(exc, 'message', None) or exc}", where=where)
+        if expected and raw.hash.hexdigest() != expected:
+            return VerifyFailed(f"{backup.name} on {store.name} does not match its .sha256 (damaged copy): nothing of "
+                                "it was kept", where=where, hint="Restore another copy (--from) or an older backup.")
+        return None
 
     def _safety_dump(self, ctx: Context, session: Session, target: Target, store: Store, database: str) -> str:
         """A protected dump of a database about to be replaced, kept apart from the backups
@@ -481,14 +547,34 @@ class PgDump(Method):
         return where
 
     # -- drill ------------------------------------------------------------------------------
+    def remove_stage(self, ctx: Context, target: Target, where: str) -> bool:
+        """A bak_incoming_ or bak_drill_ database a killed restore or drill left; nothing else."""
+        kind, _, name = where.partition(":")
+        if kind != "database" or not name.startswith((INCOMING_PREFIX, DRILL_PREFIX)):
+            return False
+        with Session(ctx, target) as session:
+            if not session.sql("SELECT 1 FROM pg_database WHERE datname = :'db';", "postgres", {"db": name}):
+                return False
+            session.sql("DROP DATABASE IF EXISTS :\"db\" WITH (FORCE);", "postgres", {"db": name})
+        return True
+
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
-        scratch = f"bak_drill_{target.options['database']}_{ctx.now:%Y%m%d_%H%M%S}"[:63]
-        meta = json.loads(store.read_small(backup.folder, backup.name + ".meta.json")) \
-            if backup.name + ".meta.json" in backup.sidecars else None
+        scratch = f"{DRILL_PREFIX}{target.options['database']}_{ctx.now:%Y%m%d_%H%M%S}"[:63]
+        expected, unreadable = (None, "no .meta.json: row counts cannot be compared")
+        if backup.name + ".meta.json" in backup.sidecars:
+            try:
+                expected, unreadable = recorded_row_counts(store.read_small(backup.folder, backup.name + ".meta.json"))
+            except (OSError, BakError) as exc:
+                unreadable = f"its .meta.json cannot be read: {getattr(exc, 'message', None) or exc}"
         result = {"target": target.name, "backup": backup.name, "store": store.name, "scratch_database": scratch,
                   "checks": []}
+        ctx.stage(f"database:{scratch}")  # a drill killed from here on leaves it: the next restore or drill drops it
         # Owners and privileges are irrelevant to a drill, and the backup role usually cannot recreate them.
-        restored = self.restore(ctx, target, store, backup, into=scratch, force=False, options={"drill": True})
+        try:
+            restored = self.restore(ctx, target, store, backup, into=scratch, force=False, options={"drill": True})
+        except BaseException:
+            ctx.unstage(f"database:{scratch}")  # the restore dropped what it made
+            raise
         result["restore_duration_s"] = restored["duration_s"]
         if restored.get("notes"):
             result["checks"].append({"check": "owners and privileges left out (the drill's role cannot set them)",
@@ -497,15 +583,17 @@ class PgDump(Method):
         try:
             with Session(ctx, target) as session:
                 counts = {row[1]: int(row[2]) for row in session.sql(ROW_COUNTS_SQL, scratch)}
-                if meta is None:
-                    failures.append("no .meta.json: row counts cannot be compared")
+                if expected is None:
+                    failures.append(unreadable)
+                    result["checks"].append({"check": "row counts", "ok": False, "error": unreadable})
                 else:
-                    expected = meta["row_counts"]
                     diff = {t: {"expected": expected.get(t), "restored": counts.get(t)}
                             for t in set(expected) | set(counts) if expected.get(t) != counts.get(t)}
-                    result["checks"].append({"check": "row counts", "tables": len(expected), "ok": not diff, "differences": diff})
+                    shown = {t[:200]: diff[t] for t in sorted(diff)[:20]}  # the meta file may name any number of tables
+                    result["checks"].append({"check": "row counts", "tables": len(expected), "ok": not diff,
+                                             "differences": shown})
                     if diff:
-                        failures.append(f"row counts differ in {len(diff)} table(s): {', '.join(sorted(diff)[:5])}")
+                        failures.append(f"row counts differ in {len(diff)} table(s): {', '.join(t[:80] for t in sorted(diff)[:5])}")
                 for query in target.options.get("sanity_queries") or []:
                     try:
                         rows = session.sql(query, scratch)
@@ -519,6 +607,7 @@ class PgDump(Method):
         finally:
             with Session(ctx, target) as session:
                 session.sql("DROP DATABASE IF EXISTS :\"db\" WITH (FORCE);", "postgres", {"db": scratch})
+            ctx.unstage(f"database:{scratch}")
         result["passed"] = not failures
         if failures:
             raise VerifyFailed(f"drill of {backup.name} from {store.name} failed: " + "; ".join(failures),

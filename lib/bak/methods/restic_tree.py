@@ -13,6 +13,7 @@ so verify, restore and drill run the rsync method's own checks and rules on it u
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -128,11 +129,39 @@ def copy_for_create(method, ctx: Context, target: Target, restic: Store, listing
     return copy
 
 
+SCRATCH_PREFIX = "bak-restic-"
+
+
+def remove_scratch(path: str) -> bool:
+    """A scratch folder a killed restore or drill from a repository left in this machine's temp folder."""
+    place = Path(path)
+    if place.parent != Path(tempfile.gettempdir()) or not place.name.startswith(SCRATCH_PREFIX) or not place.is_dir():
+        return False
+    shutil.rmtree(place, ignore_errors=True)
+    return True
+
+
 @contextmanager
-def restored(store: Store, backup: Backup) -> Iterator[LocalStore]:
+def _journaled_scratch(ctx: Context) -> Iterator[Path]:
+    """A private scratch folder whose name is journaled before it exists (ctx.stage): a restore or drill killed
+    at any point leaves nothing the next one does not know of."""
+    path = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    ctx.stage(f"local:{path}")
+    try:
+        path.mkdir(mode=0o700)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+    finally:
+        ctx.unstage(f"local:{path}")
+
+
+@contextmanager
+def restored(store: Store, backup: Backup, ctx: Context | None = None) -> Iterator[LocalStore]:
     """The folder snapshot restored from the repository into a scratch folder, as a local destination
-    holding just that backup and its manifest (removed afterwards)."""
-    with _scratch("bak-restic-") as scratch:
+    holding just that backup and its manifest (removed afterwards; journaled while it exists, see ctx.stage)."""
+    with (_journaled_scratch(ctx) if ctx is not None else _scratch(SCRATCH_PREFIX)) as scratch:
         artifact = store.find(backup.folder, backup.name)
         landed = Path(store.restore_tree(artifact, str(scratch / "restore")))
         place = scratch / "store" / backup.folder
@@ -151,5 +180,5 @@ def verify(method, ctx: Context, target: Target, store: Store, backup: Backup) -
 def restore(method, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None, force: bool,
             options: dict) -> dict:
     """As from a folder destination; a safety copy of what --force replaces goes into the repository."""
-    with restored(store, backup) as view:
+    with restored(store, backup, ctx) as view:
         return method.restore(ctx, target, view, backup, into=into, force=force, options={**options, "safety_store": store})

@@ -89,7 +89,7 @@ def rsync_argv(source: str, dest: str, *, link_dest: str | None = None, excludes
     argv += [f"--exclude={pattern}" for pattern in excludes]
     if link_dest:
         argv.append(f"--link-dest={link_dest}")
-    return argv + [source, dest]
+    return argv + ["--", source, dest]  # a path that starts with '-' is a path, never an option
 
 
 # --- output parsing (pure) -----------------------------------------------------------------
@@ -219,13 +219,13 @@ def source_path(target: Target) -> str:
 
 # --- listing a tree where it lives ------------------------------------------------------------
 def tree_items(runner: Runner, root: str, algorithm: str, *, checksums: bool = True,
-               only: list[str] | None = None) -> list[manifest.Item]:
+               only: list[str] | None = None, excludes: list[str] | tuple = ()) -> list[manifest.Item]:
     """rsync's listing of a tree, run on the host that holds it (a dry run into a path it never creates):
     every entry's type, mode, owner, size, mtime, link target and, with `checksums`, each file's checksum.
-    `only` limits it to those paths (--files-from)."""
+    `only` limits it to those paths (--files-from); `excludes` leaves out what rsync's patterns match."""
     probe = root.rstrip("/") + ".bak-listing"
     argv = rsync_argv(root.rstrip("/") + "/", probe + "/", algorithm=algorithm, dry_run=True, checksum=checksums,
-                      files_from=only is not None)
+                      files_from=only is not None, excludes=excludes)
     reader = manifest.ListingReader(manifest.CHECKSUM_WIDTH[algorithm])
     listed = b"\0".join(os.fsencode(path) for path in only) + b"\0" if only else None
     try:
@@ -493,6 +493,54 @@ def copy_in_parts(ctx: Context, runner: Runner, src: str, dst: str, copying: dic
     return [rsync_rows(ctx, runner, root_only, copying["algorithm"], rows_for, timeout, tops=frozenset())] + parts
 
 
+# Folders a restore never replaces, whatever --force says: the system's own, and pseudo filesystems below.
+SYSTEM_FOLDERS = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/lost+found", "/media",
+    "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/snap", "/srv", "/sys", "/tmp", "/usr", "/var",
+    "/usr/bin", "/usr/include", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libexec", "/usr/local", "/usr/sbin",
+    "/usr/share", "/usr/src", "/var/backups", "/var/cache", "/var/lib", "/var/local", "/var/log", "/var/mail",
+    "/var/opt", "/var/spool", "/var/tmp", "/etc/ssh", "/etc/systemd"})
+PSEUDO_FILESYSTEMS = ("/proc/", "/sys/", "/dev/", "/run/")
+STAGE_SUFFIX = ".bak-restoring"  # a new folder a restore builds, renamed to its final name at the end
+DRILL_PREFIX = "bak-drill."      # a drill's scratch folder in the host's temp folder
+
+
+def restore_place(into: str | None, default: str, local: bool) -> str:
+    """Where a tree is restored: `default` (beside the original), or --into, which must be an absolute path
+    (`~/...` too on this machine): a relative one means one thing here and another over SSH, and `-x` or
+    `--delete` would reach a tool as an option."""
+    if into is None:
+        return default.rstrip("/") or "/"
+    path = os.path.expanduser(into) if local else into
+    if not (os.path.isabs(path) if local else path.startswith("/")):
+        raise BadInput(f"--into {into[:80]!r} is not an absolute path", where="--into",
+                       hint="Give the full path of the folder to restore into, e.g. /srv/restore/documents.")
+    return posixpath.normpath(path) if path.startswith("/") else os.path.normpath(path)
+
+
+def refuse_system_folder(runner: Runner, destination: str) -> str:
+    """`destination` resolved on its host (links followed); refused if it is the root, a system folder, a place
+    in a pseudo filesystem or the home folder itself: replacing one deletes everything the backup lacks."""
+    home = os.path.expanduser("~") if runner.host_name == LOCAL else "."  # a command over SSH starts at home
+    resolved = runner.run(["realpath", "-m", "--", destination, home]).stdout_text.splitlines()
+    real, home_real = (resolved + ["", ""])[:2]
+    if real in SYSTEM_FOLDERS or real == home_real or any(p.startswith(PSEUDO_FILESYSTEMS) for p in (real, destination)):
+        what = ("the filesystem root" if real == "/" else "the home folder" if real == home_real else
+                "a system folder" if real in SYSTEM_FOLDERS else "in a pseudo filesystem (/proc, /sys, /dev, /run)")
+        raise Refused(f"{destination}" + (f" ({real})" if real != destination else "") + f" is {what}: bak never "
+                      "restores into it (a restore there deletes everything the backup does not hold)",
+                      where="--into", code="system_folder",
+                      hint="Restore into a new folder (omit --into, or give a new path), then copy what you need.")
+    return real
+
+
+def deletions_of(runner: Runner, destination: str, expected: manifest.Manifest, excludes: list[str]) -> list[str]:
+    """What a forced restore of a snapshot into `destination` removes: entries there that the snapshot does not
+    hold, rsync's excludes left alone (rsync --delete spares them too)."""
+    found = tree_items(runner, destination, "md5", checksums=False, excludes=excludes)
+    return sorted(item.path for item in found if item.path != "." and item.path not in expected.rows)
+
+
 def inside(runner: Runner, root: str, relative: str) -> bool:
     """Whether root/relative, resolved on its host, is still under root: no symlink on the way leads out."""
     out = runner.run(["realpath", "-m", "--", root, posixpath.join(root, relative)]).stdout_text.splitlines()
@@ -501,12 +549,19 @@ def inside(runner: Runner, root: str, relative: str) -> bool:
 
 class RsyncSnapshot(Method):
     name = "rsync"
+    single_files = True
 
     def key(self, target: Target) -> str:
         return target.name
 
     def source(self, target: Target) -> str:
         return source_path(target)
+
+    def preflight(self, ctx: Context, target: Target) -> None:
+        source = self.source(target)
+        if ctx.hosts.runner(target.host).run(["test", "-d", source], check=False).returncode != 0:
+            raise BadInput(f"the source {source} of {target.name} is not a folder on {target.host}", where=target.name,
+                           code="source_missing", hint="Check the target's source path (a folder), and that it is mounted.")
 
     def create(self, ctx: Context, target: Target, stores: list[Store], op: Operation) -> dict:
         listings = {store.name: scan(store, target) for store in stores}
@@ -653,9 +708,10 @@ class RsyncSnapshot(Method):
     def check_restore(self, ctx: Context, target: Target, store: Store, backup: Backup, *, into: str | None,
                       force: bool, options: dict) -> dict:
         original = self.source(target).rstrip("/")
-        destination = (into or f"{original}.restored-{ctx.now:%Y%m%d_%H%M%S}").rstrip("/") or "/"
+        destination = restore_place(into, f"{original}.restored-{ctx.now:%Y%m%d_%H%M%S}", target.host == LOCAL)
         runner = ctx.hosts.runner(target.host)
         single = options.get("file")
+        refuse_system_folder(runner, destination)
         if single is not None:
             parts = Path(single).parts
             if not single or single.startswith("/") or ".." in parts or "\n" in single:
@@ -675,7 +731,28 @@ class RsyncSnapshot(Method):
         if exists and not force:
             raise Refused(f"{replaced} already exists; restore never overwrites", where="--into", code="would_overwrite",
                           hint="Omit --into to restore beside it, pick a new folder, or pass --force (after a safety snapshot).")
-        return {"path": destination, "replaces": replaced if exists else None}
+        plan = {"path": destination, "replaces": replaced if exists else None}
+        if exists and not single:
+            if runner.run(["test", "-d", destination], check=False).returncode != 0:
+                raise Refused(f"{destination} is not a folder: a snapshot is restored into a folder only", where="--into",
+                              code="would_overwrite", hint="Give a folder, or a new path.")
+            expected = read_manifest(store, backup.folder, backup.name)
+            if expected is not None:
+                plan.update(self._deletion_words(runner, destination, expected, target))
+        return plan
+
+    @staticmethod
+    def _deletion_words(runner: Runner, destination: str, expected: manifest.Manifest, target: Target) -> dict:
+        """What replacing `destination` removes, counted and said in words."""
+        deleted = deletions_of(runner, destination, expected, target.options.get("excludes") or [])
+        if deleted:
+            sample = ", ".join(deleted[:5]) + (", ..." if len(deleted) > 5 else "")
+            effect = (f"replaces {destination}: {len(deleted)} file(s) and folder(s) there that are not in the backup "
+                      f"will be DELETED ({sample}); the others are overwritten with the backup's version")
+        else:
+            effect = f"replaces {destination}: nothing there is deleted (each entry is in the backup), changed files are overwritten"
+        return {"deletes": len(deleted), "deleted": deleted[:20],
+                "effect": effect + "; a safety snapshot of everything it may remove is taken first"}
 
     def _check_copy(self, ctx: Context, store: Store, backup: Backup, single: str | None) -> None:
         """The copy must match its manifest before anything is restored from it (the whole tree, or one file)."""
@@ -709,21 +786,43 @@ class RsyncSnapshot(Method):
         if not options.get("drill"):  # a drill restores first and compares after
             self._check_copy(ctx, store, backup, single)
         safety = self._safety_copy(ctx, target, options.get("safety_store") or store, destination, single) if exists else None
+        # A new folder is built under a temp name beside it and renamed at the end: a killed restore leaves no
+        # half folder under the final name (which the next run would refuse); the journal says where it was.
+        building = _absent(runner, destination)
+        build = destination + STAGE_SUFFIX if building else destination
+        if building:
+            if not _absent(runner, build):
+                raise Refused(f"{build} is in the way of the restore (not one bak left: those are journaled and removed)",
+                              where="--into", code="would_overwrite", hint="Move it away, or restore elsewhere.")
+            ctx.stage(f"path:{build}")
         source = store.path_of(backup.folder, backup.name) + "/" + (single or "")
-        parent = posixpath.join(destination, posixpath.dirname(single)) if single else destination
+        parent = posixpath.join(build, posixpath.dirname(single)) if single else build
         runner_, src, dst, ssh, _ = transfer(ctx, store.host_name, source, target.host, parent + "/")
-        runner.run(["mkdir", "-p", "--", parent])
         started = time.monotonic()
-        argv = rsync_argv(src, dst, ssh=ssh, delete=exists and not single,
-                          excludes=[] if single else target.options.get("excludes") or [])
-        code, reader, stderr = run_rsync(runner_, argv, target.timeout.total_seconds(), ctx.progress,
-                                         manifest.CHECKSUM_WIDTH["md5"], lambda: lambda item: False)
-        if code not in (0, 24):
-            raise CommandFailed(f"restore rsync exited {code}: {stderr.strip().splitlines()[-1] if stderr.strip() else ''}",
-                                returncode=code, stderr_tail=stderr[-2000:], where=target.name,
-                                hint=f"The replaced state is in the safety snapshot {safety}." if safety else None)
+        try:
+            runner.run(["mkdir", "-p", "--", parent])
+            argv = rsync_argv(src, dst, ssh=ssh, delete=exists and not single,
+                              excludes=[] if single else target.options.get("excludes") or [])
+            code, reader, stderr = run_rsync(runner_, argv, target.timeout.total_seconds(), ctx.progress,
+                                             manifest.CHECKSUM_WIDTH["md5"], lambda: lambda item: False)
+            if code not in (0, 24):
+                raise CommandFailed(f"restore rsync exited {code}: {stderr.strip().splitlines()[-1] if stderr.strip() else ''}",
+                                    returncode=code, stderr_tail=stderr[-2000:], where=target.name,
+                                    hint=f"The replaced state is in the safety snapshot {safety}." if safety else None)
+            if building:
+                if not _absent(runner, destination):
+                    raise Refused(f"{destination} appeared while the restore ran; it was left as it is", where="--into",
+                                  code="would_overwrite", hint="Restore elsewhere.")
+                runner.run(["mv", "-T", "--", build, destination])
+        except BakError:
+            if building:  # a failed restore leaves nothing; a killed one is removed by the next one (journaled)
+                runner.run(["rm", "-rf", "--", build], check=False)
+                ctx.unstage(f"path:{build}")
+            raise
+        if building:
+            ctx.unstage(f"path:{build}")
         return {"target": target.name, "backup": backup.name, "store": store.name, "path": destination,
-                "file": single, "replaced": exists, "safety_snapshot": safety,
+                "file": single, "replaced": exists, "safety_snapshot": safety, "deleted": plan.get("deletes"),
                 "duration_s": round(time.monotonic() - started, 3), "files": parse_stats(reader.text()).get("files_transferred")}
 
     def _safety_copy(self, ctx: Context, target: Target, store: Store, destination: str, single: str | None) -> str:
@@ -751,11 +850,16 @@ class RsyncSnapshot(Method):
     def drill(self, ctx: Context, target: Target, store: Store, backup: Backup) -> dict:
         """Restore the snapshot into a scratch folder on the target's host, compare every entry, remove it."""
         runner = ctx.hosts.runner(target.host)
-        scratch = runner.run(["mktemp", "-d", "-t", "bak-drill.XXXXXXXX"]).stdout_text.strip()
+        temp = runner.run(["sh", "-c", 'printf %s "${TMPDIR:-/tmp}"']).stdout_text or "/tmp"
+        scratch = posixpath.join(temp, f"{DRILL_PREFIX}{target.name}.{ctx.now:%Y%m%d%H%M%S}")
+        ctx.stage(f"path:{scratch}")  # journaled before it exists: a drill killed at any point leaves nothing unknown
+        made = False
         tree = f"{scratch}/tree"
         result = {"target": target.name, "backup": backup.name, "store": store.name, "checks": []}
         diff: dict = {}
         try:
+            runner.run(["mkdir", "-m", "700", "--", scratch])  # never one already there: mkdir fails on it
+            made = True
             expected = read_manifest(store, backup.folder, backup.name)
             if expected is None:
                 raise VerifyFailed(f"drill of {backup.name}: it has no readable manifest to check a restore against",
@@ -767,8 +871,31 @@ class RsyncSnapshot(Method):
                                      "ok": bool(expected.rows) and not any(diff.values()),
                                      "differences": [p for k in ("missing", "unexpected", "changed") for p in diff[k]][:20]})
         finally:
-            runner.run(["rm", "-rf", "--", scratch], check=False)
+            if made:
+                runner.run(["rm", "-rf", "--", scratch], check=False)
+            ctx.unstage(f"path:{scratch}")
         return drill_verdict(result, diff, store, backup, "the restored tree differs from its manifest")
+
+    def remove_stage(self, ctx: Context, target: Target, where: str) -> bool:
+        """A half restored folder (NAME.bak-restoring) or a drill's scratch folder on the target's host; anything
+        else the journal might say is left alone."""
+        kind, _, path = where.partition(":")
+        if kind == "local":
+            from bak.methods import restic_tree
+
+            return restic_tree.remove_scratch(path)
+        if kind != "path" or not (path.endswith(STAGE_SUFFIX) or posixpath.basename(path).startswith(DRILL_PREFIX)):
+            return False
+        runner = ctx.hosts.runner(target.host)
+        if _absent(runner, path):
+            return False
+        runner.run(["rm", "-rf", "--", path])
+        return True
+
+
+def _absent(runner: Runner, path: str) -> bool:
+    return runner.run(["test", "-e", path], check=False).returncode != 0 and \
+        runner.run(["test", "-L", path], check=False).returncode != 0
 
 
 def _is_root(runner: Runner) -> bool:

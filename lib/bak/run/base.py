@@ -68,15 +68,25 @@ class StderrTail:
         return b"".join(self._chunks)[-STDERR_TAIL_BYTES:]
 
 
-# A file that lives as long as bak does: sh writes stdin's first N bytes into a private temp file, prints
-# its path, then waits for its stdin to close. bak closes it when done, and so does the kernel when bak
-# dies (the pipe, or the SSH connection, goes with it): the trap removes the file either way.
-GUARDIAN = ('umask 077; d=$(mktemp -d -t bak-secret.XXXXXXXX) || exit 1; trap \'rm -rf "$d"\' EXIT HUP INT TERM; '
-            'head -c "$1" > "$d/file" && echo "$d/file" && cat > /dev/null')
+# A file that lives as long as bak does, and never longer, whatever ends it. sh makes a private folder, opens a
+# file in it on descriptor 3 and removes the folder at once: the file has no name left before a byte of the secret
+# is in it. It then copies stdin's first N bytes into it, prints /proc/PID/fd/3 (where a process of the same user
+# reopens it, on Linux) and waits for its stdin to close. Whatever ends sh then (bak closing stdin, a cut SSH
+# connection, SIGPIPE while printing, SIGKILL), the kernel closes the descriptor and frees the file: nothing stays.
+# Without /proc (a BSD host): a named file, removed by the trap (which SIGKILL skips).
+GUARDIAN = ('umask 077; d=$(mktemp -d -t bak-secret.XXXXXXXX) || exit 1; trap \'rm -rf "$d"\' EXIT HUP INT TERM PIPE; '
+            'if [ -d "/proc/$$/fd" ]; then exec 3>"$d/file" && rm -rf "$d" || exit 1; p="/proc/$$/fd/3"; '
+            'head -c "$1" >&3 || exit 1; else p="$d/file"; head -c "$1" > "$p" || exit 1; fi; '
+            'echo "$p" && cat > /dev/null')
 
 
 def guardian_argv(size: int) -> list[str]:
     return ["sh", "-c", GUARDIAN, "sh", str(size)]
+
+
+def operand(path: str) -> str:
+    """A path as a command's operand where `--` cannot end the options (find's starting points): `-x` as `./-x`."""
+    return "./" + path if path.startswith("-") else path
 
 
 def ere_escape(text: str) -> str:
@@ -190,13 +200,13 @@ class Runner:
 
     @contextmanager
     def private_file(self) -> Iterator[str]:
-        """An empty 0600 file in a 0700 folder on the host, removed afterwards, also if bak is killed."""
+        """An empty 0600 file on the host, gone afterwards whatever ends bak (nameless on Linux, see GUARDIAN)."""
         with self._guarded(b"") as path:
             yield path
 
     @contextmanager
     def _guarded(self, content: bytes) -> Iterator[str]:
-        """The path of a file holding `content`, kept by GUARDIAN on the host."""
+        """The path of a file holding `content`, kept by GUARDIAN on the host (/proc/PID/fd/3: it has no name)."""
         with self._held(guardian_argv(len(content)), content) as held:
             if not held.line:
                 raise CommandFailed(f"could not create a private temp file on {self.host_name}", where=self.host_name)

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from bak.config import LOCAL, Config, Host
 from bak.run.base import Runner
 from bak.run.local import LocalRunner
+
+
+FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
+
+
+def check_fingerprint(text: str, where: str = "--fingerprint") -> str:
+    """An OpenSSH SHA256 fingerprint as `ssh-keygen -lf` prints it, checked before anything connects."""
+    from bak.errors import BadInput
+
+    if not FINGERPRINT.fullmatch(text):
+        raise BadInput(f"{text[:80]!r} is not an SSH key fingerprint like SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s",
+                       where=where, hint="Copy it from the host: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
+    return text.rstrip("=")
 
 
 def known_hosts_path(host: Host) -> Path:

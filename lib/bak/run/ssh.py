@@ -22,7 +22,9 @@ import paramiko
 
 from bak.config import Host
 from bak.errors import CommandFailed, HostKeyMismatch, HostKeyUnknown, Refused, ToolMissing, TransportError
+from bak.paths import regular_or_absent
 from bak.run.base import CHUNK, Completed, Feeder, Held, Runner, Sink, StderrTail, ere_escape
+from bak.run.hosts import check_fingerprint
 
 # paramiko logs its own errors (and tracebacks of its transport thread) to stderr when nothing else does:
 # bak turns every failure into its own error, so that chatter never reaches the user.
@@ -85,10 +87,15 @@ class SSHRunner(Runner):
     def _connect(self) -> paramiko.SSHClient:
         host = self.host
         client = paramiko.SSHClient()
-        if self.known_hosts.exists():
+        if regular_or_absent(self.known_hosts, f"hosts.{host.name}.known_hosts"):
             client.load_host_keys(str(self.known_hosts))
         client.set_missing_host_key_policy(_RefuseUnknownKey(host, self.known_hosts))
         key_file = str(Path(host.key_file).expanduser()) if host.key_file else None
+        if key_file and not regular_or_absent(Path(key_file), f"hosts.{host.name}.key_file"):
+            from bak.errors import BadInput
+
+            raise BadInput(f"the SSH key {key_file} of host {host.name} does not exist", where=f"hosts.{host.name}.key_file",
+                           hint="Check hosts.NAME.key_file (a private key file, e.g. ~/.ssh/id_ed25519).")
         try:
             client.connect(host.address, port=host.port, username=host.user, key_filename=key_file,
                            timeout=host.connect_timeout, banner_timeout=host.connect_timeout,
@@ -333,6 +340,10 @@ def trust_host(host: Host, known_hosts: Path, expected_fingerprint: str | None, 
     """Record the host's key in known_hosts, refusing a mismatch unless asked to replace it."""
     from bak.paths import ensure_private_dir
 
+    if expected_fingerprint is not None:
+        expected_fingerprint = check_fingerprint(expected_fingerprint)
+
+    regular_or_absent(known_hosts, f"hosts.{host.name}.known_hosts")
     key = scan_host_key(host)
     actual = fingerprint(key)
     if expected_fingerprint and expected_fingerprint != actual:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable
 
-from bak.errors import NoSpace, Refused
+from bak.errors import BadInput, NoSpace, Refused
+from bak.naming import PARTIAL_SUFFIX
 
 
 class Entry:
@@ -78,6 +79,11 @@ class ArtifactWriter:
         raise NotImplementedError
 
 
+def not_a_folder(store: str, path: str) -> "BadInput":
+    return BadInput(f"destination {store}: {path} is not a folder, so no backup can be written there", where=store,
+                    code="destination_not_a_folder", hint=f"Point destinations.{store}.path at a folder (or a new path).")
+
+
 def symlink_refused(store: str, path: str) -> "Refused":
     return Refused(f"{path} on {store} is a symbolic link: bak never follows links inside a store", where=store,
                    code="symlink_in_store", hint="Replace the link with a real folder (or point the destination's path there).")
@@ -88,6 +94,9 @@ class Store:
     kind: str
     host_name: str  # "local", or the SSH host the folder lives on
     per_target_folders = True  # False where a tool owns one flat folder (Proxmox storage)
+    # An artifact is complete, so a backup, only with its checksum sidecar (.sha256, or a snapshot's .manifest),
+    # which bak writes before the final name; False where the tool that writes it says so itself (vzdump).
+    checksummed = True
 
     def path_of(self, folder: str, name: str = "") -> str:
         """The path on the store's own host, for tools (rsync, tar) that run there or reach it."""
@@ -126,12 +135,29 @@ class Store:
         """A file, or a whole snapshot folder."""
         raise NotImplementedError
 
+    # A store that can rename removes a backup under a leftover's name (see remove_backup).
+    renames_aside = False
+
+    def remove_backup(self, folder: str, name: str, sidecars: list[str]) -> None:
+        """A backup and its sidecars (prune). Where the store can rename, the backup is first renamed to
+        NAME.partial: deleting a snapshot of 100,000 files takes a while, and a prune killed meanwhile must
+        leave a leftover (listed as such, cleared by the next run), never half a backup under its name."""
+        if self.renames_aside:
+            self.rename(folder, name, name + PARTIAL_SUFFIX)
+        for sidecar in sidecars:
+            self.remove(folder, sidecar)
+        self.remove(folder, name + PARTIAL_SUFFIX if self.renames_aside else name)
+
     def usage(self) -> Usage:
         raise NotImplementedError
 
     def exists(self) -> bool:
         """Whether the destination's own folder is there (a missing one: an NFS share not mounted?)."""
         return True
+
+    def check_usable(self) -> None:
+        """What a dry run can tell without writing anything: the destination can take a backup (its folder is
+        one, or can be made; its repository answers)."""
 
     def require_space(self, needed: int) -> None:
         free = self.usage().free

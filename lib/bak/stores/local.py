@@ -13,7 +13,8 @@ from typing import BinaryIO, Iterable
 from bak.errors import WriteFailed
 from bak.naming import PARTIAL_SUFFIX
 from bak.paths import ensure_private_dir
-from bak.stores.base import ArtifactWriter, Entry, Store, Usage, chunks_of, sha256_line, symlink_refused
+from bak.stores.base import (ArtifactWriter, Entry, Store, Usage, chunks_of, not_a_folder, sha256_line,
+                             symlink_refused)
 
 
 def write_failure(exc: OSError, store: str, location: str) -> WriteFailed:
@@ -129,6 +130,7 @@ class LocalWriter(ArtifactWriter):
 class LocalStore(Store):
     kind = "local"
     host_name = "local"
+    renames_aside = True
 
     def __init__(self, name: str, root: str):
         self.name = name
@@ -220,6 +222,13 @@ class LocalStore(Store):
 
     def exists(self) -> bool:
         return self.root.is_dir()
+
+    def check_usable(self) -> None:
+        probe = self.root
+        while not os.path.lexists(probe) and probe != probe.parent:
+            probe = probe.parent  # missing folders are made by the first backup
+        if not probe.is_dir():
+            raise not_a_folder(self.name, str(probe))
 
     def usage(self) -> Usage:
         probe = self.root

@@ -29,6 +29,7 @@ def content_argv(node: str, storage: str) -> list[str]:
 class ProxmoxStore(Store):
     kind = "proxmox"
     per_target_folders = False  # vzdump's dump folder: a target's archives are its VMID's
+    checksummed = False  # vzdump writes no .sha256: an archive it lists is one it finished
 
     def __init__(self, name: str, storage: str, node: str | None, runner):
         self.name = name

@@ -8,7 +8,8 @@ from typing import BinaryIO, Iterable
 
 from bak.errors import CommandFailed, TransportError, WriteFailed
 from bak.naming import PARTIAL_SUFFIX
-from bak.stores.base import ArtifactWriter, Entry, Store, Usage, chunks_of, sha256_line, symlink_refused
+from bak.stores.base import (ArtifactWriter, Entry, Store, Usage, chunks_of, not_a_folder, sha256_line,
+                             symlink_refused)
 
 
 def _write_error(exc: Exception, store: str, location: str) -> WriteFailed:
@@ -87,6 +88,7 @@ class RemoteWriter(ArtifactWriter):
 
 class RemoteStore(Store):
     kind = "ssh"
+    renames_aside = True
 
     def __init__(self, name: str, root: str, runner):
         self.name = name
@@ -204,6 +206,19 @@ class RemoteStore(Store):
             return stat.S_ISDIR(self.runner.sftp().stat(self.root).st_mode or 0)
         except FileNotFoundError:
             return False
+
+    def check_usable(self) -> None:
+        sftp, probe = self.runner.sftp(), self.root
+        while True:
+            try:
+                mode = sftp.stat(probe).st_mode or 0
+                break
+            except FileNotFoundError:
+                if probe in ("", "/"):
+                    return
+                probe = posixpath.dirname(probe)  # missing folders are made by the first backup
+        if not stat.S_ISDIR(mode):
+            raise not_a_folder(self.name, f"{self.runner.host_name}:{probe}")
 
     def usage(self) -> Usage:
         probe = self.root
